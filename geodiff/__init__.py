@@ -1,0 +1,47 @@
+"""geodiff: score-based (diffusion) models for geoscience fields, xarray in and xarray out.
+
+The public entry points are imported lazily so that ``import geodiff`` stays light.
+
+Example
+-------
+>>> import geodiff
+>>> callable(geodiff.train) and callable(geodiff.load)
+True
+>>> "heun" in geodiff.registry.available("sampler")
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from geodiff import errors, registry
+from geodiff.errors import GeodiffError
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute", imported on first use
+_LAZY: dict[str, str] = {
+    "train": "geodiff.training.trainer:train",
+    "load": "geodiff.io.bundle:load",
+    "ModelBundle": "geodiff.io.bundle:ModelBundle",
+    "Codec": "geodiff.io.codec:Codec",
+    "Normalizer": "geodiff.io.normalize:Normalizer",
+    "Denoiser": "geodiff.diffusion.denoiser:Denoiser",
+}
+
+__all__ = ["GeodiffError", "__version__", "errors", "registry", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module_name, _, attribute = _LAZY[name].partition(":")
+        value = getattr(importlib.import_module(module_name), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'geodiff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,142 @@
+"""Plugin registry: kinds of plugin -> ``{name: "module:attribute"}``.
+
+Built-ins are listed here by import path and imported only when asked for. Third-party packages add
+plugins through the entry-point group ``geodiff.<kind>`` (for example ``geodiff.guidance``) in their
+own ``pyproject.toml``::
+
+    [project.entry-points."geodiff.guidance"]
+    my_guidance = "my_package.guidance:MyGuidance"
+
+Example
+-------
+>>> from geodiff import registry
+>>> registry.get("sampler", "heun").__name__
+'HeunSampler'
+>>> "unet" in registry.available("backbone")
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from geodiff.errors import PluginError
+
+__all__ = ["KINDS", "available", "get", "name_of", "register"]
+
+KINDS: tuple[str, ...] = ("backbone", "schedule", "sampler", "guidance", "adapter", "reward")
+
+_BUILTINS: dict[str, dict[str, str]] = {
+    "backbone": {
+        "unet": "geodiff.backbones.unet:UNet",
+        "diffusers_unet": "geodiff.backbones.diffusers_unet:DiffusersUNet",
+    },
+    "schedule": {
+        "vp": "geodiff.diffusion.schedules:VPSchedule",
+        "ve": "geodiff.diffusion.schedules:VESchedule",
+        "edm": "geodiff.diffusion.schedules:EDMSchedule",
+    },
+    "sampler": {
+        "ddpm": "geodiff.diffusion.samplers:DDPMSampler",
+        "ddim": "geodiff.diffusion.samplers:DDIMSampler",
+        "euler": "geodiff.diffusion.samplers:EulerSampler",
+        "heun": "geodiff.diffusion.samplers:HeunSampler",
+        "dpmpp_2m": "geodiff.diffusion.samplers:DPMSolverPP2MSampler",
+    },
+    "guidance": {},
+    "adapter": {},
+    "reward": {},
+}
+
+# Plugins registered at run time with :func:`register` (kind -> name -> object).
+_RUNTIME: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise PluginError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
+
+
+@functools.cache
+def _entry_points(kind: str) -> dict[str, Any]:
+    """Entry points of group ``geodiff.<kind>`` (cached: installed packages do not change at run time)."""
+    return {ep.name: ep for ep in entry_points(group=f"geodiff.{kind}")}
+
+
+def available(kind: str) -> list[str]:
+    """Sorted names of every plugin of ``kind``: built-in, registered at run time, or from entry points."""
+    _check_kind(kind)
+    return sorted(set(_BUILTINS[kind]) | set(_RUNTIME[kind]) | set(_entry_points(kind)))
+
+
+def register(kind: str, name: str, obj: Any = None, *, overwrite: bool = False) -> Any:
+    """Register ``obj`` as plugin ``name`` of ``kind``; usable as a decorator when ``obj`` is omitted.
+
+    >>> from geodiff import registry
+    >>> @registry.register("reward", "doc_example_reward", overwrite=True)
+    ... class DocReward:
+    ...     pass
+    >>> registry.get("reward", "doc_example_reward") is DocReward
+    True
+    """
+    _check_kind(kind)
+
+    def _add(target: Any) -> Any:
+        taken = name in _BUILTINS[kind] or name in _entry_points(kind) or name in _RUNTIME[kind]
+        if taken and not overwrite and _RUNTIME[kind].get(name) is not target:
+            raise PluginError(f"{kind} plugin {name!r} is already registered; pass overwrite=True to replace it")
+        _RUNTIME[kind][name] = target
+        return target
+
+    return _add if obj is None else _add(obj)
+
+
+def _import(path: str, kind: str, name: str) -> Any:
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute) if attribute else module
+    except (ImportError, AttributeError) as err:
+        raise PluginError(f"{kind} plugin {name!r} points at {path!r}, which cannot be imported: {err}") from err
+
+
+def get(kind: str, name_or_cls: str | type | Any) -> Any:
+    """The plugin of ``kind`` called ``name_or_cls``; a class or instance passed in is returned unchanged.
+
+    Raises :class:`~geodiff.errors.PluginError` listing the available names when ``name_or_cls`` is unknown.
+    """
+    _check_kind(kind)
+    if not isinstance(name_or_cls, str):
+        return name_or_cls
+    name = name_or_cls
+    if name in _RUNTIME[kind]:
+        return _RUNTIME[kind][name]
+    if name in _BUILTINS[kind]:
+        return _import(_BUILTINS[kind][name], kind, name)
+    eps = _entry_points(kind)
+    if name in eps:
+        try:
+            return eps[name].load()
+        except Exception as err:  # an entry point can fail in any way; report which one
+            raise PluginError(f"{kind} plugin {name!r} (entry point {eps[name].value!r}) failed to load: {err}") from err
+    raise PluginError(f"no {kind} plugin named {name!r}; available: {', '.join(available(kind)) or 'none'}")
+
+
+def name_of(kind: str, obj: Any) -> str:
+    """The registered name of a plugin class (or of an instance's class), for configs and provenance."""
+    _check_kind(kind)
+    cls = obj if isinstance(obj, type) else type(obj)
+    for name, target in _RUNTIME[kind].items():
+        if target is cls:
+            return name
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    for name, builtin in _BUILTINS[kind].items():
+        if builtin == path:
+            return name
+    for name, ep in _entry_points(kind).items():
+        if ep.value == path:
+            return name
+    raise PluginError(f"{cls.__qualname__} is not a registered {kind} plugin; register it with geodiff.registry.register")
