@@ -1,0 +1,342 @@
+"""Model bundle: a trained denoiser with its codec and normalisation statistics, in one checked folder.
+
+Files (nothing else may be in the folder)::
+
+    config.json        {"format", "format_version", "geodiff_version", "denoiser": Denoiser.config,
+                        "denoiser_mask": "codec" | null, "metadata": {...}}
+    model.safetensors  the denoiser's weights ("denoiser.<name>") and the codec mask ("codec.mask", bool [C, H, W])
+    normalizer.json    normalisation statistics (Normalizer.to_dict)
+    codec.json         codec spec (Codec.to_dict)
+    manifest.json      {"files": {name: {"sha256", "size"}}} for the four files above
+
+``load`` checks the folder before anything is parsed: no missing or unknown file, each file's size and
+sha256 as in the manifest, no pickle (by name or by magic bytes); then the weights must fit the denoiser
+built from ``config.json`` exactly. Any failure raises :class:`~geodiff.errors.CheckpointError` naming the
+file. Weights are read with safetensors only; nothing is ever unpickled. ``bundle.sha256`` (the sha256 of
+``manifest.json``) identifies the model in provenance records.
+
+Example
+-------
+>>> import tempfile, torch, numpy as np, xarray as xr
+>>> from torch import nn
+>>> import geodiff
+>>> from geodiff import registry
+>>> from geodiff.config import Configurable
+>>> from geodiff.diffusion.denoiser import Denoiser
+>>> from geodiff.io import Codec, ModelBundle, Normalizer
+>>> @registry.register("backbone", "doc_bundle_net", overwrite=True)
+... class DocNet(Configurable, nn.Module):
+...     def __init__(self, channels: int = 1):
+...         super().__init__()
+...         self.conv = nn.Conv2d(channels, channels, 1)
+...     def forward(self, x, noise_label, *, mask=None, cond=None):
+...         return self.conv(x)
+>>> ds = xr.Dataset({"tos": (("time", "lat", "lon"), np.ones((2, 3, 4), "float32"), {"units": "degC"})},
+...                 coords={"time": [0, 1], "lat": [0.0, 1.0, 2.0], "lon": [0.0, 1.0, 2.0, 3.0]})
+>>> bundle = ModelBundle(Denoiser(DocNet()), Codec.from_dataset(ds), Normalizer.affine({"tos": (15.0, 10.0)}),
+...                      {"trained_on": "doc example"})
+>>> folder = tempfile.mkdtemp() + "/bundle"
+>>> bundle.save(folder)
+>>> loaded = geodiff.load(folder)
+>>> loaded.sha256 == bundle.sha256, loaded.metadata
+(True, {'trained_on': 'doc example'})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import xarray as xr
+
+from geodiff.config import check_json
+from geodiff.errors import CheckpointError, ConfigError, GeodiffError, GridError
+from geodiff.io.codec import Codec
+from geodiff.io.normalize import Normalizer
+
+__all__ = ["ModelBundle", "load", "BUNDLE_FORMAT", "BUNDLE_VERSION", "BUNDLE_FILES"]
+
+BUNDLE_FORMAT = "geodiff.bundle"
+MANIFEST_FORMAT = "geodiff.bundle.manifest"
+BUNDLE_VERSION = 1
+CONFIG, WEIGHTS, NORMALIZER, CODEC, MANIFEST = (
+    "config.json",
+    "model.safetensors",
+    "normalizer.json",
+    "codec.json",
+    "manifest.json",
+)
+#: the files listed in the manifest
+BUNDLE_FILES = (CONFIG, WEIGHTS, NORMALIZER, CODEC)
+MASK_KEY = "codec.mask"
+PREFIX = "denoiser."
+# file names that usually hold pickles: reported as such
+_PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".dill"})
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _dumps(value: Any) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _pickle_magic(data: bytes) -> str | None:
+    """What kind of pickle container ``data`` starts with, if any."""
+    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+        return f"a pickle (protocol {data[1]})"
+    if data[:4] == b"PK\x03\x04":
+        return "a zip archive (torch.save format, which holds pickles)"
+    return None
+
+
+class ModelBundle:
+    """A denoiser with the codec and normaliser it was trained with, plus JSON ``metadata``.
+
+    ``denoiser`` is a :class:`~geodiff.diffusion.denoiser.Denoiser`; its mask, when set, must equal
+    ``codec.mask``. ``normalizer`` must have statistics for every codec channel.
+    """
+
+    def __init__(self, denoiser: Any, codec: Codec, normalizer: Normalizer, metadata: Mapping[str, Any] | None = None):
+        from geodiff.diffusion.denoiser import Denoiser
+
+        if not isinstance(denoiser, Denoiser):
+            raise ConfigError(f"denoiser must be a geodiff Denoiser, got {type(denoiser).__name__}")
+        if not isinstance(codec, Codec):
+            raise ConfigError(f"codec must be a geodiff Codec, got {type(codec).__name__}")
+        if not isinstance(normalizer, Normalizer):
+            raise ConfigError(f"normalizer must be a geodiff Normalizer, got {type(normalizer).__name__}")
+        metadata = dict(metadata or {})
+        check_json(metadata, "bundle metadata")
+        normalizer.tensors(codec)  # statistics for every channel, or GridError naming the variable/level
+        mask = getattr(denoiser, "mask", None)
+        if mask is not None and (tuple(mask.shape) != codec.shape or not torch.equal(mask.cpu(), codec.mask)):
+            raise GridError(f"the denoiser's mask {list(mask.shape)} differs from the codec's mask {list(codec.shape)}")
+        self.denoiser = denoiser
+        self.codec = codec
+        self.normalizer = normalizer
+        self.metadata = metadata
+        self._sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ModelBundle({self.codec!r}, {self.normalizer!r}, metadata keys={sorted(self.metadata)})"
+
+    # -------------------------------------------------------------------------------------------------------
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of ``manifest.json``: as written by the last :meth:`save` or read by :func:`load`.
+
+        A bundle never saved gets it from its serialisation now (what ``save`` would write).
+        """
+        if self._sha256 is None:
+            return _sha256(self._serialize()[MANIFEST])
+        return self._sha256
+
+    def to(self, device: str | torch.device) -> ModelBundle:
+        """Move the denoiser to ``device`` (in place); returns the bundle."""
+        self.denoiser.to(device)
+        return self
+
+    def encode(self, ds: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised tensors ``(x [T, C, H, W] float32, mask [C, H, W] bool)`` of ``ds`` (codec variables)."""
+        return self.codec.encode(self.normalizer.normalize(ds[self.codec.variables]))
+
+    def decode(self, x: torch.Tensor, **kwargs: Any) -> xr.Dataset:
+        """Dataset in physical units from normalised tensors (``kwargs``: ``member``, ``time`` of ``Codec.decode``)."""
+        return self.normalizer.denormalize(self.codec.decode(x, **kwargs))
+
+    # -------------------------------------------------------------------------------------------------------
+
+    def _serialize(self) -> dict[str, bytes]:
+        """The bytes of every bundle file, manifest included (deterministic)."""
+        from safetensors.torch import save
+
+        from geodiff import __version__
+
+        mask = getattr(self.denoiser, "mask", None)
+        config = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "geodiff_version": __version__,
+            "denoiser": self.denoiser.config,
+            "denoiser_mask": None if mask is None else "codec",
+            "metadata": self.metadata,
+        }
+        check_json(config, "bundle configuration")
+        tensors = {PREFIX + k: v.detach().to("cpu").contiguous().clone() for k, v in self.denoiser.state_dict().items()}
+        tensors[MASK_KEY] = self.codec.mask.contiguous()
+        files = {
+            CONFIG: _dumps(config),
+            WEIGHTS: save(tensors, metadata={"format": "pt"}),
+            NORMALIZER: _dumps(self.normalizer.to_dict()),
+            CODEC: _dumps(self.codec.to_dict()),
+        }
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
+        }
+        files[MANIFEST] = _dumps(manifest)
+        return files
+
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> None:
+        """Write the bundle into ``folder`` (created; it must be empty unless ``overwrite=True``).
+
+        With ``overwrite=True`` an existing bundle's files are replaced; any other file there is an error.
+        ``manifest.json`` is written last, so an interrupted save never loads.
+        """
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise CheckpointError(f"{folder} exists and is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        present = sorted(p.name for p in folder.iterdir())
+        if present and not overwrite:
+            raise CheckpointError(f"{folder} is not empty ({', '.join(present)}); pass overwrite=True")
+        others = [name for name in present if name not in (*BUNDLE_FILES, MANIFEST)]
+        if others:
+            raise CheckpointError(f"{folder} holds files that are not part of a bundle: {', '.join(others)}")
+        files = self._serialize()
+        (folder / MANIFEST).unlink(missing_ok=True)
+        for name in BUNDLE_FILES:
+            (folder / name).write_bytes(files[name])
+        (folder / MANIFEST).write_bytes(files[MANIFEST])
+        self._sha256 = _sha256(files[MANIFEST])
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+        """Same as :func:`load`."""
+        return load(folder, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_checked(folder: Path) -> dict[str, bytes]:
+    """Every bundle file's bytes after the folder, manifest, sizes, hashes and pickle checks."""
+    if not folder.is_dir():
+        raise CheckpointError(f"model bundle folder {folder} does not exist")
+    expected = (*BUNDLE_FILES, MANIFEST)
+    for path in sorted(folder.iterdir()):
+        if path.name in expected and path.is_file():
+            continue
+        if path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise CheckpointError(f"{path} looks like a pickle file; bundles never hold pickles and none is loaded")
+        raise CheckpointError(f"{path} is not part of a model bundle (expected only {', '.join(expected)})")
+    for name in expected:
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder / name} is missing")
+    files = {name: (folder / name).read_bytes() for name in expected}
+    for name, data in files.items():
+        magic = _pickle_magic(data)
+        if magic is not None:
+            raise CheckpointError(f"{folder / name} is {magic}; bundles never hold pickles and none is loaded")
+    manifest = _parse_json(folder / MANIFEST, files[MANIFEST])
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise CheckpointError(f"{folder / MANIFEST} is not a geodiff bundle manifest")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or set(listed) != set(BUNDLE_FILES):
+        found = sorted(listed) if isinstance(listed, dict) else listed
+        raise CheckpointError(f"{folder / MANIFEST} must list exactly {', '.join(BUNDLE_FILES)}; it lists {found}")
+    for name in BUNDLE_FILES:
+        entry, data = listed[name], files[name]
+        if not isinstance(entry, dict) or "size" not in entry or "sha256" not in entry:
+            raise CheckpointError(f"{folder / MANIFEST} entry for {name} needs 'size' and 'sha256'")
+        if len(data) != entry["size"]:
+            raise CheckpointError(
+                f"{folder / name} has {len(data)} bytes; the manifest says {entry['size']} (truncated or altered)"
+            )
+        if _sha256(data) != entry["sha256"]:
+            raise CheckpointError(f"{folder / name} does not match its sha256 in the manifest (corrupted or altered)")
+    return files
+
+
+def _parse_json(path: Path, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load and check a bundle written by :meth:`ModelBundle.save`; the denoiser is on ``device`` in eval mode.
+
+    Raises :class:`~geodiff.errors.CheckpointError` naming the file for a missing, unknown, truncated,
+    altered or pickle-carrying file, or weights that do not fit the configuration.
+
+    Example
+    -------
+    >>> from geodiff.io.bundle import load
+    >>> load("/no/such/bundle")
+    Traceback (most recent call last):
+    ...
+    geodiff.errors.CheckpointError: model bundle folder /no/such/bundle does not exist
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    from geodiff.diffusion.denoiser import Denoiser
+
+    folder = Path(folder)
+    files = _read_checked(folder)
+    config = _parse_json(folder / CONFIG, files[CONFIG])
+    if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{folder / CONFIG} is not a geodiff bundle configuration")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > BUNDLE_VERSION:
+        raise CheckpointError(
+            f"{folder / CONFIG} has format_version {version!r}; this geodiff reads up to {BUNDLE_VERSION}"
+        )
+    for key in ("denoiser", "metadata", "denoiser_mask"):
+        if key not in config:
+            raise CheckpointError(f"{folder / CONFIG} has no key {key!r}")
+    codec_spec = _parse_json(folder / CODEC, files[CODEC])
+    normalizer_spec = _parse_json(folder / NORMALIZER, files[NORMALIZER])
+    try:
+        tensors = load_tensors(files[WEIGHTS])
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(f"{folder / WEIGHTS} cannot be read as safetensors: {err}") from err
+    mask = tensors.pop(MASK_KEY, None)
+    if mask is None:
+        raise CheckpointError(f"{folder / WEIGHTS} has no tensor {MASK_KEY!r} (the codec mask)")
+    unknown = sorted(k for k in tensors if not k.startswith(PREFIX))
+    if unknown:
+        raise CheckpointError(f"{folder / WEIGHTS} holds tensors that are not part of a bundle: {unknown}")
+    try:
+        codec = Codec.from_dict(codec_spec, mask)
+    except GeodiffError as err:
+        raise CheckpointError(
+            f"{folder / CODEC} does not describe a valid codec (with the mask in {WEIGHTS}): {err}"
+        ) from err
+    try:
+        normalizer = Normalizer.from_dict(normalizer_spec)
+    except GeodiffError as err:
+        raise CheckpointError(f"{folder / NORMALIZER} does not hold valid statistics: {err}") from err
+    try:
+        denoiser = Denoiser.from_config(config["denoiser"])
+    except (GeodiffError, TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{folder / CONFIG} does not describe a denoiser that can be built: {err}") from err
+    state = {k[len(PREFIX):]: v for k, v in tensors.items()}
+    try:
+        denoiser.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{folder / WEIGHTS} does not fit the denoiser described in {folder / CONFIG}: {err}"
+        ) from err
+    if config["denoiser_mask"] == "codec":
+        denoiser.set_mask(codec.mask)
+    elif config["denoiser_mask"] is not None:
+        raise CheckpointError(f"{folder / CONFIG} key 'denoiser_mask' must be 'codec' or null")
+    denoiser.to(device)
+    denoiser.eval()
+    try:
+        bundle = ModelBundle(denoiser, codec, normalizer, config["metadata"])
+    except GeodiffError as err:
+        raise CheckpointError(f"{folder} holds parts that do not fit together: {err}") from err
+    bundle._sha256 = _sha256(files[MANIFEST])
+    return bundle
