@@ -46,7 +46,13 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "heun": "geodiff.diffusion.samplers:HeunSampler",
         "dpmpp_2m": "geodiff.diffusion.samplers:DPMSolverPP2MSampler",
     },
-    "guidance": {},
+    "guidance": {
+        "reconmost": "geodiff.guidance.reconmost:ReconMOSTGuidance",
+        "dps": "geodiff.guidance.dps:DPSGuidance",
+        "mmps": "geodiff.guidance.mmps:MMPSGuidance",
+        "sda": "geodiff.guidance.mmps:SDAGuidance",
+        "repaint": "geodiff.guidance.repaint:RePaintGuidance",
+    },
     "adapter": {},
     "reward": {},
 }

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
-from io_datasets import make_ocean
+from tests.io.io_datasets import make_ocean
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from io_datasets import make_ocean
+from tests.io.io_datasets import make_ocean
 from torch import nn
 
 import geodiff

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from io_datasets import land_mask, make_ocean
+from tests.io.io_datasets import land_mask, make_ocean
 
 from geodiff.errors import ConfigError, CoordinateError, GridError
 from geodiff.io.codec import Codec

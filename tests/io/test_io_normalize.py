@@ -7,7 +7,7 @@ import pytest
 import torch
 import xarray as xr
 from dask.callbacks import Callback
-from io_datasets import make_ocean
+from tests.io.io_datasets import make_ocean
 
 from geodiff.errors import ConfigError, CoordinateError, DataError, GridError
 from geodiff.io.codec import Codec

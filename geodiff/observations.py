@@ -1,0 +1,558 @@
+"""The observation table: sparse in-situ / satellite observations as an ``xr.Dataset`` with dimension ``obs``.
+
+Layout (DESIGN section 4):
+
+===============  ===========  ===============================================================
+name             kind         meaning
+===============  ===========  ===============================================================
+``value``        data (float) the observed value, in the units of the field's variable
+``error_std``    data (float) observation error standard deviation (same units), > 0
+``lat``          coord        degrees north, in [-90, 90]
+``lon``          coord        degrees east, any convention (taken into the grid's one)
+``time``         coord        observation time (datetime64, cftime or numeric)
+``depth``        coord, opt.  metres, positive down (needed for 3-D variables)
+``variable``     coord, opt.  name of the field variable observed (needed with several)
+``source``       coord, opt.  platform / product (e.g. ``"argo"``, ``"xbt"``)
+``obs_id``       coord        unique identifier (generated 0..N-1 when absent, with a record)
+===============  ===========  ===============================================================
+
+A ``pandas.DataFrame`` with these columns is accepted wherever a table is. :func:`as_observations` checks the
+structure (malformed tables raise :class:`~geodiff.errors.ObservationError` naming the column);
+:func:`validate_observations` checks the table against a model grid and returns the usable observations with
+an :class:`ObservationReport` that accounts for every record dropped, merged, filled or converted.
+
+This module uses xarray / pandas / numpy only (no torch); observation operators live in
+:mod:`geodiff.operators`.
+
+Example
+-------
+>>> import numpy as np, pandas as pd
+>>> from geodiff.observations import validate_observations
+>>> table = pd.DataFrame({"value": [1.0, np.nan, 2.0, 3.0], "error_std": 0.1, "lat": [0.5, 0.5, 5.0, 0.2],
+...                       "lon": [0.5, 0.5, 0.5, -359.5], "time": pd.Timestamp("2020-01-15")})
+>>> clean, report = validate_observations(table, grid_lat=[0.0, 1.0], grid_lon=[0.0, 1.0])
+>>> clean.sizes["obs"], report.missing_value, report.outside_grid, report.lon_converted
+(2, 1, 1, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from geodiff.errors import CoordinateError, GridError, ObservationError
+
+__all__ = ["ObservationReport", "as_observations", "validate_observations", "OBSERVATION_COLUMNS"]
+
+#: every standard column of an observation table: data variables first, then coordinates
+OBSERVATION_COLUMNS = ("value", "error_std", "lat", "lon", "time", "depth", "variable", "source", "obs_id")
+_DATA = ("value", "error_std")
+_COORDS = ("lat", "lon", "time", "depth", "variable", "source", "obs_id")
+_REQUIRED = ("value", "lat", "lon", "time")
+_NUMERIC = ("value", "error_std", "lat", "lon", "depth")
+_DUPLICATE_POLICIES = ("average", "first", "error")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the table
+
+
+def _columns_from_dataframe(table: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, dict]]:
+    frame = table
+    if any(name in OBSERVATION_COLUMNS for name in (frame.index.names or []) if name is not None):
+        frame = frame.reset_index()
+    columns = {str(name): frame[name].to_numpy() for name in frame.columns}
+    return columns, dict(table.attrs), {}
+
+
+def _columns_from_dataset(table: xr.Dataset) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, dict]]:
+    dims = set(table.dims)
+    if dims != {"obs"}:
+        other = sorted(map(str, dims - {"obs"})) or ["(none)"]
+        raise ObservationError(
+            f"an observation table has the single dimension 'obs'; found dimension(s) {other} "
+            f"(rename the record dimension to 'obs', e.g. ds.rename({{'{other[0]}': 'obs'}}))"
+        )
+    size = table.sizes["obs"]
+    columns: dict[str, np.ndarray] = {}
+    for name, array in {**dict(table.coords), **dict(table.data_vars)}.items():
+        if array.dims == ("obs",):
+            columns[str(name)] = array.to_numpy()
+        elif array.dims == () and name in _COORDS:
+            columns[str(name)] = np.full(size, array.to_numpy()[()])  # one time / variable / source for all
+        elif array.dims == ():
+            continue  # other scalar metadata is not per observation
+        else:
+            raise ObservationError(f"variable {name!r} has dims {array.dims}; every column must be along 'obs' only")
+    attrs = {str(name): dict(array.attrs) for name, array in {**dict(table.coords), **dict(table.data_vars)}.items()}
+    return columns, dict(table.attrs), attrs
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as a plain Python value (readable in messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _first_id(ids: np.ndarray, bad: np.ndarray) -> Any:
+    where = np.flatnonzero(bad)
+    return _plain(ids[where[0]]) if where.size else None
+
+
+def _default_for(default: float | Mapping[str, float], variables: np.ndarray | None, size: int) -> np.ndarray:
+    """The default error of each record (NaN where a per-variable default does not cover the variable)."""
+    if not isinstance(default, Mapping):
+        return np.full(size, float(default))
+    if variables is None:
+        raise ObservationError("default_error_std given per variable needs a 'variable' column")
+    return np.array([float(default.get(v, np.nan)) for v in variables], dtype=np.float64)
+
+
+def as_observations(
+    table: xr.Dataset | pd.DataFrame, *, default_error_std: float | Mapping[str, float] | None = None
+) -> xr.Dataset:
+    """A checked observation table (``xr.Dataset`` with dimension ``obs``) from a Dataset or DataFrame.
+
+    Raises :class:`~geodiff.errors.ObservationError` naming the column when a required column (``value``, ``lat``,
+    ``lon``, ``time``; ``error_std`` unless ``default_error_std`` is given) is missing, a numeric column is not
+    numeric, ``lat`` is outside [-90, 90], ``depth`` is negative, ``error_std`` is not positive and finite, a
+    ``value`` is infinite, ``obs_id`` has duplicates, or a column is not along ``obs``.
+
+    ``default_error_std`` (a number, or ``{variable: number}``) fills a missing ``error_std`` column and NaN
+    entries; the default and the number of entries filled are recorded in ``attrs`` (``error_std_default``,
+    ``error_std_filled``). A missing ``obs_id`` is generated as 0..N-1 (recorded in ``attrs["obs_id"]``).
+    NaN values and positions are kept: :func:`validate_observations` counts and drops them.
+
+    Example
+    -------
+    >>> import pandas as pd
+    >>> obs = as_observations(pd.DataFrame({"value": [14.2], "lat": [10.0], "lon": [200.0],
+    ...                                     "time": [pd.Timestamp("2020-01-15")]}), default_error_std=0.5)
+    >>> float(obs.error_std[0]), obs.attrs["error_std_filled"], list(obs.coords)
+    (0.5, 1, ['lat', 'lon', 'time', 'obs_id'])
+    """
+    if isinstance(table, pd.DataFrame):
+        columns, attrs, column_attrs = _columns_from_dataframe(table)
+    elif isinstance(table, xr.Dataset):
+        columns, attrs, column_attrs = _columns_from_dataset(table)
+    else:
+        raise ObservationError(f"an observation table is an xr.Dataset or pandas.DataFrame, got {type(table).__name__}")
+    missing = [name for name in _REQUIRED if name not in columns]
+    if "error_std" not in columns and default_error_std is None:
+        missing.append("error_std")
+    if missing:
+        raise ObservationError(
+            f"observation table is missing column(s) {missing}; expected {list(OBSERVATION_COLUMNS[:5])} "
+            "(+ optional depth, variable, source, obs_id)"
+            + ("; pass default_error_std= to use a stated default error" if "error_std" in missing else "")
+        )
+    size = len(columns["value"])
+    for name in _NUMERIC:
+        if name in columns:
+            array = columns[name]
+            if array.dtype.kind not in "fiu":
+                raise ObservationError(f"observation column {name!r} must be numeric, got dtype {array.dtype}")
+            columns[name] = array.astype(np.float64)
+    if "obs_id" in columns:
+        ids = columns["obs_id"]
+        unique, counts = np.unique(ids.astype(str), return_counts=True)
+        if np.any(counts > 1):
+            example = _plain(unique[counts > 1][0])
+            raise ObservationError(f"observation column 'obs_id' has duplicates, e.g. {example!r}")
+    else:
+        ids = np.arange(size)
+        columns["obs_id"] = ids
+        attrs["obs_id"] = "generated as 0..N-1 (the input had no obs_id)"
+    lat = columns["lat"]
+    if np.any(np.abs(lat) > 90):
+        raise ObservationError(
+            "observation column 'lat' must lie in [-90, 90] degrees north; "
+            f"obs_id {_first_id(ids, np.abs(lat) > 90)!r} "
+            f"has {_plain(lat[np.abs(lat) > 90][0])}"
+        )
+    if "depth" in columns and np.any(columns["depth"] < 0):
+        bad = columns["depth"] < 0
+        raise ObservationError(
+            f"observation column 'depth' is in metres, positive down; obs_id {_first_id(ids, bad)!r} has "
+            f"{_plain(columns['depth'][bad][0])}"
+        )
+    if np.any(np.isinf(columns["value"])):
+        first = _first_id(ids, np.isinf(columns["value"]))
+        raise ObservationError(f"observation column 'value' is infinite at obs_id {first!r}")
+    variables = columns.get("variable")
+    if "error_std" not in columns:
+        columns["error_std"] = np.full(size, np.nan)
+    error_std = columns["error_std"]
+    bad = ~np.isnan(error_std) & ~((error_std > 0) & np.isfinite(error_std))
+    if np.any(bad):
+        raise ObservationError(
+            f"observation column 'error_std' must be positive and finite; obs_id {_first_id(ids, bad)!r} has "
+            f"{_plain(error_std[bad][0])}"
+        )
+    if default_error_std is not None:
+        fill = _default_for(default_error_std, variables, size)
+        if np.any(~np.isnan(fill) & ~((fill > 0) & np.isfinite(fill))):
+            raise ObservationError(f"default_error_std must be positive and finite, got {default_error_std!r}")
+        filled = np.isnan(error_std) & ~np.isnan(fill)
+        columns["error_std"] = np.where(filled, fill, error_std)
+        attrs["error_std_default"] = (
+            str(dict(default_error_std)) if isinstance(default_error_std, Mapping) else float(default_error_std)
+        )
+        attrs["error_std_filled"] = int(attrs.get("error_std_filled", 0)) + int(filled.sum())
+    def column(name: str) -> tuple[str, np.ndarray, dict]:
+        return ("obs", columns.pop(name), column_attrs.get(name, {}))
+
+    data_vars = {name: column(name) for name in _DATA}
+    coords = {name: column(name) for name in _COORDS if name in columns}
+    extra = {name: column(name) for name in list(columns)}
+    return xr.Dataset({**data_vars, **extra}, coords=coords, attrs=attrs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# validation against a grid
+
+
+@dataclass
+class ObservationReport:
+    """What :func:`validate_observations` did to each record. Every input record is either kept or counted in
+    exactly one drop category: ``total == kept + missing_value + missing_position + missing_error_std +
+    sum(unknown_variable.values()) + outside_grid + on_land + duplicates_merged``.
+
+    ``duplicates_merged`` counts records removed by merging duplicates (each group keeps one record);
+    ``conflicting_groups`` how many groups had different values. ``error_std_filled`` counts entries given
+    ``default_error_std``; ``lon_converted`` longitudes taken into the grid's convention;
+    ``depth_above_first_level`` observations shallower than the first level (they take the first level).
+    """
+
+    total: int = 0
+    kept: int = 0
+    missing_value: int = 0
+    missing_position: int = 0
+    missing_error_std: int = 0
+    unknown_variable: dict[str, int] = field(default_factory=dict)
+    outside_grid: int = 0
+    on_land: int = 0
+    duplicates_merged: int = 0
+    duplicate_groups: int = 0
+    conflicting_groups: int = 0
+    duplicate_policy: str = "average"
+    error_std_filled: int = 0
+    default_error_std: float | str | None = None
+    lon_converted: int = 0
+    depth_above_first_level: int = 0
+    variable_assigned: str | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Records not in the clean table (dropped or merged into another)."""
+        return self.total - self.kept
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts as a plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"observations: {self.total} in, {self.kept} kept, {self.dropped} dropped or merged"]
+        drops = [
+            ("missing value (NaN)", self.missing_value),
+            ("missing position or time (NaN)", self.missing_position),
+            ("missing error_std and no default", self.missing_error_std),
+            ("outside the grid", self.outside_grid),
+            ("on land or below the sea floor", self.on_land),
+            (f"duplicates merged (policy {self.duplicate_policy!r}, {self.duplicate_groups} groups, "
+             f"{self.conflicting_groups} with conflicting values)", self.duplicates_merged),
+        ]  # fmt: skip
+        lines += [f"  dropped, {text}: {count}" for text, count in drops if count]
+        lines += [f"  dropped, unknown variable {name!r}: {count}" for name, count in self.unknown_variable.items()]
+        if self.error_std_filled:
+            lines.append(f"  error_std filled with the default {self.default_error_std}: {self.error_std_filled}")
+        if self.lon_converted:
+            lines.append(f"  longitudes converted to the grid's convention: {self.lon_converted}")
+        if self.depth_above_first_level:
+            lines.append(f"  shallower than the first level (use the first level): {self.depth_above_first_level}")
+        if self.variable_assigned is not None:
+            lines.append(f"  no 'variable' column: all assigned to {self.variable_assigned!r}")
+        return "\n".join(lines)
+
+
+def _layout(
+    variables: Sequence[str] | Mapping[str, Any] | None, grid_depth: Any, channels: Sequence[tuple[Any, Any]] | None
+) -> tuple[dict[Any, np.ndarray | None], list[Any]]:
+    """``({variable or None: depth levels or None}, channel variable of each channel)``."""
+    if channels is not None:
+        if variables is not None or grid_depth is not None:
+            raise GridError("give channels (the codec's (variable, level) list) or variables/grid_depth, not both")
+        pairs = [tuple(item) for item in channels]
+    elif isinstance(variables, Mapping):
+        pairs = []
+        for name, levels in variables.items():
+            pairs += [(name, None)] if levels is None else [(name, float(level)) for level in np.atleast_1d(levels)]
+    elif variables is not None:
+        if isinstance(variables, str):
+            variables = [variables]
+        levels = None if grid_depth is None else np.asarray(grid_depth, dtype=np.float64)
+        pairs = [(name, level) for name in variables for level in ([None] if levels is None else levels.tolist())]
+    else:
+        levels = None if grid_depth is None else np.asarray(grid_depth, dtype=np.float64)
+        pairs = [(None, level) for level in ([None] if levels is None else levels.tolist())]
+    layout: dict[Any, list[Any]] = {}
+    order: list[Any] = []
+    for name, level in pairs:
+        layout.setdefault(name, []).append(level)
+        order.append(name)
+    result: dict[Any, np.ndarray | None] = {}
+    for name, levels in layout.items():
+        if all(level is None for level in levels) and len(levels) == 1:
+            result[name] = None
+        elif any(level is None for level in levels):
+            raise GridError(f"variable {name!r} mixes channels with and without a depth level")
+        else:
+            result[name] = _ascending(levels, f"depth levels of {name!r}")
+    return result, order
+
+
+def _ascending(values: Any, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.size == 0 or not np.all(np.isfinite(array)):
+        raise CoordinateError(f"coordinate {name!r} must be a non-empty array of finite values")
+    if array.size > 1 and not np.all(np.diff(array) > 0):
+        raise CoordinateError(f"coordinate {name!r} must be strictly ascending")
+    return array
+
+
+def _neighbours(grid: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(i0, i1, t, inside)`` on an ascending grid (the same rule as :mod:`geodiff.operators`)."""
+    if grid.size == 1:
+        zero = np.zeros(values.shape, dtype=np.int64)
+        return zero, zero, np.zeros(values.shape), np.isclose(values, grid[0], rtol=0, atol=1e-9)
+    i0 = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, grid.size - 2)
+    t = np.clip((values - grid[i0]) / (grid[i0 + 1] - grid[i0]), 0.0, 1.0)
+    return i0, i0 + 1, t, (values >= grid[0]) & (values <= grid[-1])
+
+
+def _is_periodic(lon: np.ndarray) -> bool:
+    if lon.size < 2:
+        return False
+    gap = lon[0] + 360.0 - lon[-1]
+    return bool(0 < gap <= 1.5 * np.diff(lon).max() + 1e-9)
+
+
+def validate_observations(
+    obs: xr.Dataset | pd.DataFrame,
+    grid_lat: Any,
+    grid_lon: Any,
+    grid_depth: Any = None,
+    ocean_mask: Any = None,
+    variables: Sequence[str] | Mapping[str, Any] | None = None,
+    *,
+    channels: Sequence[tuple[Any, Any]] | None = None,
+    periodic: bool | None = None,
+    duplicates: str = "average",
+    default_error_std: float | Mapping[str, float] | None = None,
+    extrapolate_above: bool = True,
+) -> tuple[xr.Dataset, ObservationReport]:
+    """Check an observation table against a model grid: ``(clean table, report)``.
+
+    Parameters
+    ----------
+    obs: the table (``xr.Dataset`` with dimension ``obs`` or ``pandas.DataFrame``), see :func:`as_observations`.
+    grid_lat, grid_lon: the field's ascending latitudes ``[H]`` and longitudes ``[W]`` (degrees).
+    grid_depth: depth levels ``[L]`` (metres, positive down) of the 3-D variables, or None for 2-D fields.
+    ocean_mask: bool ``[H, W]`` or ``[C, H, W]`` (channels as in the layout), True = ocean / valid.
+    variables: the field's variables: names (each on ``grid_depth``) or ``{name: levels or None}``; None accepts
+        a table of a single variable (or without a ``variable`` column).
+    channels: alternatively the codec's ``(variable, level)`` list (:attr:`geodiff.io.Codec.channels`).
+    periodic: longitude wraps around (None: decided from ``grid_lon``).
+    duplicates: records with the same (variable, time, lat, lon, depth): identical ones are one record listed
+        twice and are kept once; with conflicting values, ``"average"`` (default) merges them into one record with
+        the mean value and ``error_std = sqrt(mean(error_std^2) / n + var(values))`` (error of the mean plus the
+        spread of the conflicting values; the count goes to ``n_merged``), ``"first"`` keeps the first record,
+        ``"error"`` raises :class:`~geodiff.errors.ObservationError` naming the ``obs_id`` involved.
+    default_error_std: the stated error for missing ``error_std`` (number or ``{variable: number}``).
+    extrapolate_above: observations shallower than the first level use the first level (counted); else they are
+        outside the grid.
+
+    Each record is dropped for the first reason that applies, in order: unknown variable, NaN value, NaN position
+    (lat, lon, time, or depth of a 3-D variable), missing error_std, outside the grid (lat/lon range, deeper
+    than the last level), on land (every interpolation corner -- bilinear in lat/lon, linear in depth -- is
+    masked out: the same rule as :class:`geodiff.operators.PointOperator`); then duplicates are merged.
+    Longitudes are converted to the grid's convention ``[lon0, lon0 + 360)`` (counted). The clean table's
+    ``attrs["geodiff_validation"]`` holds the report text. Zero usable observations raise ObservationError.
+
+    Example
+    -------
+    >>> import numpy as np, pandas as pd
+    >>> table = pd.DataFrame({"value": [1.0, 3.0, 5.0], "error_std": [0.1, 0.1, np.nan], "lat": 0.5,
+    ...                       "lon": 0.5, "time": pd.Timestamp("2020-01-15"), "depth": [5.0, 5.0, 700.0]})
+    >>> clean, report = validate_observations(table, [0.0, 1.0], [0.0, 1.0], grid_depth=[5.0, 10.0],
+    ...                                       default_error_std=0.3)
+    >>> float(clean.value[0]), round(float(clean.error_std[0]), 3), report.outside_grid, report.duplicates_merged
+    (2.0, 1.002, 1, 1)
+    """
+    if duplicates not in _DUPLICATE_POLICIES:
+        raise ObservationError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {duplicates!r}")
+    table = as_observations(obs, default_error_std=default_error_std)
+    layout, channel_vars = _layout(variables, grid_depth, channels)
+    lat_grid = _ascending(grid_lat, "lat")
+    lon_grid = _ascending(grid_lon, "lon")
+    if lon_grid[-1] - lon_grid[0] >= 360:
+        raise CoordinateError("coordinate 'lon' spans 360 degrees or more; drop the repeated seam column")
+    periodic = _is_periodic(lon_grid) if periodic is None else bool(periodic)
+    size = table.sizes["obs"]
+    report = ObservationReport(total=size, duplicate_policy=duplicates)
+    report.error_std_filled = int(table.attrs.get("error_std_filled", 0))
+    report.default_error_std = table.attrs.get("error_std_default")
+    reason = np.full(size, "", dtype=object)
+
+    # variables
+    named = list(layout) != [None]
+    if "variable" in table.coords:
+        variable = table["variable"].to_numpy().astype(object)
+    else:
+        variable = None
+    if named:
+        if variable is None:
+            if len(layout) > 1:
+                raise ObservationError(
+                    f"the field has variables {sorted(map(str, layout))}: the table needs a 'variable' column"
+                )
+            report.variable_assigned = str(next(iter(layout)))
+            variable = np.full(size, next(iter(layout)), dtype=object)
+            table = table.assign_coords(variable=("obs", variable.astype(str)))
+        known = pd.Series(variable).isin(list(layout)).to_numpy()
+        for name in pd.unique(variable[~known]):
+            report.unknown_variable[str(name)] = int(np.sum(variable[~known] == name))
+        reason[~known] = "unknown_variable"
+        levels_of = [layout.get(v) for v in variable]
+    else:
+        if variable is not None and len(pd.unique(variable)) > 1:
+            raise ObservationError(
+                f"the table has variables {sorted(map(str, pd.unique(variable)))}; pass variables= (the field's names)"
+            )
+        levels_of = [layout[None]] * size
+    three_d = np.array([levels is not None for levels in levels_of], dtype=bool)
+    if three_d.any() and "depth" not in table.coords:
+        raise ObservationError("observations of 3-D variables need a 'depth' column (metres, positive down)")
+
+    # missing values, positions, errors
+    value = table["value"].to_numpy()
+    lat = table["lat"].to_numpy()
+    lon = table["lon"].to_numpy()
+    depth = table["depth"].to_numpy() if "depth" in table.coords else np.full(size, np.nan)
+    error_std = table["error_std"].to_numpy()
+    reason[(reason == "") & np.isnan(value)] = "missing_value"
+    no_position = np.isnan(lat) | np.isnan(lon) | pd.isnull(table["time"].to_numpy()) | (three_d & np.isnan(depth))
+    reason[(reason == "") & no_position] = "missing_position"
+    reason[(reason == "") & np.isnan(error_std)] = "missing_error_std"
+
+    # position on the grid
+    safe_lat = np.where(np.isnan(lat), lat_grid[0], lat)
+    safe_lon = np.where(np.isnan(lon), lon_grid[0], lon)
+    wrapped = lon_grid[0] + np.mod(safe_lon - lon_grid[0], 360.0)
+    converted = ~np.isnan(lon) & ~np.isclose(wrapped, lon, rtol=0, atol=1e-12)
+    j0, j1, ty, in_lat = _neighbours(lat_grid, safe_lat)
+    if periodic:
+        i0 = np.clip(np.searchsorted(lon_grid, wrapped, side="right") - 1, 0, lon_grid.size - 1)
+        last = i0 == lon_grid.size - 1
+        i1 = np.where(last, 0, i0 + 1)
+        right = np.where(last, lon_grid[0] + 360.0, lon_grid[np.minimum(i0 + 1, lon_grid.size - 1)])
+        tx = np.clip((wrapped - lon_grid[i0]) / (right - lon_grid[i0]), 0.0, 1.0)
+        in_lon = np.ones(size, dtype=bool)
+    else:
+        i0, i1, tx, in_lon = _neighbours(lon_grid, wrapped)
+    c0 = np.zeros(size, dtype=np.int64)  # channels of the two levels around each observation
+    c1 = np.zeros(size, dtype=np.int64)
+    tz = np.zeros(size)
+    in_depth = np.ones(size, dtype=bool)
+    above = np.zeros(size, dtype=bool)
+    for name, levels in layout.items():
+        chans = np.array([index for index, owner in enumerate(channel_vars) if owner == name])
+        selected = np.ones(size, dtype=bool) if not named else np.asarray(variable == name, dtype=bool)
+        if levels is None:
+            c0[selected] = c1[selected] = chans[0]
+            continue
+        selected &= reason == ""
+        d = depth[selected]
+        k0, k1, t, inside = _neighbours(levels, d)
+        shallow = d < levels[0]
+        if extrapolate_above:
+            k0, k1 = np.where(shallow, 0, k0), np.where(shallow, 0, k1)
+            t, inside = np.where(shallow, 0.0, t), inside | shallow
+            above[selected] = shallow
+        c0[selected], c1[selected], tz[selected], in_depth[selected] = chans[k0], chans[k1], t, inside
+    reason[(reason == "") & ~(in_lat & in_lon & in_depth)] = "outside_grid"
+
+    # land: every corner with a positive weight is masked out
+    if ocean_mask is not None:
+        mask = np.asarray(ocean_mask).astype(bool)
+        height, width = lat_grid.size, lon_grid.size
+        if mask.shape == (height, width):
+            mask = np.broadcast_to(mask, (len(channel_vars), height, width))
+        if mask.shape != (len(channel_vars), height, width):
+            raise GridError(
+                f"ocean_mask must be [H, W] = {[height, width]} or [C, H, W] = {[len(channel_vars), height, width]}, "
+                f"got {list(mask.shape)}"
+            )
+        valid_weight = np.zeros(size)
+        for cz, wz in ((c0, 1 - tz), (c1, tz)):
+            for jy, wy in ((j0, 1 - ty), (j1, ty)):
+                for ix, wx in ((i0, 1 - tx), (i1, tx)):
+                    valid_weight += wz * wy * wx * mask[cz, jy, ix]
+        reason[(reason == "") & (valid_weight <= 1e-12)] = "on_land"
+
+    for key in ("missing_value", "missing_position", "missing_error_std", "outside_grid", "on_land"):
+        setattr(report, key, int(np.sum(reason == key)))
+    keep = np.flatnonzero(reason == "")
+    report.lon_converted = int(np.sum(converted[keep]))
+    report.depth_above_first_level = int(np.sum(above[keep]))
+    if keep.size == 0:
+        raise ObservationError(f"no usable observation on this grid\n{report}")
+    clean = table.isel(obs=keep)
+    clean = clean.assign_coords(lon=clean["lon"].copy(data=wrapped[keep]))
+    clean, report = _merge_duplicates(clean, report, duplicates)
+    report.kept = clean.sizes["obs"]
+    clean.attrs["geodiff_validation"] = str(report)
+    return clean, report
+
+
+def _merge_duplicates(
+    table: xr.Dataset, report: ObservationReport, policy: str
+) -> tuple[xr.Dataset, ObservationReport]:
+    keys = [name for name in ("variable", "time", "lat", "lon", "depth") if name in table.coords]
+    frame = pd.DataFrame({name: table[name].to_numpy() for name in keys})
+    group = frame.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    count = np.bincount(group)
+    if count.max() == 1:
+        return table, report
+    value = table["value"].to_numpy()
+    error = table["error_std"].to_numpy()
+    n = count[group]
+    mean = np.bincount(group, weights=value)[group] / n
+    spread = np.bincount(group, weights=(value - mean) ** 2)[group] / n
+    error_mean2 = np.bincount(group, weights=error**2)[group] / n
+    error_spread = np.bincount(group, weights=(error**2 - error_mean2) ** 2)[group]
+    conflicting = (spread > 0) | (error_spread > 0)
+    report.duplicate_groups = int(np.sum(count > 1))
+    report.conflicting_groups = int(np.unique(group[conflicting & (n > 1)]).size)
+    if policy == "error" and report.conflicting_groups:
+        first = group[np.flatnonzero(conflicting & (n > 1))[0]]
+        ids = table["obs_id"].to_numpy()[group == first].tolist()
+        raise ObservationError(
+            f"{report.conflicting_groups} groups of observations share variable/time/position with different values, "
+            f"e.g. obs_id {ids}; pass duplicates='average' or 'first' to resolve them"
+        )
+    _, first_index = np.unique(group, return_index=True)
+    first_index = np.sort(first_index)
+    merged = table.isel(obs=first_index)
+    report.duplicates_merged = int(table.sizes["obs"] - first_index.size)
+    if policy == "average":
+        # identical records (no spread in value or error) are one record listed twice: error unchanged
+        combined = np.where(conflicting, np.sqrt(error_mean2 / n + spread), error)
+        merged["value"] = merged["value"].copy(data=mean[first_index])
+        merged["error_std"] = merged["error_std"].copy(data=combined[first_index])
+        merged["n_merged"] = ("obs", n[first_index])
+    return merged, report

@@ -1,0 +1,648 @@
+"""Observation operators: linear maps ``A`` from a field ``x [B, C, H, W]`` to observed values ``[B, N]``.
+
+Operators are built from plain numpy arrays (grid coordinates, observation positions) and applied to torch
+tensors; they never import xarray. Every operator is linear, differentiable and has an exact adjoint
+(``<A x, r> == <x, A^T r>``) computed with gathers and ``index_add`` -- never with a dense matrix.
+
+- :class:`PointOperator`: the state **at the observation's location**: bilinear in latitude/longitude (periodic
+  longitude across the dateline for global grids), linear in depth, land-aware (land / below-sea-floor corners
+  are dropped and the remaining weights renormalised). No snapping to the nearest cell.
+- :class:`GridPointOperator`: observations exactly on grid points (a selection), for replacement methods.
+- :class:`StackedOperator`: several operators on one field, outputs concatenated (several observation sets).
+
+Channel layout
+--------------
+A field has ``C`` channels, one per (variable, level), in the codec's order: ``channels`` is a list of
+``(variable, level)`` pairs with ``level`` the depth in metres (positive down) or ``None`` for a 2-D variable,
+exactly :attr:`geodiff.io.Codec.channels`. Without ``channels``, the field is one variable: 2-D (``C = 1``) or,
+with ``grid_depth [L]``, 3-D (``C = L``); the observations' ``variable`` is then not used.
+
+Depth interpolation is linear between the two levels around the observation. An observation shallower than
+the first level takes the first level's value when ``extrapolate_above=True`` (surface observations above the
+first model level, e.g. at 1 m with a first level at 5 m); deeper than the last level is outside the grid.
+
+Example
+-------
+>>> import numpy as np, torch
+>>> from geodiff.operators import PointOperator
+>>> lat, lon = np.array([0.0, 10.0]), np.arange(0.0, 360.0, 90.0)
+>>> op = PointOperator(lat, lon, lat=[5.0], lon=[315.0])  # halfway between 270 E and 0 E (periodic)
+>>> x = torch.arange(8.0).reshape(1, 1, 2, 4)
+>>> op(x)  # mean of x[0, 0, :, 3] and x[0, 0, :, 0]
+tensor([[3.5000]])
+>>> r = torch.ones(1, 1)
+>>> torch.allclose((op(x) * r).sum(), (x * op.adjoint(r)).sum())
+True
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from geodiff.errors import CoordinateError, GridError, ObservationError
+
+__all__ = [
+    "LinearOperator",
+    "PointOperator",
+    "GridPointOperator",
+    "StackedOperator",
+    "channel_layout",
+    "is_periodic",
+]
+
+#: weight sum below which an observation has no valid (ocean) corner
+_EMPTY = 1e-12
+_REASONS = ("variable", "missing", "outside", "land")
+_REASON_TEXT = {
+    "variable": "with a variable that is not a channel of the field",
+    "missing": "with a missing (NaN) position",
+    "outside": "outside the grid",
+    "land": "with every interpolation corner on land or below the sea floor",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# grid helpers (numpy)
+
+
+def _ascending(values: Any, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise CoordinateError(f"coordinate {name!r} must be a non-empty 1-D array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise CoordinateError(f"coordinate {name!r} has non-finite values")
+    if array.size > 1 and not np.all(np.diff(array) > 0):
+        raise CoordinateError(f"coordinate {name!r} must be strictly ascending")
+    return array
+
+
+def is_periodic(grid_lon: Any) -> bool:
+    """True when longitudes ``[W]`` (ascending, degrees) cover the globe: the gap closing the circle, from the
+    last longitude back to the first + 360, is positive and no wider than 1.5 grid spacings.
+
+    >>> is_periodic(np.arange(0.0, 360.0, 2.5)), is_periodic(np.arange(-30.0, 30.0, 1.0))
+    (True, False)
+    """
+    lon = _ascending(grid_lon, "lon")
+    if lon.size < 2:
+        return False
+    gap = lon[0] + 360.0 - lon[-1]
+    return bool(0 < gap <= 1.5 * np.diff(lon).max() + 1e-9)
+
+
+def channel_layout(
+    channels: Sequence[tuple[Any, Any]] | None = None, grid_depth: Any = None
+) -> dict[Any, tuple[np.ndarray, np.ndarray | None]]:
+    """``{variable: (channel indices [L], depth levels [L] or None)}`` from a codec's ``channels`` list.
+
+    Without ``channels`` the field is a single variable (key ``None``): 2-D, or 3-D on ``grid_depth``.
+    A 3-D variable's levels must be strictly ascending (depth positive down).
+
+    >>> layout = channel_layout([("tos", None), ("thetao", 5.0), ("thetao", 15.0)])
+    >>> layout["thetao"][0].tolist(), layout["thetao"][1].tolist(), layout["tos"][1]
+    ([1, 2], [5.0, 15.0], None)
+    """
+    if channels is None:
+        if grid_depth is None:
+            return {None: (np.array([0]), None)}
+        levels = _ascending(grid_depth, "depth")
+        return {None: (np.arange(levels.size), levels)}
+    if grid_depth is not None:
+        raise GridError("give either channels (the codec's (variable, level) list) or grid_depth, not both")
+    grouped: dict[Any, list[tuple[int, Any]]] = {}
+    for index, item in enumerate(channels):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise GridError(f"channels[{index}] must be a (variable, level) pair, got {item!r}")
+        grouped.setdefault(item[0], []).append((index, item[1]))
+    layout: dict[Any, tuple[np.ndarray, np.ndarray | None]] = {}
+    for variable, entries in grouped.items():
+        indices = np.array([i for i, _ in entries])
+        levels = [level for _, level in entries]
+        if all(level is None for level in levels):
+            if len(entries) > 1:
+                raise GridError(f"variable {variable!r} appears in {len(entries)} channels without levels")
+            layout[variable] = (indices, None)
+        elif any(level is None for level in levels):
+            raise GridError(f"variable {variable!r} mixes channels with and without a depth level")
+        else:
+            layout[variable] = (indices, _ascending(levels, f"depth levels of {variable!r}"))
+    return layout
+
+
+def _bracket(grid: np.ndarray, values: np.ndarray, *, extrapolate_below: bool = False):
+    """Neighbours ``(i0, i1, t, inside)`` with ``value = (1 - t) grid[i0] + t grid[i1]`` on an ascending grid.
+
+    ``extrapolate_below`` keeps values below ``grid[0]`` at the first entry (``t = 0``)."""
+    n = grid.size
+    finite = np.isfinite(values)
+    safe = np.where(finite, values, grid[0])
+    if n == 1:
+        i0 = np.zeros(values.shape, dtype=np.int64)
+        t = np.zeros(values.shape)
+        inside = finite & np.isclose(safe, grid[0], rtol=0, atol=1e-9)
+        if extrapolate_below:
+            inside |= finite & (safe < grid[0])
+        return i0, i0, t, inside
+    i0 = np.clip(np.searchsorted(grid, safe, side="right") - 1, 0, n - 2).astype(np.int64)
+    i1 = i0 + 1
+    t = (safe - grid[i0]) / (grid[i1] - grid[i0])
+    inside = finite & (safe >= grid[0]) & (safe <= grid[-1])
+    if extrapolate_below:
+        above = finite & (safe < grid[0])
+        t = np.where(above, 0.0, t)
+        inside |= above
+    return i0, i1, np.clip(t, 0.0, 1.0), inside
+
+
+def _bracket_lon(grid: np.ndarray, values: np.ndarray, periodic: bool):
+    """Longitude neighbours ``(i0, i1, t, inside, converted)``: values are first taken into the grid's convention
+    ``[lon0, lon0 + 360)``; with ``periodic`` the last and first columns are neighbours across the seam."""
+    finite = np.isfinite(values)
+    safe = np.where(finite, values, grid[0])
+    wrapped = grid[0] + np.mod(safe - grid[0], 360.0)
+    if not periodic:
+        i0, i1, t, inside = _bracket(grid, wrapped)
+        return i0, i1, t, inside & finite, wrapped
+    n = grid.size
+    i0 = np.clip(np.searchsorted(grid, wrapped, side="right") - 1, 0, n - 1).astype(np.int64)
+    last = i0 == n - 1
+    i1 = np.where(last, 0, i0 + 1)
+    right = np.where(last, grid[0] + 360.0, grid[np.minimum(i0 + 1, n - 1)])
+    t = np.clip((wrapped - grid[i0]) / (right - grid[i0]), 0.0, 1.0)
+    return i0, i1, t, finite, wrapped
+
+
+def _positions(values: Any, name: str, n: int | None = None) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise ObservationError(f"observation column {name!r} must be numeric: {err}") from err
+    if n is not None and array.size != n:
+        raise ObservationError(f"observation column {name!r} has {array.size} entries, expected {n} (one per obs)")
+    return array
+
+
+def _stencil(
+    grid_lat: np.ndarray,
+    grid_lon: np.ndarray,
+    layout: dict[Any, tuple[np.ndarray, np.ndarray | None]],
+    lat: np.ndarray,
+    lon: np.ndarray,
+    depth: np.ndarray | None,
+    variable: np.ndarray | None,
+    *,
+    periodic: bool,
+    extrapolate_above: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Corner flat indices ``[N, 8]``, weights ``[N, 8]`` (float64) and a reason code per observation
+    (``""`` when interpolable, else one of ``_REASONS``) -- before land is taken into account."""
+    height, width = grid_lat.size, grid_lon.size
+    n = lat.size
+    j0, j1, ty, in_lat = _bracket(grid_lat, lat)
+    i0, i1, tx, in_lon, _ = _bracket_lon(grid_lon, lon, periodic)
+    c0 = np.zeros(n, dtype=np.int64)
+    c1 = np.zeros(n, dtype=np.int64)
+    tz = np.zeros(n)
+    reason = np.full(n, "", dtype=object)
+    reason[~(np.isfinite(lat) & np.isfinite(lon))] = "missing"
+    known = np.zeros(n, dtype=bool)
+    named = not (len(layout) == 1 and None in layout)
+    if named and variable is None:
+        if len(layout) > 1:
+            raise ObservationError(
+                f"the field has variables {sorted(map(str, layout))}: observations need a 'variable' column"
+            )
+        variable = np.full(n, next(iter(layout)), dtype=object)
+    for key, (chans, levels) in layout.items():
+        selected = np.ones(n, dtype=bool) if key is None else np.asarray(variable == key, dtype=bool)
+        known |= selected
+        if not selected.any():
+            continue
+        if levels is None:
+            c0[selected] = c1[selected] = chans[0]
+            continue
+        if depth is None:
+            raise ObservationError(
+                f"observations of 3-D variable {key!r} need a 'depth' column (metres, positive down)"
+            )
+        d = depth[selected]
+        if np.any(d[np.isfinite(d)] < 0):
+            raise ObservationError("observation column 'depth' has negative values; depth is in metres, positive down")
+        k0, k1, t, inside = _bracket(levels, d, extrapolate_below=extrapolate_above)
+        c0[selected], c1[selected], tz[selected] = chans[k0], chans[k1], t
+        where = np.flatnonzero(selected)
+        reason[where[~np.isfinite(d) & (reason[where] == "")]] = "missing"
+        reason[where[~inside & (reason[where] == "")]] = "outside"
+    if named:
+        reason[~known] = "variable"
+    reason[(reason == "") & ~(in_lat & in_lon)] = "outside"
+    plane = height * width
+    index = np.empty((n, 8), dtype=np.int64)
+    weight = np.empty((n, 8))
+    k = 0
+    for cz, wz in ((c0, 1 - tz), (c1, tz)):
+        for jy, wy in ((j0, 1 - ty), (j1, ty)):
+            for ix, wx in ((i0, 1 - tx), (i1, tx)):
+                index[:, k] = cz * plane + jy * width + ix
+                weight[:, k] = wz * wy * wx
+                k += 1
+    bad = reason != ""
+    index[bad], weight[bad] = 0, 0.0
+    return index, weight, reason
+
+
+def _mask_array(mask: Any, shape: tuple[int, int, int]) -> np.ndarray | None:
+    if mask is None:
+        return None
+    if isinstance(mask, Tensor):
+        mask = mask.detach().cpu().numpy()
+    array = np.asarray(mask).astype(bool)
+    channels, height, width = shape
+    if array.shape == (height, width):
+        array = np.broadcast_to(array, shape)
+    if array.shape != shape:
+        raise GridError(
+            f"mask must be [C, H, W] = {list(shape)} or [H, W] = {[height, width]}, got {list(array.shape)}"
+        )
+    return array.reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# operators
+
+
+class LinearOperator(nn.Module, ABC):
+    """A linear observation operator ``x [B, C, H, W] -> [B, N]`` with an exact adjoint.
+
+    Subclasses define :meth:`forward`, :meth:`adjoint` and :meth:`gram_diagonal`; ``field_shape = (C, H, W)``
+    and ``n_obs = N`` describe the spaces. Operators are ``nn.Module`` so ``.to(device)`` moves their buffers.
+    """
+
+    field_shape: tuple[int, int, int]
+    n_obs: int
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """``A x``: field ``[B, C, H, W]`` -> observed values ``[B, N]`` (differentiable)."""
+
+    @abstractmethod
+    def adjoint(self, r: Tensor) -> Tensor:
+        """``A^T r``: values ``[B, N]`` -> field ``[B, C, H, W]`` (scatter-add)."""
+
+    @abstractmethod
+    def gram_diagonal(self) -> Tensor:
+        """``diag(A A^T)`` ``[N]`` (float64): the squared norm of each observation's weights."""
+
+    def _check_field(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != tuple(self.field_shape) or x.ndim != 4:
+            raise GridError(f"field must be [B, C, H, W] with (C, H, W) = {self.field_shape}, got {tuple(x.shape)}")
+
+    def _check_values(self, r: Tensor) -> None:
+        if r.ndim != 2 or r.shape[1] != self.n_obs:
+            raise GridError(f"observation values must be [B, N] with N = {self.n_obs}, got {tuple(r.shape)}")
+
+
+class PointOperator(LinearOperator):
+    """Interpolate a field at observation positions: bilinear in lat/lon, linear in depth, land-aware.
+
+    Parameters
+    ----------
+    grid_lat: ``[H]`` ascending latitudes (degrees north).
+    grid_lon: ``[W]`` ascending longitudes (degrees east, any convention; observations are taken into it).
+    lat, lon: ``[N]`` observation positions.
+    depth: ``[N]`` observation depths (metres, positive down); needed for 3-D variables.
+    variable: ``[N]`` variable names, matched with the ``channels`` layout.
+    channels: the field's ``(variable, level)`` list (see the module docstring); or ``grid_depth [L]``.
+    mask: ``[C, H, W]`` or ``[H, W]`` bool, True = valid (ocean). Land corners get weight 0 and the others are
+        renormalised to sum to 1.
+    periodic: longitude wraps across the seam (``None``: :func:`is_periodic` decides).
+    extrapolate_above: observations shallower than the first level take the first level (else: outside).
+    on_invalid: ``"raise"`` (default) raises :class:`~geodiff.errors.ObservationError` when any observation cannot
+        be interpolated (unknown variable, NaN position, outside the grid, all corners on land), naming how many
+        and which; ``"drop"`` keeps the others and records them: ``kept`` (indices into the input) and
+        ``dropped`` (``{reason: indices}``).
+
+    ``op(x [B, C, H, W]) -> [B, N]``; ``op.adjoint(r [B, N]) -> [B, C, H, W]``. Weights are float64 buffers
+    ``index [N, 8]`` (flat ``c*H*W + j*W + i``) and ``weight [N, 8]``, cast to the field's dtype when applied.
+
+    Example
+    -------
+    >>> import numpy as np, torch
+    >>> lat, lon, depth = np.array([0.0, 1.0]), np.array([0.0, 1.0]), np.array([0.0, 10.0])
+    >>> op = PointOperator(lat, lon, lat=[0.25], lon=[0.5], depth=[2.5], grid_depth=depth)
+    >>> field = torch.tensor([[[0.0, 1.0], [0.0, 1.0]], [[10.0, 11.0], [10.0, 11.0]]])[None]  # = lon + depth
+    >>> op(field)
+    tensor([[3.]])
+    """
+
+    def __init__(
+        self,
+        grid_lat: Any,
+        grid_lon: Any,
+        lat: Any,
+        lon: Any,
+        *,
+        depth: Any = None,
+        variable: Any = None,
+        channels: Sequence[tuple[Any, Any]] | None = None,
+        grid_depth: Any = None,
+        mask: Any = None,
+        periodic: bool | None = None,
+        extrapolate_above: bool = True,
+        on_invalid: str = "raise",
+    ):
+        super().__init__()
+        if on_invalid not in ("raise", "drop"):
+            raise ObservationError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
+        grid_lat = _ascending(grid_lat, "lat")
+        grid_lon = _ascending(grid_lon, "lon")
+        if grid_lon[-1] - grid_lon[0] >= 360:
+            raise CoordinateError("coordinate 'lon' spans 360 degrees or more; drop the repeated seam column")
+        layout = channel_layout(channels, grid_depth)
+        n_channels = sum(chans.size for chans, _ in layout.values())
+        self.field_shape = (n_channels, grid_lat.size, grid_lon.size)
+        self.periodic = is_periodic(grid_lon) if periodic is None else bool(periodic)
+        lat = _positions(lat, "lat")
+        lon = _positions(lon, "lon", lat.size)
+        if np.any(np.abs(lat[np.isfinite(lat)]) > 90):
+            raise ObservationError("observation column 'lat' has values outside [-90, 90] degrees north")
+        depth = None if depth is None else _positions(depth, "depth", lat.size)
+        if variable is not None:
+            variable = np.asarray(variable, dtype=object).reshape(-1)
+            if variable.size != lat.size:
+                raise ObservationError(
+                    f"observation column 'variable' has {variable.size} entries, expected {lat.size}"
+                )
+        index, weight, reason = _stencil(
+            grid_lat, grid_lon, layout, lat, lon, depth, variable,
+            periodic=self.periodic, extrapolate_above=extrapolate_above,
+        )  # fmt: skip
+        valid = _mask_array(mask, self.field_shape)
+        if valid is not None:
+            weight = weight * valid[index]
+            total = weight.sum(axis=1)
+            reason[(reason == "") & (total <= _EMPTY)] = "land"
+            weight = np.divide(weight, total[:, None], out=np.zeros_like(weight), where=total[:, None] > _EMPTY)
+        bad = reason != ""
+        self.dropped = {key: np.flatnonzero(reason == key) for key in _REASONS if np.any(reason == key)}
+        if bad.any() and on_invalid == "raise":
+            parts = [f"{idx.size} {_REASON_TEXT[key]} (indices {idx[:5].tolist()}{'...' if idx.size > 5 else ''})"
+                     for key, idx in self.dropped.items()]  # fmt: skip
+            raise ObservationError(
+                f"{int(bad.sum())} of {bad.size} observations cannot be interpolated: " + "; ".join(parts)
+                + ". Clean the table with geodiff.observations.validate_observations or pass on_invalid='drop'."
+            )
+        self.kept = np.flatnonzero(~bad)
+        if self.kept.size == 0:
+            raise ObservationError("no observation can be interpolated on this grid (all dropped)")
+        self.n_obs = int(self.kept.size)
+        self.register_buffer("index", torch.from_numpy(index[self.kept]))
+        self.register_buffer("weight", torch.from_numpy(weight[self.kept]))
+
+    @classmethod
+    def from_columns(cls, table: Mapping[str, Any], grid_lat: Any, grid_lon: Any, **kwargs: Any) -> PointOperator:
+        """Build from any mapping of columns ``lat``, ``lon`` and optional ``depth``, ``variable`` (an observation
+        ``xr.Dataset`` or ``pandas.DataFrame`` works as is); ``kwargs`` as in the constructor.
+
+        >>> import numpy as np
+        >>> table = {"lat": np.array([0.5]), "lon": np.array([0.5])}
+        >>> PointOperator.from_columns(table, [0.0, 1.0], [0.0, 1.0]).n_obs
+        1
+        """
+        columns = {name: np.asarray(table[name]) for name in ("depth", "variable") if name in table}
+        return cls(grid_lat, grid_lon, np.asarray(table["lat"]), np.asarray(table["lon"]), **columns, **kwargs)
+
+    @classmethod
+    def from_weights(cls, index: Tensor, weight: Tensor, field_shape: tuple[int, int, int]) -> PointOperator:
+        """An operator from explicit flat corner indices ``[N, K]`` and weights ``[N, K]`` (no grid checks
+        beyond the index range): row ``n`` of ``A`` has ``weight[n, k]`` at flat cell ``index[n, k]``.
+
+        >>> op = PointOperator.from_weights(torch.tensor([[0, 3]]), torch.tensor([[0.5, 0.5]]), (1, 2, 2))
+        >>> op(torch.arange(4.0).reshape(1, 1, 2, 2))
+        tensor([[1.5000]])
+        """
+        index = torch.as_tensor(index, dtype=torch.int64)
+        weight = torch.as_tensor(weight, dtype=torch.float64)
+        size = int(np.prod(field_shape))
+        if index.ndim != 2 or index.shape != weight.shape:
+            raise GridError(f"index and weight must both be [N, K], got {tuple(index.shape)} and {tuple(weight.shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+            raise GridError(f"index values must lie in [0, {size}) for field shape {tuple(field_shape)}")
+        op = cls.__new__(cls)
+        LinearOperator.__init__(op)
+        op.field_shape = tuple(int(s) for s in field_shape)
+        op.periodic = False
+        op.n_obs = int(index.shape[0])
+        op.kept = np.arange(op.n_obs)
+        op.dropped = {}
+        op.register_buffer("index", index.clone())
+        op.register_buffer("weight", weight.clone())
+        return op
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_field(x)
+        flat = x.reshape(x.shape[0], -1)
+        index = self.index.to(x.device)
+        return (flat[:, index] * self.weight.to(device=x.device, dtype=x.dtype)).sum(-1)
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        self._check_values(r)
+        contribution = (r[:, :, None] * self.weight.to(device=r.device, dtype=r.dtype)).reshape(r.shape[0], -1)
+        out = r.new_zeros(r.shape[0], int(np.prod(self.field_shape)))
+        out = out.index_add(1, self.index.to(r.device).reshape(-1), contribution)
+        return out.reshape(r.shape[0], *self.field_shape)
+
+    def gram_diagonal(self) -> Tensor:
+        matrix = self.to_sparse()  # coalesced: corners falling on the same cell are merged first
+        out = torch.zeros(self.n_obs, dtype=torch.float64, device=self.weight.device)
+        return out.index_add(0, matrix.indices()[0], matrix.values() ** 2)
+
+    def to_sparse(self) -> Tensor:
+        """``A`` as a sparse COO tensor ``[N, C*H*W]`` (float64), e.g. for small test problems and checks."""
+        rows = torch.arange(self.n_obs, device=self.index.device).repeat_interleave(self.index.shape[1])
+        indices = torch.stack([rows, self.index.reshape(-1)])
+        size = (self.n_obs, int(np.prod(self.field_shape)))
+        matrix = torch.sparse_coo_tensor(indices, self.weight.reshape(-1), size, check_invariants=True)
+        return matrix.coalesce()
+
+    def to_normalized(
+        self, y: Any, error_std: Any, mean: Any, std: Any
+    ) -> tuple[PointOperator, Tensor, Tensor]:
+        """Move observations into the normalised space of ``x = (field - mean[c]) / std[c]``.
+
+        With ``s_n = sum_k w_nk std[c_k]`` and ``o_n = sum_k w_nk mean[c_k]`` (``c_k`` the corner's channel),
+        ``y = A field + e`` becomes ``(y - o) / s = A' x + e / s`` with ``A'`` weights ``w_nk std[c_k] / s_n``.
+        For an observation on a grid level this is exactly ``(y - mean) / std``. Returns
+        ``(A', y' [N], error_std' [N])``, float64.
+
+        >>> op = PointOperator([0.0, 1.0], [0.0, 1.0], lat=[0.0], lon=[0.0])
+        >>> op_n, y_n, e_n = op.to_normalized([12.0], [0.5], mean=[10.0], std=[2.0])
+        >>> y_n.tolist(), e_n.tolist()
+        ([1.0], [0.25])
+        """
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float64)).reshape(-1).to(self.weight.device)
+        std = torch.as_tensor(np.asarray(std, dtype=np.float64)).reshape(-1).to(self.weight.device)
+        channels = self.field_shape[0]
+        if mean.numel() != channels or std.numel() != channels:
+            raise GridError(f"mean and std must have one entry per channel ({channels})")
+        if not torch.all(std > 0):
+            raise GridError("std must be positive in every channel")
+        channel = self.index // (self.field_shape[1] * self.field_shape[2])
+        scale = (self.weight * std[channel]).sum(1)
+        offset = (self.weight * mean[channel]).sum(1)
+        y = torch.as_tensor(np.asarray(y, dtype=np.float64)).reshape(-1).to(scale.device)
+        error_std = torch.as_tensor(np.asarray(error_std, dtype=np.float64)).reshape(-1).to(scale.device)
+        if y.numel() != self.n_obs:
+            raise ObservationError(f"y has {y.numel()} values; the operator has {self.n_obs} observations")
+        error_std = error_std.expand(self.n_obs) if error_std.numel() == 1 else error_std
+        if error_std.numel() != self.n_obs:
+            raise ObservationError(f"error_std has {error_std.numel()} values; expected {self.n_obs}")
+        weight = self.weight * std[channel] / scale[:, None]
+        normalized = PointOperator.from_weights(self.index, weight, self.field_shape)
+        normalized.kept, normalized.dropped, normalized.periodic = self.kept, self.dropped, self.periodic
+        return normalized, (y - offset) / scale, error_std / scale
+
+
+class GridPointOperator(LinearOperator):
+    """Observations exactly on grid points: ``A x = x.flatten(1)[:, index]``.
+
+    Built from flat indices ``index [N]`` (``c*H*W + j*W + i``) and ``field_shape = (C, H, W)``, or from a bool
+    ``mask [C, H, W]`` (observed cells, in flat order); or with :meth:`from_positions` from coordinates that must
+    lie on the grid (no snapping: a position off the grid raises). :meth:`observed_mask` gives ``[C, H, W]``.
+
+    Example
+    -------
+    >>> import torch
+    >>> mask = torch.zeros(1, 2, 3, dtype=torch.bool)
+    >>> mask[0, 1, 2] = True
+    >>> op = GridPointOperator(mask=mask)
+    >>> op(torch.arange(6.0).reshape(1, 1, 2, 3))
+    tensor([[5.]])
+    """
+
+    def __init__(self, index: Any = None, field_shape: tuple[int, int, int] | None = None, *, mask: Any = None):
+        super().__init__()
+        if (index is None) == (mask is None):
+            raise GridError("give either index (with field_shape) or mask")
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.bool)
+            if mask.ndim != 3:
+                raise GridError(f"mask must be [C, H, W] bool, got shape {tuple(mask.shape)}")
+            field_shape = tuple(mask.shape)
+            index = torch.nonzero(mask.reshape(-1)).reshape(-1)
+        if field_shape is None or len(field_shape) != 3:
+            raise GridError("field_shape (C, H, W) is needed with index")
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        size = int(np.prod(field_shape))
+        if index.numel() == 0:
+            raise ObservationError("a GridPointOperator needs at least one observed grid point")
+        if int(index.min()) < 0 or int(index.max()) >= size:
+            raise GridError(f"index values must lie in [0, {size}) for field shape {tuple(field_shape)}")
+        self.field_shape = tuple(int(s) for s in field_shape)
+        self.n_obs = int(index.numel())
+        self.register_buffer("index", index)
+
+    @classmethod
+    def from_positions(
+        cls,
+        grid_lat: Any,
+        grid_lon: Any,
+        lat: Any,
+        lon: Any,
+        *,
+        depth: Any = None,
+        variable: Any = None,
+        channels: Sequence[tuple[Any, Any]] | None = None,
+        grid_depth: Any = None,
+        atol: float = 1e-6,
+    ) -> GridPointOperator:
+        """Observations whose positions coincide with grid points (within ``atol`` degrees / metres).
+
+        Raises :class:`~geodiff.errors.ObservationError` naming the first observation that is not on a grid point
+        (use :class:`PointOperator` for those).
+
+        >>> op = GridPointOperator.from_positions([0.0, 1.0], [0.0, 1.0, 2.0], lat=[1.0], lon=[362.0])
+        >>> op.index.tolist()
+        [5]
+        """
+        point = PointOperator(
+            grid_lat, grid_lon, lat, lon, depth=depth, variable=variable, channels=channels, grid_depth=grid_depth,
+            periodic=None, extrapolate_above=False,
+        )  # fmt: skip
+        best, where = point.weight.max(dim=1)
+        off = torch.nonzero(best < 1 - atol).reshape(-1)
+        if off.numel():
+            n = int(off[0])
+            raise ObservationError(
+                f"{off.numel()} observations are not on grid points (first: index {n}, lat={np.asarray(lat)[n]}, "
+                f"lon={np.asarray(lon)[n]}); use PointOperator to interpolate them"
+            )
+        index = point.index.gather(1, where[:, None]).reshape(-1)
+        return cls(index, point.field_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_field(x)
+        return x.reshape(x.shape[0], -1)[:, self.index.to(x.device)]
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        self._check_values(r)
+        out = r.new_zeros(r.shape[0], int(np.prod(self.field_shape)))
+        return out.index_add(1, self.index.to(r.device), r).reshape(r.shape[0], *self.field_shape)
+
+    def gram_diagonal(self) -> Tensor:
+        return torch.ones(self.n_obs, dtype=torch.float64, device=self.index.device)
+
+    def observed_mask(self) -> Tensor:
+        """Bool ``[C, H, W]``, True at observed grid points."""
+        mask = torch.zeros(int(np.prod(self.field_shape)), dtype=torch.bool, device=self.index.device)
+        mask[self.index] = True
+        return mask.reshape(self.field_shape)
+
+    def has_duplicates(self) -> bool:
+        """True when two observations sit on the same grid point."""
+        return bool(torch.unique(self.index).numel() < self.n_obs)
+
+
+class StackedOperator(LinearOperator):
+    """Several operators on the same field; outputs concatenated in order: ``[B, N1 + N2 + ...]``.
+
+    Example
+    -------
+    >>> a = GridPointOperator(torch.tensor([0]), (1, 1, 2))
+    >>> b = GridPointOperator(torch.tensor([1]), (1, 1, 2))
+    >>> StackedOperator([a, b])(torch.tensor([[[[3.0, 4.0]]]]))
+    tensor([[3., 4.]])
+    """
+
+    def __init__(self, operators: Sequence[LinearOperator]):
+        super().__init__()
+        operators = list(operators)
+        if not operators:
+            raise GridError("StackedOperator needs at least one operator")
+        shapes = {tuple(op.field_shape) for op in operators}
+        if len(shapes) != 1:
+            raise GridError(f"stacked operators must act on the same field shape, got {sorted(shapes)}")
+        self.operators = nn.ModuleList(operators)
+        self.field_shape = shapes.pop()
+        self.sizes = [op.n_obs for op in operators]
+        self.n_obs = sum(self.sizes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([op(x) for op in self.operators], dim=1)
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        self._check_values(r)
+        parts = torch.split(r, self.sizes, dim=1)
+        out = self.operators[0].adjoint(parts[0])
+        for op, part in zip(self.operators[1:], parts[1:]):
+            out = out + op.adjoint(part)
+        return out
+
+    def gram_diagonal(self) -> Tensor:
+        return torch.cat([op.gram_diagonal() for op in self.operators])

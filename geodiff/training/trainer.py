@@ -1,0 +1,519 @@
+"""The training loop: AdamW with linear warm-up, EMA, gradient clipping, AMP, checkpoints, exact resume, DDP.
+
+:func:`train` fits a :class:`~geodiff.diffusion.denoiser.Denoiser` to normalised fields (land = 0) with a denoising
+loss (:mod:`geodiff.diffusion.losses`). What it guarantees:
+
+- **Determinism.** Everything random in step ``s`` (the batch, the crops, the noise levels and noise, and torch's
+  global generator for e.g. dropout) is drawn from generators seeded by ``(seed, s)``, so a run is a pure function of
+  its settings and the step reached. The noise is drawn for the global batch and each rank takes its share, so a
+  ``torchrun`` run sees the same global batch and noise as a single process.
+- **Exact resume.** With ``checkpoint_dir``, the state (weights, EMA, optimizer, loss history, step) is saved every
+  ``checkpoint_every`` steps and at the end; with ``resume=True`` a later call with the same settings continues from
+  the newest checkpoint. Training ``N`` steps equals training ``k``, stopping or being killed, and resuming to
+  ``N``: bitwise on CPU. Settings that change the problem (batch size, learning rate, loss, seed, data shape,
+  mask, denoiser configuration, ...) must match the checkpoint's, else :class:`~geodiff.errors.CheckpointError`.
+- **Data parallel.** Under ``torchrun --nproc_per_node=K`` the same call trains with DDP (gloo on CPU, nccl on
+  GPU); ``batch_size`` is the global batch (divisible by ``K``); the gradient is the one of the global batch's loss;
+  rank 0 writes checkpoints.
+
+The loss of a step is the weighted squared error summed over the valid cells of the global batch divided by their
+number (:meth:`~geodiff.diffusion.losses.DenoisingLoss.terms`); the learning rate of step ``s`` (0-based) is
+``lr * min(1, (s + 1) / warmup_steps)``.
+
+Example
+-------
+>>> import torch, geodiff
+>>> from geodiff.backbones import UNet
+>>> from geodiff.diffusion.denoiser import Denoiser
+>>> denoiser = Denoiser(UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1))
+>>> data = 0.5 * torch.randn(16, 1, 4, 4)
+>>> result = geodiff.train(denoiser, data, steps=3, batch_size=4, warmup_steps=2, progress=False)
+>>> result.step, len(result.losses), type(result.ema).__name__
+(3, 3, 'Denoiser')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from geodiff.config import check_json
+from geodiff.diffusion.losses import DDPMLoss, DenoisingLoss, EDMLoss
+from geodiff.diffusion.schedules import VPSchedule
+from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, GridError
+from geodiff.training import distributed
+from geodiff.training.checkpoint import (
+    flatten_optimizer_state,
+    latest_checkpoint,
+    read_checkpoint,
+    unflatten_optimizer_state,
+    write_checkpoint,
+)
+from geodiff.training.data import BatchPlan, LocalBatchSampler, crop_batch, derive_seed, stack_fields
+from geodiff.training.ema import EMA
+
+__all__ = ["train", "TrainResult"]
+
+FORMAT = "geodiff.training/1"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``ema``: the EMA denoiser (use it for sampling; eval mode, no gradients); ``denoiser``: the trained denoiser
+    itself (the object passed in); ``losses``: loss of every step from step 1 (including steps of resumed runs);
+    ``step``: steps done; ``checkpoint``: the newest checkpoint folder (None without ``checkpoint_dir``);
+    ``steps_per_second``: training speed of this call (None when no step ran).
+    """
+
+    ema: nn.Module
+    denoiser: nn.Module
+    losses: list[float] = field(default_factory=list)
+    step: int = 0
+    checkpoint: Path | None = None
+    steps_per_second: float | None = None
+
+
+def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
+    choices = ("auto", "bf16", "fp16", "off", True, False, None)
+    if amp not in choices:
+        raise ConfigError(f"amp must be one of {choices}, got {amp!r}")
+    if amp in ("off", False, None):
+        return None
+    if device.type != "cuda":
+        if amp == "auto":
+            return None
+        raise ConfigError(f"amp={amp!r} needs a GPU (device='cuda'); on {device.type} use amp='auto' or 'off'")
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _make_loss(loss: str | DenoisingLoss, denoiser: nn.Module) -> DenoisingLoss:
+    if isinstance(loss, DenoisingLoss):
+        return loss
+    if loss == "edm":
+        return EDMLoss(sigma_data=float(getattr(denoiser, "sigma_data", 0.5)))
+    if loss == "ddpm":
+        schedule = getattr(denoiser, "schedule", None)
+        return DDPMLoss(schedule if isinstance(schedule, VPSchedule) else None)
+    raise ConfigError(f"loss must be 'edm', 'ddpm' or a DenoisingLoss, got {loss!r}")
+
+
+def _positive(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, int, int]]:
+    """Number of samples and field shape ``(C, H, W)`` of ``data``, checked."""
+    if isinstance(data, Tensor):
+        if data.ndim != 4:
+            raise GridError(f"data must be a [N, C, H, W] tensor, got shape {list(data.shape)}")
+        if data.dtype != torch.float32:
+            raise DataError(f"data must be float32 (normalised fields, land = 0), got dtype {data.dtype}")
+        bad = int((~torch.isfinite(data)).sum())
+        if bad:
+            raise DataError(f"data holds {bad} NaN/inf values; land cells must be 0 in normalised data (see mask)")
+        return data.shape[0], tuple(data.shape[1:])  # type: ignore[return-value]
+    if isinstance(data, IterableDataset) or not isinstance(data, Dataset) or not hasattr(data, "__len__"):
+        raise DataError(f"data must be a [N, C, H, W] tensor or a map-style Dataset with __len__, got {type(data)}")
+    first = stack_fields([data[0]])
+    return len(data), tuple(first.shape[1:])  # type: ignore[arg-type,return-value]
+
+
+def _mask_digest(mask: Tensor | None) -> str | None:
+    if mask is None:
+        return None
+    return hashlib.sha256(mask.to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+
+
+def _json_config(module: nn.Module) -> dict[str, Any] | None:
+    config = getattr(module, "config", None)
+    if not isinstance(config, dict):
+        return None
+    try:
+        check_json(config, "denoiser configuration")
+    except GeodiffError:
+        return None
+    return config
+
+
+@contextlib.contextmanager
+def _batch_mask(module: nn.Module, mask: Tensor | None) -> Iterator[None]:
+    """Give the denoiser the mask of this batch of crops ``[B, C, h, w]`` for one forward pass."""
+    if mask is None or not hasattr(module, "mask"):
+        yield
+        return
+    previous = module.mask
+    module.mask = mask
+    try:
+        yield
+    finally:
+        module.mask = previous
+
+
+def _seed_global(seed: int, device: torch.device) -> None:
+    """Seed torch's global generators used in a step (CPU, and ``device`` on GPU), e.g. by dropout."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+
+
+def _batches(
+    data: Tensor | Dataset, plan: BatchPlan, start: int, stop: int, info: distributed.DistInfo, num_workers: int
+) -> Iterator[Tensor]:
+    """This rank's share ``[b, C, H, W]`` of the global batches of steps ``start .. stop - 1`` (before cropping)."""
+    sampler = LocalBatchSampler(plan, start, stop, info.rank, info.world_size)
+    if isinstance(data, Tensor):
+        for indices in sampler:
+            yield data[torch.as_tensor(indices, device=data.device)]
+        return
+    loader = DataLoader(data, batch_sampler=sampler, num_workers=num_workers, collate_fn=stack_fields)
+    for batch in loader:
+        if not torch.isfinite(batch).all():
+            raise DataError("a dataset item holds NaN/inf values; land cells must be 0 in normalised data")
+        yield batch
+
+
+def train(
+    denoiser: nn.Module,
+    data: Tensor | Dataset,
+    *,
+    mask: Tensor | None = None,
+    steps: int,
+    batch_size: int,
+    lr: float = 2e-4,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    grad_clip: float | None = 1.0,
+    ema_decay: float = 0.999,
+    loss: str | DenoisingLoss = "edm",
+    patch_size: tuple[int, int] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    amp: str | bool = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``denoiser`` (in place) on normalised fields; returns a :class:`TrainResult`.
+
+    Parameters
+    ----------
+    denoiser: a :class:`~geodiff.diffusion.denoiser.Denoiser` (or any ``nn.Module`` ``(x, sigma, cond) -> x0_hat``).
+    data: float32 ``[N, C, H, W]`` tensor (normalised, land = 0) or a map-style ``Dataset`` of ``[C, H, W]`` tensors.
+    mask: ``[C, H, W]`` bool, True = valid (ocean); the loss averages over valid cells only. It becomes the
+        denoiser's mask (``denoiser.mask``); None uses the denoiser's mask, if any.
+    steps: optimizer steps to reach (counting steps of the run resumed from).
+    batch_size: global batch (all ranks together; divisible by the number of ranks).
+    lr, weight_decay, warmup_steps: AdamW learning rate, decoupled weight decay, linear warm-up length (steps).
+    grad_clip: maximum global gradient norm (None or 0: no clipping).
+    ema_decay: EMA decay (with the warm-up of :class:`~geodiff.training.ema.EMA`).
+    loss: ``"edm"`` (:class:`EDMLoss` with the denoiser's ``sigma_data``), ``"ddpm"`` (:class:`DDPMLoss` with the
+        denoiser's VP schedule) or a :class:`~geodiff.diffusion.losses.DenoisingLoss`.
+    patch_size: ``(h, w)``: train on random crops of that size (large domains); None: whole fields.
+    checkpoint_dir, checkpoint_every, resume: where and how often (steps) to write checkpoints, and whether to
+        continue from the newest one found there.
+    seed: seed of every random draw (non-negative integer).
+    device: ``"cpu"`` or ``"cuda"`` (under torchrun each rank uses ``cuda:<LOCAL_RANK>``).
+    amp: ``"auto"`` (bf16, else fp16, autocast on GPU; off on CPU), ``"bf16"``, ``"fp16"`` (GPU only) or ``"off"``.
+    num_workers: DataLoader worker processes for a ``Dataset`` (a tensor is indexed directly).
+    progress: show a tqdm progress bar with the loss (rank 0).
+    """
+    _positive("steps", steps, 0)
+    _positive("batch_size", batch_size)
+    _positive("checkpoint_every", checkpoint_every)
+    _positive("warmup_steps", warmup_steps, 0)
+    _positive("num_workers", num_workers, 0)
+    _positive("seed", seed, 0)
+    if not isinstance(denoiser, nn.Module):
+        raise ConfigError(f"denoiser must be an nn.Module (a geodiff Denoiser), got {type(denoiser).__name__}")
+    if not lr > 0 or weight_decay < 0:
+        raise ConfigError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+    num_samples, field_shape = _check_data(data)
+    if patch_size is not None:
+        patch_size = (int(patch_size[0]), int(patch_size[1]))
+    plan = BatchPlan(num_samples, batch_size, seed, field_shape, patch_size)
+
+    mask = _resolve_mask(denoiser, mask, field_shape)
+    info = distributed.setup(device)
+    return _train(
+        denoiser, data, plan, mask, info,
+        steps=steps, lr=float(lr), weight_decay=float(weight_decay), warmup_steps=warmup_steps,
+        grad_clip=float(grad_clip) if grad_clip else None, ema_decay=float(ema_decay),
+        loss=_make_loss(loss, denoiser), amp_dtype=_amp_dtype(amp, info.device),
+        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+        checkpoint_every=checkpoint_every, resume=resume, num_workers=num_workers, progress=progress,
+    )
+
+
+def _resolve_mask(denoiser: nn.Module, mask: Tensor | None, field_shape: tuple[int, int, int]) -> Tensor | None:
+    current = getattr(denoiser, "mask", None)
+    if mask is None:
+        mask = current
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool or tuple(mask.shape) != tuple(field_shape):
+        raise GridError(f"mask must be a bool tensor [C, H, W] = {list(field_shape)}, got {mask.dtype} "
+                        f"{list(mask.shape)}")
+    if current is not None and (current.shape != mask.shape or not torch.equal(current.cpu(), mask.cpu())):
+        raise GridError("mask differs from denoiser.mask; pass the same mask or set it with denoiser.set_mask")
+    return mask
+
+
+def _train(
+    denoiser: nn.Module,
+    data: Tensor | Dataset,
+    plan: BatchPlan,
+    mask: Tensor | None,
+    info: distributed.DistInfo,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    grad_clip: float | None,
+    ema_decay: float,
+    loss: DenoisingLoss,
+    amp_dtype: torch.dtype | None,
+    checkpoint_dir: Path | None,
+    checkpoint_every: int,
+    resume: bool,
+    num_workers: int,
+    progress: bool,
+) -> TrainResult:
+    device = info.device
+    if plan.batch_size % info.world_size:
+        raise ConfigError(f"batch_size={plan.batch_size} must be divisible by the number of ranks {info.world_size}")
+    local = plan.batch_size // info.world_size
+    denoiser.to(device)
+    if mask is not None:
+        mask = mask.to(device)
+        if hasattr(denoiser, "set_mask"):
+            denoiser.set_mask(mask)
+    denoiser.train()
+    ema = EMA(denoiser, decay=ema_decay)
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the denoiser has no trainable parameter")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    settings = {
+        "batch_size": plan.batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+        "grad_clip": grad_clip, "ema_decay": ema_decay, "loss": loss.config,
+        "patch_size": None if plan.patch_size is None else list(plan.patch_size), "seed": plan.seed,
+        "data_shape": [plan.num_samples, *plan.field_shape], "mask_sha256": _mask_digest(mask),
+        "denoiser": _json_config(denoiser),
+    }
+    losses: list[float] = []
+    start = 0
+    checkpoint = None
+    if checkpoint_dir is not None and resume:
+        distributed.barrier(info)  # nobody reads while rank 0 might still be writing
+        checkpoint = latest_checkpoint(checkpoint_dir)
+        if checkpoint is not None:
+            start, losses = _restore(checkpoint, settings, denoiser, ema, optimizer, scaler)
+            if start > steps:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} is at step {start}, beyond steps={steps}; pass a larger steps, "
+                    "resume=False or another checkpoint_dir"
+                )
+
+    model: nn.Module = denoiser
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # buffers are not synchronised in forward: the denoiser's mask is swapped per batch of crops on each rank
+        buffer_sync = {"forward_sync_buffers": False}
+        if "forward_sync_buffers" not in inspect.signature(DistributedDataParallel.__init__).parameters:
+            buffer_sync = {"broadcast_buffers": False}
+        model = DistributedDataParallel(
+            denoiser, device_ids=[device.index] if device.type == "cuda" else None, **buffer_sync
+        )
+
+    # number of valid cells in each global batch (the same on every rank), for the loss normalisation
+    mask_cpu = None if mask is None else mask.cpu()
+    mask_cells = None if mask is None else int(mask_cpu.sum())
+
+    def valid_cells(corners: Tensor | None) -> float:
+        if mask_cpu is None:
+            h, w = plan.patch_size or plan.field_shape[1:]
+            return float(plan.batch_size * plan.field_shape[0] * h * w)
+        if corners is None:
+            return float(plan.batch_size * mask_cells)
+        return float(crop_batch(mask_cpu, corners, plan.patch_size).sum())
+
+    bar = None
+    if progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    rng_devices = [device] if device.type == "cuda" else []
+    t0, ran = time.perf_counter(), 0
+    shown = None
+    try:
+        batches = _batches(data, plan, start, steps, info, num_workers)
+        for step, batch in zip(range(start, steps), batches):
+            corners = plan.crops(step)
+            local_corners = None if corners is None else corners[info.rank * local : (info.rank + 1) * local]
+            x0 = crop_batch(batch, local_corners, plan.patch_size).to(device, non_blocking=True)
+            batch_mask = None
+            if mask is not None and local_corners is not None:
+                batch_mask = crop_batch(mask, local_corners, plan.patch_size)
+            elif mask is not None:
+                batch_mask = mask
+            count = max(valid_cells(corners), 1.0)  # crops that are all land give a zero loss
+
+            generator = torch.Generator(device).manual_seed(derive_seed(plan.seed, "noise", step))
+            draw = loss.draw((plan.batch_size, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
+            draw = draw[info.rank * local : (info.rank + 1) * local]
+
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+            optimizer.zero_grad(set_to_none=True)
+            with torch.random.fork_rng(devices=rng_devices):
+                _seed_global(derive_seed(plan.seed, "torch", step, info.rank), device)
+                autocast = (
+                    torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+                )
+                swap = _batch_mask(denoiser, batch_mask) if local_corners is not None else contextlib.nullcontext()
+                with autocast, swap:
+                    total, _ = loss.terms(model, x0, draw, mask=batch_mask)
+                objective = total * (info.world_size / count)
+                (scaler.scale(objective) if scaler is not None else objective).backward()
+            if grad_clip:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            ema.update(denoiser)
+
+            value = float(distributed.all_reduce_sum(total.detach(), info)) / count
+            losses.append(value)
+            ran += 1
+            done = step + 1
+            if bar is not None:
+                shown = value if shown is None or not math.isfinite(shown) else 0.9 * shown + 0.1 * value
+                bar.set_postfix(loss=f"{shown:.4g}", refresh=False)
+                bar.update(1)
+            if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps):
+                if info.is_main:
+                    checkpoint = _save(checkpoint_dir, done, settings, plan, losses, denoiser, ema, optimizer, scaler,
+                                       info)
+                distributed.barrier(info)
+                checkpoint = latest_checkpoint(checkpoint_dir)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    return TrainResult(
+        ema=ema.model,
+        denoiser=denoiser,
+        losses=losses,
+        step=start + ran,
+        checkpoint=checkpoint,
+        steps_per_second=ran / elapsed if ran and elapsed > 0 else None,
+    )
+
+
+def _save(
+    checkpoint_dir: Path,
+    step: int,
+    settings: dict[str, Any],
+    plan: BatchPlan,
+    losses: list[float],
+    denoiser: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    info: distributed.DistInfo,
+) -> Path:
+    from geodiff import __version__
+
+    opt_tensors, opt_index = flatten_optimizer_state(optimizer.state_dict())
+    meta = {
+        "format": FORMAT,
+        "geodiff_version": __version__,
+        "step": step,
+        "losses": losses,
+        "settings": settings,
+        "sampler": plan.state(step),
+        "rng": {"scheme": "per-step generators seeded by (seed, stream, step[, rank])", "seed": plan.seed,
+                "next_step": step},
+        "world_size": info.world_size,
+        "ema": ema.config,
+        "optimizer": opt_index,
+        "grad_scaler": None if scaler is None else scaler.state_dict(),
+    }
+    config = settings["denoiser"]
+    return write_checkpoint(
+        checkpoint_dir,
+        step,
+        tensors={"model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": opt_tensors},
+        meta=meta,
+        configs=None if config is None else {"model": config, "ema": config},
+    )
+
+
+def _restore(
+    path: Path,
+    settings: dict[str, Any],
+    denoiser: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+) -> tuple[int, list[float]]:
+    tensors, meta = read_checkpoint(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a geodiff training checkpoint (format {meta.get('format')!r})")
+    saved = meta.get("settings", {})
+    changed = [key for key in settings if saved.get(key) != settings[key]]
+    if changed:
+        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {settings[key]!r}" for key in changed)
+        raise CheckpointError(
+            f"cannot resume from {path}: settings differ ({details}); use the same settings, resume=False or "
+            "another checkpoint_dir"
+        )
+    for group in ("model", "ema", "optimizer"):
+        if group not in tensors:
+            raise CheckpointError(f"{path} has no {group} tensors")
+    try:
+        denoiser.load_state_dict(tensors["model"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"model weights in {path} do not fit the denoiser: {err}") from err
+    ema.load_state_dict(tensors["ema"], int(meta["ema"]["num_updates"]))
+    try:
+        optimizer.load_state_dict(unflatten_optimizer_state(tensors["optimizer"], meta["optimizer"]))
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
+    if scaler is not None and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
+    step = int(meta["step"])
+    losses = [float(v) for v in meta["losses"]]
+    if len(losses) != step:
+        raise CheckpointError(f"{path}: loss history has {len(losses)} entries for step {step}")
+    return step, losses
