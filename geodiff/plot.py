@@ -140,7 +140,7 @@ def plot_reconstruction(
         limit = float(np.nanmax(np.abs(error.values))) or 1.0
         points = None
         if observations is not None:
-            at_depth = observations.where(np.isclose(observations["depth"], depth), drop=True)
+            at_depth = observations.isel(obs=np.flatnonzero(np.isclose(observations["depth"].values, depth)))
             points = (at_depth["lat"].values, at_depth["lon"].values)
         panels = [
             (t, f"truth, {depth:g} m", "RdYlBu_r", lo, hi, None),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -53,7 +54,19 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "sda": "geodiff.guidance.mmps:SDAGuidance",
         "repaint": "geodiff.guidance.repaint:RePaintGuidance",
     },
-    "adapter": {},
+    "adapter": {
+        "cmip6": "geodiff.adapters.cmip6:open_dataset",
+        "cmip6_collection": "geodiff.adapters.cmip6:open_collection",
+        "en4_analysis": "geodiff.adapters.en4:open_analysis",
+        "en4_profiles": "geodiff.adapters.en4:read_profiles",
+        "era5": "geodiff.adapters.era5:open_dataset",
+        "gridsat": "geodiff.adapters.gridsat:open_dataset",
+        "sounders": "geodiff.adapters.sounders:open_dataset",
+        "gebco": "geodiff.adapters.gebco:open_dataset",
+        "stations": "geodiff.adapters.stations:read_stations",
+        "woa_sample": "geodiff.adapters.woa:open_sample",
+        "ferret_woa": "geodiff.adapters.woa:open_ferret_woa",
+    },
     "reward": {},
 }
 
@@ -132,9 +145,9 @@ def get(kind: str, name_or_cls: str | type | Any) -> Any:
 
 
 def name_of(kind: str, obj: Any) -> str:
-    """The registered name of a plugin class (or of an instance's class), for configs and provenance."""
+    """The registered name of a plugin class or function (or of an instance's class), for configs and provenance."""
     _check_kind(kind)
-    cls = obj if isinstance(obj, type) else type(obj)
+    cls = obj if isinstance(obj, type) or inspect.isfunction(obj) else type(obj)
     for name, target in _RUNTIME[kind].items():
         if target is cls:
             return name

@@ -2,6 +2,10 @@
 
 import os
 
+# Single-threaded BLAS: on 2 shared cores, threaded OpenBLAS in several test workers is many times slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 import torch
