@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from geodiff import errors, registry
+from geodiff import accessor, errors, registry  # accessor registers ``.geodiff`` on xarray objects
 from geodiff.errors import GeodiffError
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "Codec": "geodiff.io.codec:Codec",
     "Normalizer": "geodiff.io.normalize:Normalizer",
     "Denoiser": "geodiff.diffusion.denoiser:Denoiser",
+    "reconstruct": "geodiff.pipelines.reconstruct:reconstruct",
 }
 
 __all__ = ["GeodiffError", "__version__", "errors", "registry", *_LAZY]
