@@ -45,12 +45,15 @@ def demo(
     members: int = typer.Option(16, help="ensemble members"),
     steps: int = typer.Option(24, help="sampler steps"),
     seed: int = typer.Option(0, help="random seed (observation draw and sampling)"),
+    baselines: bool = typer.Option(True, help="also run climatology, optimal interpolation and EOF projection"),
+    plot: bool = typer.Option(True, help="write the figure"),
 ) -> None:
     """Reconstruct a held-out World Ocean Atlas temperature field from sparse observations (shipped sample)."""
     from geodiff.pipelines.demo import run_demo
 
     try:
-        run_demo(output=output, coverage=coverage, members=members, steps=steps, seed=seed)
+        run_demo(output=output, coverage=coverage, members=members, steps=steps, seed=seed, baselines=baselines,
+                 plot=plot)
     except GeodiffError as err:
         _fail(err)
 

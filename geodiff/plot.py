@@ -31,9 +31,10 @@ import xarray as xr
 
 from geodiff.errors import GridError
 
-__all__ = ["CoastlineWarning", "coastline_file", "plot_map", "plot_reconstruction"]
+__all__ = ["CoastlineWarning", "coastline_file", "plot_map", "plot_reconstruction", "projection_for"]
 
 _SEARCH = ("/usr/share/cartopy/data", "/usr/local/share/cartopy/data")
+_warned_no_coastlines: list[bool] = []  # warn once per process, not once per panel
 
 
 class CoastlineWarning(UserWarning):
@@ -61,6 +62,9 @@ def _add_coastlines(ax: Any) -> None:
 
     path = coastline_file("l") or coastline_file("c")
     if path is None:
+        if _warned_no_coastlines:
+            return
+        _warned_no_coastlines.append(True)
         warnings.warn(
             "no GSHHS coastline shapefile found (install Debian's python-cartopy-data or set cartopy.config"
             "['pre_existing_data_dir']); drawing the map without coastlines",
@@ -73,9 +77,16 @@ def _add_coastlines(ax: Any) -> None:
 
 
 def _label(da: xr.DataArray) -> str:
-    name = da.attrs.get("long_name", da.name or "")
     units = da.attrs.get("units")
-    return f"{name} [{units}]" if units else str(name)
+    return f"{da.name or ''} [{units}]" if units else str(da.name or "")
+
+
+def projection_for(lon: Any) -> Any:
+    """PlateCarree centred on the middle of ``lon`` (degrees), so a region across 180 E is drawn in one piece."""
+    import cartopy.crs as ccrs
+
+    values = np.asarray(lon, dtype=float)
+    return ccrs.PlateCarree(central_longitude=float(values.min() + values.max()) / 2)
 
 
 def plot_map(
@@ -96,7 +107,7 @@ def plot_map(
     if set(field.dims) != {"lat", "lon"}:
         raise GridError(f"plot_map needs a (lat, lon) field, got dims {field.dims} for {field.name!r}")
     if ax is None:
-        ax = plt.figure(figsize=(6, 3.5)).add_subplot(projection=ccrs.PlateCarree())
+        ax = plt.figure(figsize=(6, 3.5)).add_subplot(projection=projection_for(field["lon"]))
     mesh = ax.pcolormesh(field["lon"], field["lat"], field.transpose("lat", "lon"), transform=ccrs.PlateCarree(),
                          cmap=cmap, vmin=vmin, vmax=vmax, shading="nearest")
     if coastlines:
@@ -124,13 +135,14 @@ def plot_reconstruction(
     ``truth (depth, lat, lon)``, ``ensemble (member, depth, lat, lon)``; ``observations`` is an observation table
     (dim ``obs`` with ``lat``, ``lon`` and ``depth``). Returns the figure; writes it to ``path`` when given.
     """
-    import cartopy.crs as ccrs
     import matplotlib.pyplot as plt
 
     if "member" not in ensemble.dims:
         raise GridError(f"ensemble {ensemble.name!r} needs a 'member' dimension, got {ensemble.dims}")
     depths = list(depths) if depths is not None else [float(truth["depth"][0]), float(truth["depth"][-1])]
-    figure = plt.figure(figsize=(18, 3.2 * len(depths)))
+    lon, lat = np.asarray(truth["lon"]), np.asarray(truth["lat"])
+    aspect = (lat.max() - lat.min()) / max(lon.max() - lon.min(), 1e-9)
+    figure = plt.figure(figsize=(20, 0.6 + 4.0 * aspect * 2.2 * len(depths)))
     for row, depth in enumerate(depths):
         t = truth.sel(depth=depth)
         member_mean = ensemble.sel(depth=depth).mean("member")
@@ -150,7 +162,7 @@ def plot_reconstruction(
             (error, "mean - truth", "RdBu_r", -limit, limit, None),
         ]
         for col, (field, title, cmap, vmin, vmax, pts) in enumerate(panels):
-            ax = figure.add_subplot(len(depths), 5, row * 5 + col + 1, projection=ccrs.PlateCarree())
+            ax = figure.add_subplot(len(depths), 5, row * 5 + col + 1, projection=projection_for(truth["lon"]))
             plot_map(field.rename(truth.name), ax=ax, title=title, cmap=cmap, vmin=vmin, vmax=vmax, points=pts)
     figure.tight_layout()
     if path is not None:

@@ -9,12 +9,15 @@ The denoiser is replaced by an estimate of ``E[x0 | x_sigma, y]``. With Tweedie'
 
 (the Jacobian of the covariance is neglected in the gradient, as in MMPS). Everything is matrix-free:
 
-- ``method="cg"`` (MMPS, default): ``u`` is solved with ``cg_iterations`` (default 3) conjugate-gradient steps; each
+- ``method="cg"`` (MMPS, default): ``u`` is solved with ``cg_iterations`` (default 1) conjugate-gradient steps; each
   step is one vector-Jacobian product through the network (``(d x0_hat / d x)^T v`` with autograd; the Jacobian of an
   exact denoiser is symmetric, so the VJP equals the JVP) plus one application of ``A`` and ``A^T``; one more
   VJP gives the final gradient. Cost per denoiser call: 1 forward + ``cg_iterations + 1`` backward passes.
   For a Gaussian prior with its exact denoiser and ``cg_iterations >= N`` (distinct eigenvalues at most ``N``),
   ``x0_guided`` is the exact ``E[x0 | x, y]``, so a converged sampler draws from the exact (Kalman) posterior.
+  A trained network's Jacobian is not exactly symmetric (nor positive definite), so more CG steps can diverge: on the
+  World Ocean Atlas prior shipped with geodiff (5 % coverage, Heun 24 steps) the held-out RMSE was 1.2 degC with 1
+  iteration and 3.1-3.2 degC with 2 or 3. One iteration is the default; raise it for near-exact denoisers.
 - ``method="diagonal"`` (SDA): ``V ~ gamma sigma^2 I``, so ``R + A V A^T`` is replaced by its diagonal
   ``error_std^2 + gamma sigma^2 diag(A A^T)``: no solve, one VJP. ``gamma = 1e-2`` by default, as in SDA
   (Rozet & Louppe use ``Sigma_y + gamma sigma^2 / mu^2 I``; ``diag(A A^T) = 1`` for grid-point observations, so
@@ -89,7 +92,7 @@ class MMPSGuidance(Guidance):
         error_std: Any,
         *,
         method: str = "cg",
-        cg_iterations: int = 3,
+        cg_iterations: int = 1,
         gamma: float = 1e-2,
         scale: float = 1.0,
     ):
@@ -164,7 +167,7 @@ class SDAGuidance(MMPSGuidance):
         error_std: Any,
         *,
         method: str = "diagonal",
-        cg_iterations: int = 3,
+        cg_iterations: int = 1,
         gamma: float = 1e-2,
         scale: float = 1.0,
     ):

@@ -6,7 +6,7 @@ trained on patches from the rest of the ocean (``examples/train_woa_prior.py``) 
 statistics there too. One month of the box is the truth; ``coverage`` of its ocean cells on every level are
 observed (with 0.1 degC noise), the rest is held out for scoring.
 
-Methods: guided diffusion (MMPS guidance, Heun sampler), optimal interpolation (kriging with a Matern
+Methods: guided diffusion (MMPS guidance with one CG step, Heun sampler, 24 steps), optimal interpolation (kriging with a Matern
 covariance fitted to training anomalies), EOF projection (DINEOF's stable limit with EOFs of training patches;
 DINEOF itself needs a time series of gappy fields, not one field) and the latitude-depth climatology. Scores on held-out cells: RMSE, CRPS (ensemble CRPS for diffusion, Gaussian CRPS from
 OI's posterior std), spread-skill ratio, and seconds.
