@@ -18,6 +18,7 @@ Example
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from dataclasses import dataclass
 
@@ -82,8 +83,16 @@ def setup(device: str | torch.device = "cpu") -> DistInfo:
 
 
 def _destroy() -> None:
+    """At exit: free dead DDP reducers while the group is alive, wait for every rank, then destroy the group.
+
+    Destroying the group while another rank still talks to it, or while a DDP reducer's threads are alive, makes
+    gloo abort the process ("terminate called without an active exception")."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        gc.collect()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:

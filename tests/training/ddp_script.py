@@ -48,3 +48,6 @@ if __name__ == "__main__":
 
     torch.set_num_threads(1)
     run_cases(sys.argv[1])
+    from geodiff.training.distributed import _destroy
+
+    _destroy()  # leave the group together, before interpreter shutdown
