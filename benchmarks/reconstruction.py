@@ -27,6 +27,7 @@ from geodiff import metrics
 from geodiff.adapters import woa
 from geodiff.baselines import climatology, eof_projection, optimal_interpolation
 from geodiff.diffusion.schedules import EDMSchedule, VPSchedule
+from geodiff.errors import SamplingError
 from geodiff.pipelines.demo import OBSERVATION_ERROR, prior_path
 
 FAITHFUL = prior_path().with_name("woa_prior_reconmost")
@@ -105,8 +106,12 @@ def nfe_table(split, model, month, members, seed, quick: bool) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for sampler, guidance, steps, schedule in runs:
         start = time.perf_counter()
-        ens = geodiff.reconstruct(model, obs, guidance=guidance, sampler=sampler, steps=steps, schedule=schedule,
-                                  members=members, seed=seed, progress=False)
+        try:
+            ens = geodiff.reconstruct(model, obs, guidance=guidance, sampler=sampler, steps=steps,
+                                      schedule=schedule, members=members, seed=seed, progress=False)
+        except SamplingError as err:
+            print(f"| shipped (EDM) | {sampler} | {guidance} | {steps} | - | diverged: {err} |||| ")
+            continue
         s = ensemble_scores(truth, ens, heldout)
         nfe = geodiff.registry.get("sampler", sampler)().nfe(steps)
         print(f"| shipped (EDM) | {sampler} | {guidance} | {steps} | {nfe} | {fmt(s['rmse'])} | {fmt(s['crps'])} | "
@@ -117,9 +122,13 @@ def nfe_table(split, model, month, members, seed, quick: bool) -> None:
     faithful = geodiff.load(FAITHFUL)
     for steps in ((100,) if quick else (50, 100, 1000)):
         start = time.perf_counter()
-        ens = geodiff.reconstruct(faithful, obs, guidance="reconmost", guidance_options={"scale": 4.0},
-                                  sampler="ddpm", steps=steps, schedule=VPSchedule(), members=members, seed=seed,
-                                  progress=False)
+        try:
+            ens = geodiff.reconstruct(faithful, obs, guidance="reconmost", guidance_options={"scale": 4.0},
+                                      sampler="ddpm", steps=steps, schedule=VPSchedule(), members=members,
+                                      seed=seed, progress=False)
+        except SamplingError as err:
+            print(f"| ReconMOST-faithful | ddpm | reconmost (scale 4) | {steps} | {steps} | diverged: {err} |||| ")
+            continue
         s = ensemble_scores(truth, ens, heldout)
         print(f"| ReconMOST-faithful | ddpm | reconmost (scale 4) | {steps} | {steps} | {fmt(s['rmse'])} | "
               f"{fmt(s['crps'])} | {fmt(s['spread_skill'])} | {time.perf_counter() - start:.1f} |", flush=True)

@@ -27,6 +27,7 @@ __all__ = [
     "PluginError",
     "DataError",
     "StoreError",
+    "SamplingError",
     "GeodiffWarning",
 ]
 
@@ -73,6 +74,10 @@ class DataError(GeodiffError):
 
 class StoreError(GeodiffError):
     """An output store that does not match the job (grid, chunks, variables) or is corrupt."""
+
+
+class SamplingError(GeodiffError):
+    """Sampling diverged: the result holds non-finite values where the field is valid."""
 
 
 class GeodiffWarning(UserWarning):

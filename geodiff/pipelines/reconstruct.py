@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 import geodiff
 from geodiff import registry
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
-from geodiff.errors import ConfigError, ObservationError
+from geodiff.errors import ConfigError, ObservationError, SamplingError
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
@@ -145,6 +145,12 @@ def reconstruct(
             noise = torch.randn(size, channels, *codec.shape[1:], generator=generator, device=device)
             x = guide.sample(sampler_obj, denoiser, noise, sigmas, generator=generator,
                              callback=lambda info: bar.update(1))
+            bad = int((~torch.isfinite(x[:, codec.mask.to(x.device)])).sum())
+            if bad:
+                raise SamplingError(
+                    f"sampling diverged at time {time}: {bad} non-finite values in valid cells with guidance "
+                    f"{guidance!r}, sampler {sampler!r}, {steps} steps; try more steps or another guidance/sampler"
+                )
             chunks.append(x.to(torch.float64) * std[:, None, None] + mean[:, None, None])
         fields.append(torch.cat(chunks).cpu())
     bar.close()

@@ -72,3 +72,27 @@ def test_zero_valid_observations_is_an_error(setup):
                             "depth": [0.0], "time": [obs["time"].values[0]]})
     with pytest.raises(ObservationError):
         reconstruct(model, outside, members=1, steps=2, progress=False)
+
+
+def test_diverged_sampling_raises_instead_of_returning_nan(setup):
+    from geodiff.errors import SamplingError
+
+    model, _, obs = setup
+
+    class Exploding:
+        """A guidance that injects NaN, standing in for a diverging sampler."""
+
+        name = "exploding"
+
+        def __init__(self, y, operator, error_std):
+            pass
+
+        def describe(self):
+            return {"name": self.name}
+
+        def sample(self, sampler, denoiser, noise, sigmas, **kwargs):
+            return noise * float("nan")
+
+    geodiff.registry.register("guidance", "test_exploding", Exploding, overwrite=True)
+    with pytest.raises(SamplingError, match="diverged"):
+        reconstruct(model, obs, guidance="test_exploding", members=1, steps=2, progress=False)
