@@ -64,10 +64,6 @@ def append_history(attrs: dict[str, Any], line: str) -> dict[str, Any]:
     return {**attrs, "history": f"{previous}\n{stamp} {line}" if previous else f"{stamp} {line}"}
 
 
-def _ocean_mask_2d_per_channel(bundle: ModelBundle) -> np.ndarray:
-    return bundle.codec.mask.cpu().numpy().astype(bool)
-
-
 def reconstruct(
     model: ModelBundle | str,
     observations: xr.Dataset | pd.DataFrame,
@@ -110,9 +106,10 @@ def reconstruct(
         raise ConfigError(f"members and batch_size must be >= 1, got members={members}, batch_size={batch_size}")
     codec, denoiser = bundle.codec, bundle.denoiser
     denoiser.eval()
+    valid = codec.mask.cpu().numpy().astype(bool)  # [C, H, W], True = ocean
     table = as_observations(observations, default_error_std=default_error_std)
     clean, report = validate_observations(
-        table, codec.lat, codec.lon, ocean_mask=_ocean_mask_2d_per_channel(bundle), channels=codec.channels,
+        table, codec.lat, codec.lon, ocean_mask=valid, channels=codec.channels,
         default_error_std=default_error_std,
     )  # fmt: skip
     if "time" not in clean.coords:
@@ -123,7 +120,8 @@ def reconstruct(
     guidance_cls = registry.get("guidance", guidance)
     sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
     sigmas = (schedule or EDMSchedule()).sigmas(steps)
-    mean, std = (t.to(device=device, dtype=torch.float64) for t in bundle.normalizer.tensors(codec))
+    mean_np, std_np = (t.numpy().astype(np.float64) for t in bundle.normalizer.tensors(codec))
+    mean, std = (torch.from_numpy(t).to(device) for t in (mean_np, std_np))
     channels = len(codec.channels)
     batch = batch_size or members
     bar = tqdm(total=len(wanted) * -(-members // batch) * steps, desc="reconstruct", unit="step", disable=not progress)
@@ -133,9 +131,9 @@ def reconstruct(
         if at_time.sizes["obs"] == 0:
             raise ObservationError(f"no valid observation at time {time}; the report says:\n{report}")
         operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
-                                              mask=codec.mask.cpu().numpy()).to(device)
+                                              mask=valid).to(device)
         op_n, y_n, e_n = operator.to_normalized(at_time["value"].values, at_time["error_std"].values,
-                                                mean.cpu().numpy(), std.cpu().numpy())
+                                                mean_np, std_np)
         guide = guidance_cls(y_n.to(device), op_n.to(device), e_n.to(device), **(guidance_options or {}))
         described = guide.describe()
         generator = torch.Generator(device).manual_seed(time_generator_seed(seed, time))
