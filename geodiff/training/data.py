@@ -30,7 +30,7 @@ from torch import Tensor
 
 from geodiff.errors import DataError, GridError
 
-__all__ = ["derive_seed", "BatchPlan", "crop_batch", "LocalBatchSampler", "stack_fields"]
+__all__ = ["derive_seed", "BatchPlan", "crop_batch", "LocalBatchSampler", "stack_fields", "stack_items", "split_item"]
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -134,12 +134,48 @@ class LocalBatchSampler:
         return max(0, self.stop - self.start)
 
 
+def _check_field(item: Any) -> Tensor:
+    if not isinstance(item, Tensor) or item.ndim != 3:
+        shape = list(item.shape) if isinstance(item, Tensor) else type(item).__name__
+        raise DataError(f"dataset items must be float32 tensors [C, H, W] or (x, cond) pairs, got {shape}")
+    if item.dtype != torch.float32:
+        raise DataError(f"dataset items must be float32 tensors [C, H, W], got dtype {item.dtype}")
+    return item
+
+
 def stack_fields(items: list[Any]) -> Tensor:
     """Collate dataset items (float32 ``[C, H, W]`` tensors) into ``[B, C, H, W]``."""
-    for item in items:
-        if not isinstance(item, Tensor) or item.ndim != 3:
-            shape = list(item.shape) if isinstance(item, Tensor) else type(item).__name__
-            raise DataError(f"dataset items must be float32 tensors [C, H, W], got {shape}")
-        if item.dtype != torch.float32:
-            raise DataError(f"dataset items must be float32 tensors [C, H, W], got dtype {item.dtype}")
-    return torch.stack(items)
+    return torch.stack([_check_field(item) for item in items])
+
+
+def split_item(item: Any) -> tuple[Tensor, dict[str, Tensor] | None]:
+    """A dataset item as ``(x [C, H, W], cond or None)``: items are fields or ``(field, {name: tensor})`` pairs."""
+    if isinstance(item, (tuple, list)):
+        if len(item) != 2 or not isinstance(item[1], dict):
+            raise DataError("dataset items must be tensors [C, H, W] or (x, cond) pairs with cond a dict of tensors; "
+                            f"got a {type(item).__name__} of length {len(item)}")
+        x, cond = item
+        for name, value in cond.items():
+            if not isinstance(name, str) or not isinstance(value, Tensor):
+                raise DataError(f"conditioning entry {name!r} must be a tensor under a str key, got "
+                                f"{type(value).__name__}")
+        return _check_field(x), cond
+    return _check_field(item), None
+
+
+def stack_items(items: list[Any]) -> tuple[Tensor, dict[str, Tensor] | None]:
+    """Collate fields or ``(x, cond)`` pairs into ``(x [B, C, H, W], {name: [B, ...]} or None)``.
+
+    >>> x, cond = stack_items([(torch.zeros(1, 2, 2), {"c": torch.ones(3)})] * 2)
+    >>> list(x.shape), list(cond["c"].shape)
+    ([2, 1, 2, 2], [2, 3])
+    """
+    pairs = [split_item(item) for item in items]
+    x = torch.stack([p[0] for p in pairs])
+    conds = [p[1] for p in pairs]
+    if all(c is None for c in conds):
+        return x, None
+    keys = set(conds[0] or {})
+    if any(c is None or set(c) != keys for c in conds):
+        raise DataError(f"every dataset item must carry the same conditioning keys; expected {sorted(keys)}")
+    return x, {k: torch.stack([c[k] for c in conds]) for k in sorted(keys)}  # type: ignore[index]

@@ -60,7 +60,7 @@ from geodiff.training.checkpoint import (
     unflatten_optimizer_state,
     write_checkpoint,
 )
-from geodiff.training.data import BatchPlan, LocalBatchSampler, crop_batch, derive_seed, stack_fields
+from geodiff.training.data import BatchPlan, LocalBatchSampler, crop_batch, derive_seed, split_item, stack_items
 from geodiff.training.ema import EMA
 
 __all__ = ["train", "TrainResult"]
@@ -120,6 +120,23 @@ def _positive(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+def _check_cond(cond: dict[str, Tensor] | None, data: Tensor | Dataset) -> dict[str, Tensor] | None:
+    """Check the per-sample conditioning given with a data tensor: ``{name: [N, ...]}``, finite float32."""
+    if cond is None:
+        return None
+    if not isinstance(data, Tensor):
+        raise ConfigError("cond= goes with a data tensor; a Dataset gives conditioning in its (x, cond) items")
+    if not isinstance(cond, dict) or not cond:
+        raise ConfigError(f"cond must be a non-empty dict of tensors [N, ...], got {type(cond).__name__}")
+    for name, value in cond.items():
+        if not isinstance(value, Tensor) or value.ndim < 1 or value.shape[0] != data.shape[0]:
+            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise GridError(f"cond[{name!r}] must be a tensor with {data.shape[0]} samples first, got {shape}")
+        if not torch.isfinite(value).all():
+            raise DataError(f"cond[{name!r}] holds NaN/inf values")
+    return cond
+
+
 def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, int, int]]:
     """Number of samples and field shape ``(C, H, W)`` of ``data``, checked."""
     if isinstance(data, Tensor):
@@ -133,8 +150,8 @@ def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, int, int]]:
         return data.shape[0], tuple(data.shape[1:])  # type: ignore[return-value]
     if isinstance(data, IterableDataset) or not isinstance(data, Dataset) or not hasattr(data, "__len__"):
         raise DataError(f"data must be a [N, C, H, W] tensor or a map-style Dataset with __len__, got {type(data)}")
-    first = stack_fields([data[0]])
-    return len(data), tuple(first.shape[1:])  # type: ignore[arg-type,return-value]
+    first, _ = split_item(data[0])
+    return len(data), tuple(first.shape)  # type: ignore[arg-type,return-value]
 
 
 def _mask_digest(mask: Tensor | None) -> str | None:
@@ -176,25 +193,36 @@ def _seed_global(seed: int, device: torch.device) -> None:
 
 
 def _batches(
-    data: Tensor | Dataset, plan: BatchPlan, start: int, stop: int, info: distributed.DistInfo, num_workers: int
-) -> Iterator[Tensor]:
-    """This rank's share ``[b, C, H, W]`` of the global batches of steps ``start .. stop - 1`` (before cropping)."""
+    data: Tensor | Dataset,
+    cond: dict[str, Tensor] | None,
+    plan: BatchPlan,
+    start: int,
+    stop: int,
+    info: distributed.DistInfo,
+    num_workers: int,
+) -> Iterator[tuple[Tensor, dict[str, Tensor] | None]]:
+    """This rank's share ``([b, C, H, W], cond)`` of the global batches of steps ``start .. stop - 1`` (uncropped)."""
     sampler = LocalBatchSampler(plan, start, stop, info.rank, info.world_size)
     if isinstance(data, Tensor):
         for indices in sampler:
-            yield data[torch.as_tensor(indices, device=data.device)]
+            index = torch.as_tensor(indices, device=data.device)
+            yield data[index], None if cond is None else {k: v[index.to(v.device)] for k, v in cond.items()}
         return
-    loader = DataLoader(data, batch_sampler=sampler, num_workers=num_workers, collate_fn=stack_fields)
-    for batch in loader:
+    loader = DataLoader(data, batch_sampler=sampler, num_workers=num_workers, collate_fn=stack_items)
+    for batch, batch_cond in loader:
         if not torch.isfinite(batch).all():
             raise DataError("a dataset item holds NaN/inf values; land cells must be 0 in normalised data")
-        yield batch
+        for name, value in (batch_cond or {}).items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise DataError(f"conditioning {name!r} of a dataset item holds NaN/inf values")
+        yield batch, batch_cond
 
 
 def train(
     denoiser: nn.Module,
     data: Tensor | Dataset,
     *,
+    cond: dict[str, Tensor] | None = None,
     mask: Tensor | None = None,
     steps: int,
     batch_size: int,
@@ -219,7 +247,11 @@ def train(
     Parameters
     ----------
     denoiser: a :class:`~geodiff.diffusion.denoiser.Denoiser` (or any ``nn.Module`` ``(x, sigma, cond) -> x0_hat``).
-    data: float32 ``[N, C, H, W]`` tensor (normalised, land = 0) or a map-style ``Dataset`` of ``[C, H, W]`` tensors.
+    data: float32 ``[N, C, H, W]`` tensor (normalised, land = 0) or a map-style ``Dataset`` whose items are
+        ``[C, H, W]`` tensors or ``(x [C, H, W], cond {name: tensor})`` pairs (conditional models).
+    cond: with a data tensor, per-sample conditioning ``{name: [N, ...]}`` passed to the denoiser as
+        ``denoiser(x, sigma, cond)`` for the batch (only ``x`` is cropped by ``patch_size``: crop conditioning on
+        other grids in a Dataset instead).
     mask: ``[C, H, W]`` bool, True = valid (ocean); the loss averages over valid cells only. It becomes the
         denoiser's mask (``denoiser.mask``); None uses the denoiser's mask, if any.
     steps: optimizer steps to reach (counting steps of the run resumed from).
@@ -249,6 +281,7 @@ def train(
     if not lr > 0 or weight_decay < 0:
         raise ConfigError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
     num_samples, field_shape = _check_data(data)
+    cond = _check_cond(cond, data)
     if patch_size is not None:
         patch_size = (int(patch_size[0]), int(patch_size[1]))
     plan = BatchPlan(num_samples, batch_size, seed, field_shape, patch_size)
@@ -256,7 +289,7 @@ def train(
     mask = _resolve_mask(denoiser, mask, field_shape)
     info = distributed.setup(device)
     return _train(
-        denoiser, data, plan, mask, info,
+        denoiser, data, cond, plan, mask, info,
         steps=steps, lr=float(lr), weight_decay=float(weight_decay), warmup_steps=warmup_steps,
         grad_clip=float(grad_clip) if grad_clip else None, ema_decay=float(ema_decay),
         loss=_make_loss(loss, denoiser), amp_dtype=_amp_dtype(amp, info.device),
@@ -283,6 +316,7 @@ def _resolve_mask(denoiser: nn.Module, mask: Tensor | None, field_shape: tuple[i
 def _train(
     denoiser: nn.Module,
     data: Tensor | Dataset,
+    cond: dict[str, Tensor] | None,
     plan: BatchPlan,
     mask: Tensor | None,
     info: distributed.DistInfo,
@@ -325,6 +359,8 @@ def _train(
         "data_shape": [plan.num_samples, *plan.field_shape], "mask_sha256": _mask_digest(mask),
         "denoiser": _json_config(denoiser),
     }
+    if cond is not None:
+        settings["cond_shapes"] = {name: list(value.shape[1:]) for name, value in cond.items()}
     losses: list[float] = []
     start = 0
     checkpoint = None
@@ -372,8 +408,8 @@ def _train(
     t0, ran = time.perf_counter(), 0
     shown = None
     try:
-        batches = _batches(data, plan, start, steps, info, num_workers)
-        for step, batch in zip(range(start, steps), batches):
+        batches = _batches(data, cond, plan, start, steps, info, num_workers)
+        for step, (batch, batch_cond) in zip(range(start, steps), batches):
             corners = plan.crops(step)
             local_corners = None if corners is None else corners[info.rank * local : (info.rank + 1) * local]
             x0 = crop_batch(batch, local_corners, plan.patch_size).to(device, non_blocking=True)
@@ -398,7 +434,7 @@ def _train(
                 )
                 swap = _batch_mask(denoiser, batch_mask) if local_corners is not None else contextlib.nullcontext()
                 with autocast, swap:
-                    total, _ = loss.terms(model, x0, draw, mask=batch_mask)
+                    total, _ = loss.terms(model, x0, draw, mask=batch_mask, cond=_to_device(batch_cond, device))
                 objective = total * (info.world_size / count)
                 (scaler.scale(objective) if scaler is not None else objective).backward()
             if grad_clip:
@@ -438,6 +474,10 @@ def _train(
         checkpoint=checkpoint,
         steps_per_second=ran / elapsed if ran and elapsed > 0 else None,
     )
+
+
+def _to_device(cond: dict[str, Tensor] | None, device: torch.device) -> dict[str, Tensor] | None:
+    return None if cond is None else {k: v.to(device, non_blocking=True) for k, v in cond.items()}
 
 
 def _save(
