@@ -119,8 +119,9 @@ def as_observations(
 
     Raises :class:`~geodiff.errors.ObservationError` naming the column when a required column (``value``, ``lat``,
     ``lon``, ``time``; ``error_std`` unless ``default_error_std`` is given) is missing, a numeric column is not
-    numeric, ``lat`` is outside [-90, 90], ``depth`` is negative, ``error_std`` is not positive and finite, a
-    ``value`` is infinite, ``obs_id`` has duplicates, or a column is not along ``obs``.
+    numeric, ``lat`` is outside [-90, 90], ``lon`` is outside [-360, 720] (e.g. a fill value 1e20), ``depth`` is
+    negative, ``error_std`` is not positive and finite, a ``value`` is infinite, ``obs_id`` has duplicates, or a
+    column is not along ``obs``.
 
     ``default_error_std`` (a number, or ``{variable: number}``) fills a missing ``error_std`` column and NaN
     entries; the default and the number of entries filled are recorded in ``attrs`` (``error_std_default``,
@@ -173,6 +174,13 @@ def as_observations(
             "observation column 'lat' must lie in [-90, 90] degrees north; "
             f"obs_id {_first_id(ids, np.abs(lat) > 90)!r} "
             f"has {_plain(lat[np.abs(lat) > 90][0])}"
+        )
+    lon = columns["lon"]
+    bad = np.isinf(lon) | (lon > 720.0) | (lon < -360.0)
+    if np.any(bad):
+        raise ObservationError(
+            "observation column 'lon' must lie in [-360, 720] degrees east (any convention; it is taken into the "
+            f"grid's); obs_id {_first_id(ids, bad)!r} has {_plain(lon[bad][0])} (a fill value?)"
         )
     if "depth" in columns and np.any(columns["depth"] < 0):
         bad = columns["depth"] < 0
@@ -453,6 +461,8 @@ def validate_observations(
     safe_lat = np.where(np.isnan(lat), lat_grid[0], lat)
     safe_lon = np.where(np.isnan(lon), lon_grid[0], lon)
     wrapped = lon_grid[0] + np.mod(safe_lon - lon_grid[0], 360.0)
+    wrapped = np.where(np.abs(wrapped - safe_lon) <= 1e-9, safe_lon, wrapped)  # rounding must not move the east edge
+    wrapped = np.where((wrapped > lon_grid[-1]) & (wrapped - lon_grid[-1] <= 1e-9), lon_grid[-1], wrapped)
     converted = ~np.isnan(lon) & ~np.isclose(wrapped, lon, rtol=0, atol=1e-12)
     j0, j1, ty, in_lat = _neighbours(lat_grid, safe_lat)
     if periodic:

@@ -13,6 +13,7 @@ module             reads
 ``gebco``          GEBCO elevation, lazily subset by a bounding box
 ``stations``       station CSV / CF point tables; :func:`observation_table`
 ``standardize``    units (pint / cf_xarray), axes, lat / lon / depth conventions, checks
+``files``          is a netCDF file complete? (a writer killed mid-write leaves it short: refused, named)
 ``regrid``         curvilinear -> rectilinear regridding (KD-tree on the sphere), depth interpolation
 ``fixtures``       format-faithful synthetic files of every product (tests, docs, notebooks)
 =================  ==========================================================================================
@@ -32,7 +33,7 @@ Example
 
 from __future__ import annotations
 
-from geodiff.adapters import cmip6, en4, era5, fixtures, gebco, gridsat, regrid, sounders, standardize, stations
+from geodiff.adapters import cmip6, en4, era5, files, fixtures, gebco, gridsat, regrid, sounders, standardize, stations
 from geodiff.adapters.regrid import EN4_DEPTHS, Regridder, en4_grid, interp_depth, regular_grid
 from geodiff.adapters.standardize import (
     calendar_of,
@@ -54,6 +55,7 @@ __all__ = [
     "en4",
     "en4_grid",
     "era5",
+    "files",
     "find_axes",
     "fixtures",
     "gebco",

@@ -41,6 +41,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.regrid import regrid, target_grid
 from geodiff.adapters.standardize import (
     CANONICAL_UNITS,
@@ -67,6 +68,7 @@ def _as_paths(paths: Any) -> list[Path]:
     for p in items:
         if not p.exists():
             raise DataError(f"file {str(p)!r} does not exist")
+        check_netcdf(p)
     return sorted(items)
 
 
@@ -80,7 +82,7 @@ def _open(paths: Sequence[Path]) -> xr.Dataset:
             coords="minimal", compat="override", join="override",
         )
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot open {[str(p) for p in paths]} as netCDF: {err}") from err
+        raise DataError(f"cannot open {[str(p) for p in paths]} as netCDF ({INCOMPLETE} or not netCDF): {err}") from err
 
 
 def open_dataset(

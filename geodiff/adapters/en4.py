@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.standardize import convert_units, record, standardize
 from geodiff.adapters.stations import observation_table
 from geodiff.errors import DataError, ObservationError
@@ -55,6 +56,8 @@ def _files(paths: Any) -> list[Path]:
     missing = [str(p) for p in items if not p.exists()]
     if missing:
         raise DataError(f"EN4 files {missing} do not exist")
+    for item in items:
+        check_netcdf(item)
     return sorted(items)
 
 
@@ -87,7 +90,9 @@ def open_analysis(
             ds = xr.open_mfdataset([str(f) for f in files], combine="nested", concat_dim="time", data_vars="minimal",
                                    coords="minimal", compat="override", join="override")
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot open EN4 analyses {[f.name for f in files]}: {err}") from err
+        raise DataError(
+            f"cannot open EN4 analyses {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
+        ) from err
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise DataError(f"EN4 analysis variables {missing} not found in {files[0].name}; found {list(ds.data_vars)}")
@@ -146,7 +151,7 @@ def read_profiles(
         try:
             ds = xr.open_dataset(path, concat_characters=False)
         except (OSError, ValueError) as err:
-            raise DataError(f"cannot open EN4 profile file {path.name!r}: {err}") from err
+            raise DataError(f"cannot open EN4 profile file {str(path)!r} ({INCOMPLETE} or not netCDF): {err}") from err
         with ds:
             required = ["JULD", "LATITUDE", "LONGITUDE", "DEPH_CORRECTED", *variables]
             missing = [n for n in required if n not in ds.variables]

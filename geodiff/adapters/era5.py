@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.standardize import record, standardize
 from geodiff.errors import DataError
 
@@ -51,6 +52,8 @@ def _files(paths: Any) -> list[Path]:
     missing = [str(p) for p in items if not p.exists()]
     if missing:
         raise DataError(f"ERA5 files {missing} do not exist")
+    for item in items:
+        check_netcdf(item)
     return items
 
 
@@ -106,7 +109,9 @@ def open_dataset(
     try:
         opened = [xr.open_dataset(f, chunks={}) for f in files]
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot open ERA5 files {[f.name for f in files]}: {err}") from err
+        raise DataError(
+            f"cannot open ERA5 files {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
+        ) from err
     layouts = {layout_of(ds) for ds in opened}
     if len(layouts) != 1:
         raise DataError(f"ERA5 files {[f.name for f in files]} mix layouts {sorted(layouts)}; open them apart")

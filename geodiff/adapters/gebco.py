@@ -23,6 +23,7 @@ from typing import Any
 
 import xarray as xr
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.standardize import select_bbox, standardize
 from geodiff.errors import DataError
 
@@ -45,10 +46,11 @@ def open_dataset(
     path = Path(path)
     if not path.exists():
         raise DataError(f"GEBCO file {str(path)!r} does not exist")
+    check_netcdf(path)
     try:
         ds = xr.open_dataset(path, chunks={} if chunks is None else chunks)
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot open GEBCO file {path.name!r}: {err}") from err
+        raise DataError(f"cannot open GEBCO file {str(path)!r} ({INCOMPLETE} or not netCDF): {err}") from err
     if variable not in ds.data_vars:
         raise DataError(f"GEBCO variable {variable!r} not in {path.name}; found {list(ds.data_vars)}")
     ds = ds[[variable]]

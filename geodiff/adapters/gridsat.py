@@ -25,6 +25,7 @@ from typing import Any
 
 import xarray as xr
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.standardize import select_bbox, standardize
 from geodiff.errors import DataError
 
@@ -41,6 +42,8 @@ def _files(paths: Any) -> list[Path]:
     missing = [str(p) for p in items if not p.exists()]
     if missing:
         raise DataError(f"GridSat-B1 files {missing} do not exist")
+    for item in items:
+        check_netcdf(item)
     return sorted(items)
 
 
@@ -64,7 +67,9 @@ def open_dataset(
             ds = xr.open_mfdataset([str(f) for f in files], combine="by_coords", data_vars="minimal",
                                    coords="minimal", compat="override")
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot open GridSat-B1 files {[f.name for f in files]}: {err}") from err
+        raise DataError(
+            f"cannot open GridSat-B1 files {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
+        ) from err
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise DataError(f"GridSat-B1 variables {missing} not found in {files[0].name}; found {list(ds.data_vars)}")

@@ -30,6 +30,7 @@ from typing import Any
 
 import xarray as xr
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.standardize import standardize
 from geodiff.errors import DataError
 
@@ -74,6 +75,7 @@ def open_dataset(
     for f in files:
         if not f.exists():
             raise DataError(f"sounder file {str(f)!r} does not exist")
+        check_netcdf(f)
     product = product or product_of(files[0])
     if product not in PRODUCTS:
         raise DataError(f"unknown sounder product {product!r}; products are {sorted(PRODUCTS)}")
@@ -82,7 +84,9 @@ def open_dataset(
         ds = xr.open_dataset(files[0], chunks={}) if len(files) == 1 else xr.open_mfdataset(
             [str(f) for f in files], combine="by_coords", data_vars="minimal", coords="minimal", compat="override")
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot open sounder files {[f.name for f in files]}: {err}") from err
+        raise DataError(
+            f"cannot open sounder files {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
+        ) from err
     variable = spec["variable"]
     if variable not in ds.data_vars:
         raise DataError(f"{product} file {files[0].name!r} has no variable {variable!r}; found {list(ds.data_vars)}")

@@ -39,11 +39,13 @@ import datetime as _dt
 import json
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from geodiff.adapters.files import check_netcdf
 from geodiff.errors import CalendarError, CoordinateError, DataError, GeodiffWarning, UnitsError
 
 __all__ = [
@@ -834,6 +836,10 @@ def _standardize_vertical(ds: xr.Dataset, name: Hashable, changes: list[str]) ->
     attrs = dict(var.attrs)
     where = f"vertical coordinate {name!r}"
     if kind == "other":
+        if name == "depth" or attrs.get("standard_name") == "depth":  # called depth, so it must be a length
+            raise UnitsError(
+                f"depth coordinate {name!r} has units {attrs.get('units')!r}; expected a length such as 'm' or 'cm'"
+            )
         _check_1d_order(name, values, "vertical")
         return ds, name
     positive = str(attrs.get("positive", "")).strip().lower()
@@ -990,6 +996,9 @@ def standardize(
         missing/unparseable units on a variable to convert, impossible conversions, values contradicting units.
     CalendarError
         a calendar other than ``calendar``.
+    DataError
+        the file ``ds`` was opened from (``ds.encoding["source"]``) is incomplete or corrupt
+        (:func:`~geodiff.adapters.files.check_netcdf`).
 
     Example
     -------
@@ -1004,6 +1013,9 @@ def standardize(
         raise DataError(f"standardize expects an xarray.Dataset, got {type(ds).__name__}")
     if lon not in LON_CONVENTIONS:
         raise CoordinateError(f"unknown longitude convention lon={lon!r}; expected one of {LON_CONVENTIONS}")
+    source = ds.encoding.get("source")
+    if isinstance(source, str) and Path(source).is_file():
+        check_netcdf(source)  # a file cut short by a killed writer reads as zeros: refuse it before any value
     ds = ds.copy()
     changes: list[str] = []
     if variables is None:

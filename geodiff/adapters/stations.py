@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.standardize import convert_units, record, wrap_longitude
 from geodiff.errors import DataError, ObservationError
 
@@ -150,7 +151,11 @@ def _read_table(source: Any) -> tuple[Any, str]:
     if suffix in (".csv", ".txt"):
         return pd.read_csv(path), path.name
     if suffix in (".nc", ".nc4", ".cdf"):
-        return xr.open_dataset(path), path.name
+        check_netcdf(path)
+        try:
+            return xr.open_dataset(path), path.name
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot open station file {str(path)!r} ({INCOMPLETE} or not netCDF): {err}") from err
     raise DataError(f"station file {path.name!r}: expected .csv or .nc")
 
 

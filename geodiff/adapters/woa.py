@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.errors import CalendarError, ConfigError, CoordinateError, DataError, GridError, UnitsError
 
 __all__ = [
@@ -288,10 +289,11 @@ def open_ferret_woa(path: str | Path, *, variable: str = "TEMP") -> xr.Dataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Ferret WOA file {str(path)!r} does not exist")
+    check_netcdf(path)
     try:
         src = xr.open_dataset(path, decode_times=False)
     except (OSError, ValueError) as err:
-        raise DataError(f"{str(path)!r} is not a readable netCDF file: {err}") from err
+        raise DataError(f"{str(path)!r} is not a readable netCDF file ({INCOMPLETE} or not netCDF): {err}") from err
     with src:
         if variable not in src.data_vars:
             raise DataError(f"{str(path)!r} has no variable {variable!r}; variables: {sorted(map(str, src.data_vars))}")

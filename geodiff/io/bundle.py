@@ -54,11 +54,11 @@ import torch
 import xarray as xr
 
 from geodiff.config import check_json
-from geodiff.errors import CheckpointError, ConfigError, GeodiffError, GridError
+from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, GridError
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
 
-__all__ = ["ModelBundle", "load", "BUNDLE_FORMAT", "BUNDLE_VERSION", "BUNDLE_FILES"]
+__all__ = ["ModelBundle", "load", "BUNDLE_FORMAT", "BUNDLE_VERSION", "BUNDLE_FILES", "MAX_NORMALIZED"]
 
 BUNDLE_FORMAT = "geodiff.bundle"
 MANIFEST_FORMAT = "geodiff.bundle.manifest"
@@ -74,6 +74,8 @@ CONFIG, WEIGHTS, NORMALIZER, CODEC, MANIFEST = (
 BUNDLE_FILES = (CONFIG, WEIGHTS, NORMALIZER, CODEC)
 MASK_KEY = "codec.mask"
 PREFIX = "denoiser."
+#: largest magnitude of a normalised value accepted by ``encode`` and ``reconstruct`` (see ``ModelBundle.encode``)
+MAX_NORMALIZED = 10.0
 # file names that usually hold pickles: reported as such
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".dill"})
 
@@ -84,6 +86,21 @@ def _sha256(data: bytes) -> str:
 
 def _dumps(value: Any) -> bytes:
     return (json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _check_normalized_range(codec: Codec, x: torch.Tensor, mask: torch.Tensor, bound: float) -> None:
+    """DataError naming the first (variable, level, cell) whose normalised value exceeds ``bound``."""
+    far = (x.abs() > bound) & mask  # [T, C, H, W]
+    if not bool(far.any()):
+        return
+    t, c, i, j = (int(k) for k in torch.nonzero(far)[0])
+    variable, level = codec.channels[c]
+    where = f"lat={codec.lat[i]:g}, lon={codec.lon[j]:g}" + ("" if level is None else f", level {level:g}")
+    raise DataError(
+        f"variable {variable!r} has {int(far.sum())} valid cells whose normalised value is beyond +-{bound:g} "
+        f"(e.g. {float(x[t, c, i, j]):.4g} at time index {t}, {where}): far outside what the model was trained "
+        "on; check the units and fill values, or pass max_normalized=None to encode it anyway"
+    )
 
 
 def _pickle_magic(data: bytes) -> str | None:
@@ -143,9 +160,21 @@ class ModelBundle:
         self.denoiser.to(device)
         return self
 
-    def encode(self, ds: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised tensors ``(x [T, C, H, W] float32, mask [C, H, W] bool)`` of ``ds`` (codec variables)."""
-        return self.codec.encode(self.normalizer.normalize(ds[self.codec.variables]))
+    def encode(
+        self, ds: xr.Dataset, *, max_normalized: float | None = MAX_NORMALIZED
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised tensors ``(x [T, C, H, W] float32, mask [C, H, W] bool)`` of ``ds`` (codec variables).
+
+        A valid cell whose normalised value exceeds ``max_normalized`` in magnitude (default
+        :data:`MAX_NORMALIZED` = 10: ten standard deviations of fitted statistics, five widths of an affine
+        range) is far outside anything the model was trained on: :class:`~geodiff.errors.DataError` naming the
+        variable, level and cell (wrong units, fill values, another variable). ``None`` switches the check off.
+        """
+        self.codec.check_grid(ds)  # the model grid first: a clearer error than missing statistics
+        x, mask = self.codec.encode(self.normalizer.normalize(ds[self.codec.variables]))
+        if max_normalized is not None:
+            _check_normalized_range(self.codec, x, mask, float(max_normalized))
+        return x, mask
 
     def decode(self, x: torch.Tensor, **kwargs: Any) -> xr.Dataset:
         """Dataset in physical units from normalised tensors (``kwargs``: ``member``, ``time`` of ``Codec.decode``)."""

@@ -1,0 +1,1 @@
+"""Reliability and security: bad inputs, injected faults, properties, determinism, what the library loads."""
