@@ -3,7 +3,9 @@
 The backbone's forward is timed inside the sampling run (perf_counter around each call; CPU execution is
 synchronous, on GPU the timer synchronises), so ``outside = 1 - network / total`` is measured in the same run,
 independent of how fast the machine is at the moment. A bare loop of the same number of network calls is timed
-back to back as a second estimate. Prints a table; run with ``python benchmarks/sampler_overhead.py``.
+back to back as a second estimate. Prints a table; run with ``python benchmarks/sampler_overhead.py``
+(``--networks 18`` for the 18 M-parameter network of ``benchmarks/performance.py`` only; ``--plain`` without
+:func:`geodiff.runtime.optimize`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 
 import torch
 
+from geodiff import runtime
 from geodiff.backbones.diffusers_unet import DiffusersUNet
 from geodiff.backbones.unet import UNet
 from geodiff.diffusion.denoiser import Denoiser
@@ -53,6 +56,10 @@ def networks(channels: int) -> dict[str, torch.nn.Module]:
             in_channels=channels, block_out_channels=(32, 64, 64, 128), layers_per_block=1,
             down_block_types=("DownBlock2D",) * 3 + ("AttnDownBlock2D",),
             up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * 3),
+        "diffusers UNet2DModel (64-128-128-256, 18 M)": DiffusersUNet(
+            in_channels=channels, block_out_channels=(64, 128, 128, 256), layers_per_block=2,
+            down_block_types=("DownBlock2D",) * 3 + ("AttnDownBlock2D",),
+            up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * 3),
     }
 
 
@@ -65,7 +72,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plain", action="store_true", help="without geodiff.runtime.optimize (channels-last, "
+                        "allocator setting)")
+    parser.add_argument("--networks", default="", help="only networks whose name contains this text")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     samplers = {"ddpm": DDPMSampler(), "ddim": DDIMSampler(), "euler": EulerSampler(), "heun": HeunSampler(),
                 "dpmpp_2m": DPMSolverPP2MSampler()}
@@ -76,9 +88,14 @@ def main() -> None:
     print("| network | sampler | NFE | total s | in network s | outside network | bare loop s | (total-bare)/total |")
     print("|---|---|---|---|---|---|---|---|")
     for net_name, backbone in networks(args.channels).items():
+        if args.networks not in net_name:
+            continue
         timed = TimedBackbone(backbone.eval()).to(args.device)
         denoiser = Denoiser(timed).to(args.device)
         noise = torch.randn(shape, device=args.device)
+        if not args.plain:
+            runtime.optimize(denoiser)
+            noise = runtime.as_channels_last(noise)
         with torch.inference_mode():
             denoiser(noise, 1.0)  # warm-up
             for name, sampler in samplers.items():
@@ -93,7 +110,7 @@ def main() -> None:
                     label = torch.zeros(args.batch, device=args.device)
                     start = time.perf_counter()
                     for _ in range(calls):
-                        backbone(noise, label)
+                        timed.backbone(noise, label)
                     bares.append(time.perf_counter() - start)
                 total, inside, bare = (statistics.median(v) for v in (totals, insides, bares))
                 print(f"| {net_name} | {name} | {calls} | {total:.3f} | {inside:.3f} | {100 * (1 - inside / total):.2f} % "

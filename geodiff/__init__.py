@@ -30,6 +30,8 @@ _LAZY: dict[str, str] = {
     "Normalizer": "geodiff.io.normalize:Normalizer",
     "Denoiser": "geodiff.diffusion.denoiser:Denoiser",
     "reconstruct": "geodiff.pipelines.reconstruct:reconstruct",
+    "assimilate": "geodiff.pipelines.assimilate:assimilate",
+    "downscale": "geodiff.pipelines.downscale:downscale",
 }
 
 __all__ = ["GeodiffError", "__version__", "errors", "registry", *_LAZY]

@@ -7,19 +7,33 @@ Example
 >>> result = CliRunner().invoke(app, ["plugins", "sampler"])
 >>> "heun" in result.output
 True
+
+Commands driven by a YAML configuration (``--config``; checked before any compute, see :mod:`geodiff.jobconfig`):
+``train``, ``reconstruct``, ``downscale``, ``assimilate``, ``evaluate``, ``validate`` and ``batch run`` /
+``batch status`` / ``batch finalise``. A ``.zarr`` output of a pipeline is computed by :mod:`geodiff.batch`
+(resumable, ``--part i/N``, dask workers); a ``.nc`` output in one go. The command line is appended to the
+output's ``history``. Any :class:`~geodiff.errors.GeodiffError` ends the command with exit code 2 and the message.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from geodiff import registry
-from geodiff.errors import GeodiffError
+from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError
 
 app = typer.Typer(help="Score-based (diffusion) models for geoscience fields.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+batch_app = typer.Typer(help="Resumable batch jobs into zarr stores: run, status, finalise.", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+
+CONFIG_OPTION = typer.Option(..., "--config", "-c", help="YAML configuration file")
+PART_OPTION = typer.Option(None, "--part", help="run only part i of N of the regions (array jobs), e.g. 2/8")
 
 
 def _fail(err: GeodiffError) -> None:
@@ -56,6 +70,332 @@ def demo(
                  plot=plot)
     except GeodiffError as err:
         _fail(err)
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The current command as typed, rebuilt from its context: ``geodiff <command> --option value ...``."""
+    words = ["geodiff", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default:
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        else:
+            words += [param.opts[0], str(value)] if not isinstance(value, bool) else [param.opts[0]]
+    return shlex.join(words)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train
+
+
+def _train(config: Any, line: str) -> Path | None:
+    import torch
+    import xarray as xr
+
+    import geodiff
+    from geodiff.backbones.unet import UNet
+    from geodiff.diffusion.denoiser import Denoiser
+    from geodiff.io import Codec, ModelBundle, Normalizer
+    from geodiff.jobconfig import open_input
+    from geodiff.pipelines.reconstruct import append_history
+
+    ds = open_input(config.data)
+    if not isinstance(ds, xr.Dataset):
+        raise ConfigError(f"key 'data': {config.data} must be a gridded dataset (.nc or .zarr)")
+    names = config.variables or [name for name in ds.data_vars if "time" in ds[name].dims]
+    missing = [name for name in names if name not in ds.data_vars]
+    if missing or not names:
+        raise ConfigError(f"key 'variables': {missing or names} not data variables of {config.data} "
+                          f"(it has {list(ds.data_vars)})")
+    if config.output.exists() and any(config.output.iterdir()) and not config.overwrite:
+        raise CheckpointError(f"key 'output': {config.output} is not empty; set overwrite: true to replace it")
+    ds = ds[names].load()
+    normalizer = Normalizer.fit(ds)
+    data, mask = Codec.from_dataset(ds).encode(normalizer.normalize(ds))
+    m = config.model
+    torch.manual_seed(config.training.seed)  # initial weights follow the seed
+    backbone = UNet(in_channels=data.shape[1], base_channels=m.base_channels, channel_mults=list(m.channel_mults),
+                    num_res_blocks=m.num_res_blocks, attention_levels=list(m.attention_levels),
+                    mid_attention=m.mid_attention, mask_aware=m.mask_aware, periodic_lon=m.periodic_lon)
+    denoiser = Denoiser(backbone, sigma_data=m.sigma_data)
+    t = config.training
+    from geodiff.training.checkpoint import latest_checkpoint
+
+    previous = latest_checkpoint(config.checkpoint_dir) if config.checkpoint_dir is not None else None
+    result = geodiff.train(denoiser, data, mask=mask, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
+                           weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
+                           ema_decay=t.ema_decay, loss=t.loss, patch_size=t.patch_size, seed=t.seed,
+                           checkpoint_dir=config.checkpoint_dir, checkpoint_every=t.checkpoint_every, resume=True,
+                           progress=config.progress)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        return None  # rank 0 writes the bundle
+    codec = Codec.from_dataset(ds.isel(time=[0]))
+    result.ema.set_mask(codec.mask)
+    metadata = append_history({}, line)
+    metadata["training"] = {"config": json.loads(config.model_dump_json()), "steps": result.step,
+                            "resumed_from": None if previous is None else previous.name,
+                            "final_loss": result.losses[-1] if result.losses else None}
+    ModelBundle(result.ema, codec, normalizer, metadata=metadata).save(config.output, overwrite=config.overwrite)
+    return config.output
+
+
+@app.command()
+def train(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
+    """Train a diffusion prior (UNet, EDM) on a canonical dataset; resumes from checkpoints; runs under torchrun."""
+    from geodiff.jobconfig import load_config
+
+    try:
+        settings = load_config(config, "train")
+        written = _train(settings, _command_line(ctx))
+    except GeodiffError as err:
+        _fail(err)
+    if written is not None:
+        typer.echo(f"wrote model bundle {written}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pipelines: reconstruct, downscale, assimilate (and ``batch run``)
+
+
+def _times(values: list[Any] | None) -> Any:
+    if values is None:
+        return None
+    import numpy as np
+    import pandas as pd
+
+    try:
+        return pd.to_datetime(values).values
+    except (ValueError, TypeError):
+        return np.asarray(values)
+
+
+def _pipeline_job(kind: str, config: Any) -> Any:
+    from geodiff.batch import PipelineJob
+    from geodiff.batch.job import JOB_KINDS
+    from geodiff.jobconfig import open_input
+
+    spec = JOB_KINDS[kind]
+    inputs: dict[str, Any] = {name: open_input(getattr(config, name)) for name in spec.inputs}
+    for name in spec.keyword_inputs:
+        value = getattr(config, name, None)
+        if isinstance(value, dict) and value:
+            inputs[name] = {key: open_input(path) for key, path in value.items()}
+        elif isinstance(value, Path):
+            inputs[name] = open_input(value)
+    return PipelineJob(kind, str(config.model), inputs, members=config.members, seed=config.seed,
+                       options=dict(config.options), times_wanted=_times(config.times))
+
+
+def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
+    """Run a pipeline configuration; returns a one-line summary."""
+    from geodiff.batch import parse_part, run_batch, status
+    from geodiff.batch import finalise as finalise_store
+    from geodiff.pipelines.reconstruct import append_history
+
+    parse_part(part)
+    job = _pipeline_job(kind, config)
+    output = config.output
+    if output.suffix == ".zarr":
+        client, cluster = _client(config.batch)
+        try:
+            run_batch(job, output, time_chunk=config.batch.time_chunk, chunks=config.batch.chunks, part=part,
+                      client=client, retries=config.batch.retries, history=line, progress=config.progress)
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        state = status(output)
+        if not state.complete:
+            return f"{output}: {state.done}/{state.total} regions done; run the other parts, then finalise"
+        finalise_store(output)
+        return f"wrote {output} ({state.total} regions, finalised)"
+    if part is not None:
+        raise ConfigError("--part needs a .zarr output (a netCDF file is written in one go)")
+    if output.suffix not in (".nc", ".nc4"):
+        raise ConfigError(f"key 'output': {output} must end with .nc (one file) or .zarr (resumable batch)")
+    if output.exists():
+        raise DataError(f"key 'output': {output} exists; remove it or choose another path")
+    import numpy as np
+
+    result = job.run(np.asarray(job.times().values))
+    result.attrs = append_history(dict(result.attrs), line)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.to_netcdf(output)
+    return f"wrote {output}"
+
+
+def _client(settings: Any) -> tuple[Any, Any]:
+    if settings.scheduler is None and settings.workers == 0:
+        return None, None
+    from distributed import Client, LocalCluster
+
+    if settings.scheduler is not None:
+        return Client(settings.scheduler), None
+    cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def _pipeline_command(ctx: typer.Context, kind: str, config: Path, part: str | None) -> None:
+    from geodiff.jobconfig import load_config
+
+    try:
+        summary = _run_pipeline(kind, load_config(config, kind), _command_line(ctx), part)
+    except GeodiffError as err:
+        _fail(err)
+    typer.echo(summary)
+
+
+@app.command()
+def reconstruct(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
+    """Reconstruct fields from sparse observations with a model bundle (.nc at once or resumable .zarr)."""
+    _pipeline_command(ctx, "reconstruct", config, part)
+
+
+@app.command()
+def downscale(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
+    """Downscale a coarse field with auxiliary sources and stations (.nc at once or resumable .zarr)."""
+    _pipeline_command(ctx, "downscale", config, part)
+
+
+@app.command()
+def assimilate(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
+    """Assimilate observations into a background field (.nc at once or resumable .zarr)."""
+    _pipeline_command(ctx, "assimilate", config, part)
+
+
+@batch_app.command("run")
+def batch_run(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
+    """Run (or resume) the batch job of a configuration naming its pipeline (job: reconstruct, downscale, ...)."""
+    from geodiff.jobconfig import load_config
+
+    try:
+        settings = load_config(config, "batch")
+        summary = _run_pipeline(settings.job, settings, _command_line(ctx), part)
+    except GeodiffError as err:
+        _fail(err)
+    typer.echo(summary)
+
+
+@batch_app.command("status")
+def batch_status(store: Path = typer.Argument(..., help="zarr store of a batch job")) -> None:
+    """Show which regions of a batch store are done."""
+    from geodiff.batch import status as store_status
+
+    try:
+        typer.echo(str(store_status(store)))
+    except GeodiffError as err:
+        _fail(err)
+
+
+@batch_app.command("finalise")
+def batch_finalise(ctx: typer.Context, store: Path = typer.Argument(..., help="zarr store of a batch job")) -> None:
+    """Check a batch store (every region done, grid, chunks, checksums) and consolidate its metadata."""
+    from geodiff.batch import finalise as finalise_store
+
+    try:
+        finalise_store(store, history=_command_line(ctx))
+    except GeodiffError as err:
+        _fail(err)
+    typer.echo(f"{store}: every region verified, metadata consolidated")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate, validate
+
+
+def _open_output(path: Path) -> Any:
+    import xarray as xr
+
+    if path.suffix == ".zarr" or (path / "zarr.json").exists():
+        return xr.open_zarr(path)
+    return xr.open_dataset(path)
+
+
+def _evaluate(config: Any, line: str) -> dict[str, Any]:
+    import numpy as np
+
+    from geodiff import metrics
+    from geodiff.pipelines.reconstruct import append_history
+
+    prediction, truth = _open_output(config.prediction), _open_output(config.truth)
+    names = config.variables or [name for name in prediction.data_vars if name in truth.data_vars]
+    if not names:
+        raise ConfigError(f"no data variable is in both {config.prediction} and {config.truth}")
+    for name in names:
+        for ds, where in ((prediction, config.prediction), (truth, config.truth)):
+            if name not in ds.data_vars:
+                raise ConfigError(f"key 'variables': {name!r} is not a data variable of {where}")
+    if "time" in prediction.dims:
+        missing = np.setdiff1d(prediction["time"].values, truth["time"].values) if "time" in truth.dims else [0]
+        if len(missing):
+            raise DataError(f"{config.truth} lacks times of the prediction: {list(missing)[:5]}")
+        truth = truth.sel(time=prediction["time"].values)
+    weights = None if config.weights == "none" else config.weights
+    scores: dict[str, Any] = {}
+    for name in names:
+        estimate, target = prediction[name].load(), truth[name].load()
+        row = {}
+        if "member" in estimate.dims:
+            row["rmse_ensemble_mean"] = float(metrics.rmse(target, estimate.mean("member"), weights=weights))
+            if estimate.sizes["member"] >= 2:
+                row["crps"] = float(metrics.crps_ensemble(target, estimate, weights=weights))
+                row["spread_skill"] = float(metrics.spread_skill_ratio(target, estimate, weights=weights))
+        else:
+            row["rmse"] = float(metrics.rmse(target, estimate, weights=weights))
+        row["bias"] = float(metrics.bias(target, estimate.mean("member") if "member" in estimate.dims else estimate,
+                                         weights=weights))
+        scores[name] = row
+    report = {"prediction": str(config.prediction), "truth": str(config.truth), "weights": config.weights,
+              "scores": scores, **append_history({"history": prediction.attrs.get("history")}, line)}
+    if config.output is not None:
+        config.output.parent.mkdir(parents=True, exist_ok=True)
+        config.output.write_text(json.dumps(report, indent=2))
+    return report
+
+
+@app.command()
+def evaluate(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
+    """Score an ensemble output against a truth dataset (RMSE of the mean, CRPS, spread-skill, bias)."""
+    from geodiff.jobconfig import load_config
+
+    try:
+        report = _evaluate(load_config(config, "evaluate"), _command_line(ctx))
+    except GeodiffError as err:
+        _fail(err)
+    typer.echo("| variable | score | value |\n|---|---|---|")
+    for name, row in report["scores"].items():
+        for key, value in row.items():
+            typer.echo(f"| {name} | {key} | {value:.4g} |")
+
+
+@app.command()
+def validate(
+    command: str = typer.Argument(..., help="train, reconstruct, downscale, assimilate, evaluate or batch"),
+    config: Path = CONFIG_OPTION,
+) -> None:
+    """Check a configuration without computing: keys, types, files; for reconstruct also the observations."""
+    from geodiff.jobconfig import load_config
+
+    try:
+        settings = load_config(config, command)
+        kind = getattr(settings, "job", None) or command
+        if kind == "reconstruct":
+            import geodiff
+            from geodiff.jobconfig import open_input
+            from geodiff.observations import as_observations, validate_observations
+
+            model = geodiff.load(settings.model)
+            table = as_observations(open_input(settings.observations))
+            codec = model.codec
+            _, report = validate_observations(table, codec.lat, codec.lon,
+                                              ocean_mask=codec.mask.numpy().astype(bool), channels=codec.channels)
+            typer.echo(str(report))
+    except GeodiffError as err:
+        _fail(err)
+    typer.echo(f"{config}: valid {command} configuration")
 
 
 def main() -> None:

@@ -160,12 +160,20 @@ def _bracket(grid: np.ndarray, values: np.ndarray, *, extrapolate_below: bool = 
     return i0, i1, np.clip(t, 0.0, 1.0), inside
 
 
+def _wrap_into(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` taken into ``[grid[0], grid[0] + 360)``; values already there (or within 1e-9 degrees of the last
+    column after wrapping) are kept exactly, so that rounding never moves a point on the east edge outside."""
+    wrapped = grid[0] + np.mod(values - grid[0], 360.0)
+    wrapped = np.where(np.abs(wrapped - values) <= 1e-9, values, wrapped)
+    return np.where((wrapped > grid[-1]) & (wrapped - grid[-1] <= 1e-9), grid[-1], wrapped)
+
+
 def _bracket_lon(grid: np.ndarray, values: np.ndarray, periodic: bool):
     """Longitude neighbours ``(i0, i1, t, inside, converted)``: values are first taken into the grid's convention
     ``[lon0, lon0 + 360)``; with ``periodic`` the last and first columns are neighbours across the seam."""
     finite = np.isfinite(values)
     safe = np.where(finite, values, grid[0])
-    wrapped = grid[0] + np.mod(safe - grid[0], 360.0)
+    wrapped = _wrap_into(grid, safe)
     if not periodic:
         i0, i1, t, inside = _bracket(grid, wrapped)
         return i0, i1, t, inside & finite, wrapped
@@ -646,3 +654,173 @@ class StackedOperator(LinearOperator):
 
     def gram_diagonal(self) -> Tensor:
         return torch.cat([op.gram_diagonal() for op in self.operators])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# coarsening
+
+
+class CoarsenOperator(LinearOperator):
+    """Area mean over ``factor x factor`` blocks: field ``[B, C, H, W]`` -> coarse cells ``[B, N]``.
+
+    Coarse cell ``(c, I, J)`` is the weighted mean of the fine cells ``(c, I f + a, J f + b)``, ``0 <= a, b < f``,
+    with weights ``cos(lat)`` (cell areas of a regular grid) when ``grid_lat [H]`` is given, else equal weights.
+    Land-aware: with ``mask`` (``[C, H, W]`` or ``[H, W]``, True = valid) only valid fine cells count (weights
+    renormalised); a coarse cell without any valid fine cell is dropped (``kept`` lists the flat indices
+    ``c Hc Wc + I Wc + J`` of the coarse cells in the output, in that order; ``dropped`` the others).
+    ``H`` and ``W`` must be multiples of the factor (nothing is trimmed). Exact adjoint by ``index_add``.
+
+    :meth:`coarsen` gives the coarse grid ``[B, C, H/f, W/f]`` (NaN at dropped cells); :meth:`observed` takes the
+    kept cells of a coarse field as the observations ``y [B, N]``.
+
+    Example
+    -------
+    >>> import torch
+    >>> op = CoarsenOperator((1, 2, 4), 2)
+    >>> x = torch.arange(8.0).reshape(1, 1, 2, 4)
+    >>> op(x)  # means of [[0, 1], [4, 5]] and [[2, 3], [6, 7]]
+    tensor([[2.5000, 4.5000]])
+    >>> r = torch.randn(1, 2)
+    >>> torch.allclose((op(x) * r).sum(), (x * op.adjoint(r)).sum())
+    True
+    """
+
+    def __init__(
+        self,
+        field_shape: Sequence[int],
+        factor: int | Sequence[int],
+        *,
+        mask: Any = None,
+        grid_lat: Any = None,
+    ):
+        super().__init__()
+        if len(field_shape) != 3:
+            raise GridError(f"field_shape must be (C, H, W), got {tuple(field_shape)}")
+        channels, height, width = (int(s) for s in field_shape)
+        pair = (factor, factor) if not isinstance(factor, (tuple, list)) else tuple(factor)
+        if len(pair) != 2:
+            raise GridError(f"the coarsening factor must be a positive integer (or two), got {factor!r}")
+        fy, fx = pair
+        if any(isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 1 for f in (fy, fx)):
+            raise GridError(f"the coarsening factor must be a positive integer (or two), got {factor!r}")
+        fy, fx = int(fy), int(fx)
+        if height % fy or width % fx:
+            raise GridError(
+                f"a field of {height} x {width} (lat x lon) cells cannot be coarsened by {fy} x {fx}: "
+                "both sizes must be multiples of the factor (crop the field first)"
+            )
+        self.field_shape = (channels, height, width)
+        self.factor = (fy, fx)
+        self.coarse_shape = (channels, height // fy, width // fx)
+        weight = np.ones((height, width))
+        if grid_lat is not None:
+            lat = _ascending(grid_lat, "lat")
+            if lat.size != height:
+                raise GridError(f"grid_lat has {lat.size} values; the field has {height} rows")
+            weight = weight * np.clip(np.cos(np.deg2rad(lat)), 0.0, None)[:, None]
+        weight = np.broadcast_to(weight, self.field_shape).reshape(-1)
+        valid = _mask_array(mask, self.field_shape)
+        if valid is not None:
+            weight = weight * valid
+        _, hc, wc = self.coarse_shape
+        # flat fine index of every (coarse cell, block member): [C, Hc, Wc, fy, fx] -> [N_all, fy * fx]
+        c = np.arange(channels)[:, None, None, None, None]
+        rows = (np.arange(hc)[None, :, None, None, None] * fy + np.arange(fy)[None, None, None, :, None])
+        cols = (np.arange(wc)[None, None, :, None, None] * fx + np.arange(fx)[None, None, None, None, :])
+        index = (c * height * width + rows * width + cols).reshape(channels * hc * wc, fy * fx)
+        block = weight[index]
+        total = block.sum(axis=1)
+        keep = total > _EMPTY
+        if not keep.any():
+            raise GridError("every coarse cell is on land: the mask leaves no valid fine cell")
+        self.kept = np.flatnonzero(keep)
+        self.dropped = np.flatnonzero(~keep)
+        self.n_obs = int(self.kept.size)
+        self.register_buffer("index", torch.from_numpy(index[keep].astype(np.int64)))
+        self.register_buffer("weight", torch.from_numpy(block[keep] / total[keep, None]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_field(x)
+        flat = x.reshape(x.shape[0], -1)
+        return (flat[:, self.index.to(x.device)] * self.weight.to(device=x.device, dtype=x.dtype)).sum(-1)
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        self._check_values(r)
+        contribution = (r[:, :, None] * self.weight.to(device=r.device, dtype=r.dtype)).reshape(r.shape[0], -1)
+        out = r.new_zeros(r.shape[0], int(np.prod(self.field_shape)))
+        out = out.index_add(1, self.index.to(r.device).reshape(-1), contribution)
+        return out.reshape(r.shape[0], *self.field_shape)
+
+    def gram_diagonal(self) -> Tensor:
+        return (self.weight**2).sum(1)  # the cells of one block are distinct
+
+    def to_grid(self, values: Tensor) -> Tensor:
+        """Coarse values ``[B, N]`` -> coarse grid ``[B, C, H/f, W/f]`` with NaN at dropped cells.
+
+        >>> op = CoarsenOperator((1, 2, 2), 2)
+        >>> op.to_grid(torch.tensor([[3.0]])).shape
+        torch.Size([1, 1, 1, 1])
+        """
+        self._check_values(values)
+        out = values.new_full((values.shape[0], int(np.prod(self.coarse_shape))), float("nan"))
+        out[:, torch.as_tensor(self.kept, device=values.device)] = values
+        return out.reshape(values.shape[0], *self.coarse_shape)
+
+    def coarsen(self, x: Tensor) -> Tensor:
+        """Area means of ``x [B, C, H, W]`` on the coarse grid ``[B, C, H/f, W/f]`` (NaN at dropped cells).
+
+        >>> CoarsenOperator((1, 2, 2), 2).coarsen(torch.ones(1, 1, 2, 2)).tolist()
+        [[[[1.0]]]]
+        """
+        return self.to_grid(self(x))
+
+    def observed(self, coarse: Tensor) -> Tensor:
+        """The kept cells of a coarse field ``[C, H/f, W/f]`` or ``[B, C, H/f, W/f]`` as ``y`` (``[N]`` or ``[B, N]``).
+
+        A NaN at a kept cell (a coarse value missing where the fine grid has valid cells) raises
+        :class:`~geodiff.errors.ObservationError`: mark such cells invalid in ``mask`` instead.
+
+        >>> CoarsenOperator((1, 2, 4), 2).observed(torch.tensor([[[1.0, 2.0]]])).tolist()
+        [1.0, 2.0]
+        """
+        coarse = torch.as_tensor(coarse)
+        single = coarse.ndim == 3
+        batched = coarse[None] if single else coarse
+        if batched.ndim != 4 or tuple(batched.shape[1:]) != self.coarse_shape:
+            raise GridError(f"the coarse field must be [C, Hc, Wc] or [B, C, Hc, Wc] with (C, Hc, Wc) = "
+                            f"{self.coarse_shape}, got {tuple(coarse.shape)}")
+        values = batched.reshape(batched.shape[0], -1)[:, torch.as_tensor(self.kept, device=coarse.device)]
+        missing = ~torch.isfinite(values)
+        if missing.any():
+            raise ObservationError(
+                f"the coarse field has {int(missing.sum())} missing (NaN) values at coarse cells whose fine cells are "
+                "valid; mark those cells invalid in the mask (land) or fill them"
+            )
+        return values[0] if single else values
+
+    def to_normalized(self, y: Any, error_std: Any, mean: Any, std: Any) -> tuple[Tensor, Tensor]:
+        """``(y', error_std')`` [N] (float64) for the normalised field ``x = (field - mean[c]) / std[c]``: each coarse
+        cell lies in one channel, so ``y' = (y - mean[c]) / std[c]`` and ``error_std' = error_std / std[c]`` (the
+        operator is unchanged).
+
+        >>> op = CoarsenOperator((1, 2, 2), 2)
+        >>> [t.tolist() for t in op.to_normalized([12.0], [0.5], mean=[10.0], std=[2.0])]
+        [[1.0], [0.25]]
+        """
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float64)).reshape(-1)
+        std = torch.as_tensor(np.asarray(std, dtype=np.float64)).reshape(-1)
+        channels = self.field_shape[0]
+        if mean.numel() != channels or std.numel() != channels or not torch.all(std > 0):
+            raise GridError(f"mean and std need one entry per channel ({channels}) and std > 0")
+        channel = torch.as_tensor(self.kept // (self.coarse_shape[1] * self.coarse_shape[2]))
+        y = torch.as_tensor(np.asarray(y, dtype=np.float64))
+        if y.shape[-1] != self.n_obs:
+            raise ObservationError(f"y has {y.shape[-1]} values; the operator has {self.n_obs} coarse cells")
+        error_std = torch.as_tensor(np.asarray(error_std, dtype=np.float64)).reshape(-1)
+        error_std = error_std.expand(self.n_obs) if error_std.numel() == 1 else error_std
+        if error_std.numel() != self.n_obs:
+            raise ObservationError(f"error_std has {error_std.numel()} values; expected 1 or {self.n_obs}")
+        return (y - mean[channel]) / std[channel], error_std / std[channel]
+
+
+__all__ += ["CoarsenOperator"]

@@ -28,12 +28,13 @@ from geodiff.errors import PluginError
 
 __all__ = ["KINDS", "available", "get", "name_of", "register"]
 
-KINDS: tuple[str, ...] = ("backbone", "schedule", "sampler", "guidance", "adapter", "reward")
+KINDS: tuple[str, ...] = ("backbone", "schedule", "sampler", "guidance", "adapter", "reward", "forecast")
 
 _BUILTINS: dict[str, dict[str, str]] = {
     "backbone": {
         "unet": "geodiff.backbones.unet:UNet",
         "diffusers_unet": "geodiff.backbones.diffusers_unet:DiffusersUNet",
+        "conditional_unet": "geodiff.backbones.conditional:ConditionalUNet",
     },
     "schedule": {
         "vp": "geodiff.diffusion.schedules:VPSchedule",
@@ -53,6 +54,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "mmps": "geodiff.guidance.mmps:MMPSGuidance",
         "sda": "geodiff.guidance.mmps:SDAGuidance",
         "repaint": "geodiff.guidance.repaint:RePaintGuidance",
+        "coarse": "geodiff.guidance.coarse:CoarseGuidance",
     },
     "adapter": {
         "cmip6": "geodiff.adapters.cmip6:open_dataset",
@@ -67,7 +69,15 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "woa_sample": "geodiff.adapters.woa:open_sample",
         "ferret_woa": "geodiff.adapters.woa:open_ferret_woa",
     },
-    "reward": {},
+    "reward": {
+        "observation_accuracy": "geodiff.alignment.rewards:ObservationAccuracy",
+        "forecast_skill": "geodiff.alignment.rewards:ForecastSkill",
+        "geostrophic_balance": "geodiff.alignment.rewards:GeostrophicBalance",
+        "spectral_slope": "geodiff.alignment.rewards:SpectralSlope",
+    },
+    "forecast": {
+        "barotropic": "geodiff.dynamics.barotropic:BarotropicModel",
+    },
 }
 
 # Plugins registered at run time with :func:`register` (kind -> name -> object).

@@ -165,7 +165,17 @@ def assemble_input(
     if cond:
         used = "'concat'" if cond_channels else "none (cond_channels=0)"
         raise ConfigError(f"unexpected cond keys {sorted(cond)}; this backbone uses: {used}")
-    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    if len(parts) == 1:
+        return parts[0]
+    stacked = torch.cat(parts, dim=1)
+    if _is_channels_last(x):  # keep the caller's layout (the mask parts are broadcast views, NCHW-strided)
+        stacked = stacked.contiguous(memory_format=torch.channels_last)
+    return stacked
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True when ``x [B, C, H, W]`` is stored channels-last and not also plain contiguous (C or H*W > 1)."""
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,7 +218,11 @@ class GeoConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lon_pad:
-            x = x.index_select(-1, _circular_index(x.shape[-1], self.lon_pad, self.lon_pad, x.device))
+            pad, width = self.lon_pad, x.shape[-1]
+            if pad <= width and _is_channels_last(x):  # wrap by concatenation: keeps the channels-last layout
+                x = torch.cat([x[..., width - pad :], x, x[..., :pad]], dim=-1)
+            else:
+                x = x.index_select(-1, _circular_index(width, pad, pad, x.device))
         return super().forward(x)
 
 

@@ -133,10 +133,16 @@ class Denoiser(Configurable, nn.Module):
             "noise_label": noise_label,
             "schedule": None if schedule is None else _describe("schedule", schedule),
         }
+        #: run the network on channels-last (NHWC) inputs (see :func:`geodiff.runtime.optimize`)
+        self.channels_last = False
+        self._coefficient_cache: dict[float, tuple[float, float, float, float]] = {}
+        self._mask_cache: dict[Any, tuple[Any, int, Tensor]] = {}
+        object.__setattr__(self, "_compiled", None)
 
     def set_mask(self, mask: Tensor | None) -> None:
         """Set the validity mask ``[C, H, W]`` (bool, True = valid); ``None`` removes it."""
         self.mask = None if mask is None else torch.as_tensor(mask, dtype=torch.bool, device=self._device())
+        self._mask_cache.clear()
 
     def _device(self) -> torch.device:
         for tensor in self.parameters():
@@ -168,16 +174,77 @@ class Denoiser(Configurable, nn.Module):
         return c_in, c_skip, c_out, c_noise
 
     def forward(self, x: Tensor, sigma: float | Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
-        """Denoised estimate ``x0_hat [B,C,H,W]`` of ``x [B,C,H,W]`` at noise level ``sigma``."""
+        """Denoised estimate ``x0_hat [B,C,H,W]`` of ``x [B,C,H,W]`` at noise level ``sigma``.
+
+        A scalar ``sigma`` (what the samplers pass) takes the fused path: the coefficients are computed once per
+        noise level in float64 and cached as Python floats, and the preconditioning is two or three fused
+        element-wise operations; a ``[B]`` tensor of noise levels takes the general path. Both give the same
+        values up to float rounding.
+        """
+        if isinstance(sigma, Tensor) and sigma.ndim > 0:
+            return self._forward_batched(x, sigma, cond)
+        c_in, c_skip, c_out, c_noise = self._scalar_coefficients(float(sigma))
+        mask = self.mask
+        x_in = x * c_in if mask is None else x * self._mask_times(c_in, x)
+        if self.channels_last and x_in.ndim == 4:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
+        label = torch.full((x.shape[0],), c_noise, dtype=torch.float32, device=x.device)
+        out = self._backbone_call()(x_in, label, mask=mask, cond=cond)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        if c_skip == 0.0:
+            x0 = out * c_out
+        else:
+            x0 = torch.add(x, out, alpha=c_out / c_skip).mul_(c_skip) if c_out != 0.0 else x * c_skip
+        return x0 if mask is None else x0.mul_(self._mask_times(1.0, x))
+
+    def _forward_batched(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor] | None) -> Tensor:
         sigma = sigma_tensor(sigma, x.shape[0], x.device)
         c_in, c_skip, c_out, c_noise = self.coefficients(sigma)
         mask = self.mask
         x_in = _column(c_in, x) * x
         if mask is not None:
             x_in = x_in * mask
-        out = self.backbone(x_in, c_noise.to(torch.float32), mask=mask, cond=cond)
+        if self.channels_last and x_in.ndim == 4:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
+        out = self._backbone_call()(x_in, c_noise.to(torch.float32), mask=mask, cond=cond)
         x0 = _column(c_skip, x) * x + _column(c_out, x) * out.to(x.dtype)
         return x0 if mask is None else x0 * mask
+
+    def _scalar_coefficients(self, sigma: float) -> tuple[float, float, float, float]:
+        """``(c_in, c_skip, c_out, c_noise)`` of one noise level as Python floats (float64 maths, cached)."""
+        cached = self._coefficient_cache.get(sigma)
+        if cached is None:
+            values = self.coefficients(torch.tensor([sigma], dtype=torch.float64))
+            cached = tuple(float(v[0]) for v in values)
+            if len(self._coefficient_cache) > 4096:
+                self._coefficient_cache.clear()
+            self._coefficient_cache[sigma] = cached  # type: ignore[assignment]
+        return cached  # type: ignore[return-value]
+
+    def _mask_times(self, factor: float, like: Tensor) -> Tensor:
+        """``mask * factor`` as ``[C, H, W]`` in ``like``'s dtype and device (the float mask is cached while the
+        mask tensor is the same object, unmodified)."""
+        mask = self.mask
+        key = (like.dtype, like.device)
+        entry = self._mask_cache.get(key)
+        if entry is None or entry[0] is not mask or entry[1] != mask._version:  # type: ignore[union-attr]
+            entry = (mask, mask._version, mask.to(device=like.device, dtype=like.dtype))  # type: ignore[union-attr]
+            self._mask_cache[key] = entry
+        return entry[2] if factor == 1.0 else entry[2] * factor
+
+    def _backbone_call(self) -> Any:
+        return self._compiled if self._compiled is not None else self.backbone
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether network calls go through ``torch.compile`` (:meth:`compile_backbone`)."""
+        return self._compiled is not None
+
+    def compile_backbone(self, **options: Any) -> None:
+        """Use ``torch.compile(backbone, **options)`` for the network calls (weights stay shared; saving is
+        unaffected). The first call compiles."""
+        object.__setattr__(self, "_compiled", torch.compile(self.backbone, **options))
 
     def eps(self, x: Tensor, sigma: float | Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         """Predicted noise ``(x - x0_hat) / sigma`` ``[B,C,H,W]``."""

@@ -159,7 +159,7 @@ class DDPMSampler(Sampler):
         if sigma_next == 0:
             return x0, x0
         ratio2 = (sigma_next / sigma) ** 2
-        x_next = x0 + ratio2 * (x - x0) + sigma_next * math.sqrt(1 - ratio2) * _noise_like(x, generator)
+        x_next = torch.lerp(x0, x, ratio2).add_(_noise_like(x, generator), alpha=sigma_next * math.sqrt(1 - ratio2))
         return x_next, x0
 
 
@@ -176,9 +176,9 @@ class DDIMSampler(Sampler):
         if sigma_next == 0:
             return x0, x0
         s = self.eta * sigma_next * math.sqrt(max(0.0, 1 - (sigma_next / sigma) ** 2))
-        x_next = x0 + math.sqrt(max(0.0, sigma_next**2 - s**2)) / sigma * (x - x0)
+        x_next = torch.lerp(x0, x, math.sqrt(max(0.0, sigma_next**2 - s**2)) / sigma)
         if s > 0:
-            x_next = x_next + s * _noise_like(x, generator)
+            x_next.add_(_noise_like(x, generator), alpha=s)
         return x_next, x0
 
 
@@ -187,7 +187,7 @@ class EulerSampler(Sampler):
 
     def step(self, denoiser, x, i, sigma, sigma_next, state, *, cond, generator):
         x0 = denoiser(x, sigma, cond)
-        return x + (sigma_next - sigma) * (x - x0) / sigma, x0
+        return torch.lerp(x, x0, (sigma - sigma_next) / sigma), x0  # x + (sigma_next - sigma) (x - x0) / sigma
 
 
 class HeunSampler(Sampler):
@@ -211,14 +211,15 @@ class HeunSampler(Sampler):
             gamma = min(self.churn / state["steps"], math.sqrt(2) - 1)
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
-            x = x + math.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * _noise_like(x, generator)
+            x = torch.add(x, _noise_like(x, generator), alpha=math.sqrt(sigma_hat**2 - sigma**2) * self.s_noise)
         x0 = denoiser(x, sigma_hat, cond)
-        d = (x - x0) / sigma_hat
-        x_next = x + (sigma_next - sigma_hat) * d
-        if sigma_next > 0:
-            x0_next = denoiser(x_next, sigma_next, cond)
-            d_next = (x_next - x0_next) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * (d + d_next) / 2
+        # Euler: x_euler = x + h d, h = sigma_next - sigma_hat, d = (x - x0) / sigma_hat
+        x_euler = torch.lerp(x, x0, (sigma_hat - sigma_next) / sigma_hat)
+        if sigma_next == 0:
+            return x_euler, x0
+        x0_next = denoiser(x_euler, sigma_next, cond)
+        # trapezoid: x + h (d + d_next) / 2 = (x + x_euler) / 2 + h / (2 sigma_next) (x_euler - x0_next)
+        x_next = torch.lerp(x, x_euler, 0.5).add_(x_euler - x0_next, alpha=(sigma_next - sigma_hat) / (2 * sigma_next))
         return x_next, x0
 
 
@@ -236,5 +237,5 @@ class DPMSolverPP2MSampler(Sampler):
             estimate = x0
         else:
             r = (math.log(previous[1]) - math.log(sigma)) / h
-            estimate = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous[0]
-        return (sigma_next / sigma) * x + (-math.expm1(-h)) * estimate, x0
+            estimate = torch.lerp(x0, previous[0], -1 / (2 * r))  # (1 + 1/(2r)) x0 - 1/(2r) x0_previous
+        return torch.lerp(x, estimate, -math.expm1(-h)), x0  # (sigma_next / sigma) x + (1 - e^-h) estimate

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 
 from geodiff.errors import ConfigError
-from geodiff.guidance.base import DenoiserFn, Guidance, sigma_column
+from geodiff.guidance.base import DenoiserFn, Guidance, apply_adjoint, sigma_column
 
 __all__ = ["DPSGuidance"]
 
@@ -92,19 +92,28 @@ class DPSGuidance(Guidance):
         self._wrapped: _DPSDenoiser | None = None
 
     def gradient(self, denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any = None):
-        """``(x0_hat, grad_x loss)`` at ``x [B, C, H, W]``: the loss is ``L`` (score) or ``||r_w||`` (chung)."""
+        """``(x0_hat, grad_x loss)`` at ``x [B, C, H, W]``: the loss is ``L`` (score) or ``||r_w||`` (chung).
+
+        Lean: the graph is built for the denoiser only; ``dL / d x0_hat = -A^T w`` is formed in closed form
+        (``w = r / error_std^2`` for ``L``, ``w = c^2 r / (error_std^2 ||r_w||)`` for the norm, ``c = rms(error_std)``)
+        and pulled back with one vector-Jacobian product.
+        """
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             x0 = denoiser(x_in, sigma, cond)
-            residual = self.observed(x) - self.operator(x0)
-            variance = self.variance(x)
-            if self.convention == "score":
-                loss = 0.5 * (residual**2 / variance).sum()
-            else:
-                whitened = residual * (variance.mean().sqrt() / variance.sqrt())
-                loss = (whitened.pow(2).sum(dim=1) + torch.finfo(x.dtype).tiny).sqrt().sum()
-            (grad,) = torch.autograd.grad(loss, x_in)
-        return x0.detach(), grad
+        x0_value = x0.detach()
+        residual = self.observed(x) - self.operator(x0_value)
+        variance = self.variance(x)
+        if self.convention == "score":
+            weights = residual / variance
+        else:
+            scale2 = variance.mean()
+            whitened = residual * (scale2 / variance).sqrt()
+            norm = (whitened.pow(2).sum(dim=1, keepdim=True) + torch.finfo(x.dtype).tiny).sqrt()
+            weights = residual * (scale2 / variance) / norm
+        pullback = apply_adjoint(self.operator, weights, x).neg_()
+        (grad,) = torch.autograd.grad(x0, x_in, pullback)
+        return x0_value, grad
 
     def wrap(self, denoiser: DenoiserFn) -> DenoiserFn:
         self._wrapped = _DPSDenoiser(self, denoiser)
@@ -136,7 +145,7 @@ class _DPSDenoiser:
         x0, grad = self.guidance.gradient(self.denoiser, x, sigma, cond)
         if self.guidance.convention == "score":
             _, column = sigma_column(sigma, x)
-            return x0 - self.guidance.scale * column**2 * grad
+            return torch.addcmul(x0, column**2, grad, value=-self.guidance.scale)
         self._recent = [*self._recent[-1:], (sigma, x, cond, grad)]
         return x0
 

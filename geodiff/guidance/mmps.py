@@ -60,23 +60,40 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations
     >>> conjugate_gradient(lambda v: v @ m, torch.tensor([[1.0, 2.0]], dtype=torch.float64), 2).tolist()
     [[0.09090909090909091, 0.6363636363636364]]
     """
+    return _conjugate_gradient(lambda p: (matvec(p), None), b, iterations)[0]
+
+
+def _conjugate_gradient(
+    matvec: Callable[[Tensor], tuple[Tensor, Tensor | None]], b: Tensor, iterations: int
+) -> tuple[Tensor, Tensor | None]:
+    """CG as :func:`conjugate_gradient`, where ``matvec(p)`` also returns a companion ``L p`` of any linear map
+    ``L`` (or None); returns ``(u, L u)``, with ``L u = sum_k alpha_k L p_k`` accumulated on the way, so that
+    ``L u`` costs no extra application of ``L``. The convergence test (a host sync on GPUs) is skipped after the
+    last iteration, so one iteration never syncs."""
+    tiny = torch.finfo(b.dtype).tiny
     u = torch.zeros_like(b)
+    lu: Tensor | None = None
     r = b.clone()
     p = r.clone()
     rs = (r * r).sum(-1, keepdim=True)
-    threshold = (rs * torch.finfo(b.dtype).eps ** 2).clamp_min(torch.finfo(b.dtype).tiny)
-    for _ in range(iterations):
-        mp = matvec(p)
+    threshold = (rs * torch.finfo(b.dtype).eps ** 2).clamp_min(tiny)
+    for iteration in range(iterations):
+        mp, lp = matvec(p)
         curvature = (p * mp).sum(-1, keepdim=True)
-        alpha = torch.where(curvature > 0, rs / curvature.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
+        alpha = torch.where(curvature > 0, rs / curvature.clamp_min(tiny), torch.zeros_like(rs))
         u = u + alpha * p
+        if lp is not None:
+            step = lp * alpha.reshape(-1, *([1] * (lp.ndim - 1)))
+            lu = step if lu is None else lu + step
+        if iteration == iterations - 1:
+            break
         r = r - alpha * mp
         rs_new = (r * r).sum(-1, keepdim=True)
         if bool(torch.all(rs_new <= threshold)):
             break
-        p = r + torch.where(rs > 0, rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs)) * p
+        p = r + torch.where(rs > 0, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs)) * p
         rs = rs_new
-    return u
+    return u, lu
 
 
 class MMPSGuidance(Guidance):
@@ -124,14 +141,19 @@ class MMPSGuidance(Guidance):
         return torch.stack(rows)
 
     def guided(self, denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
-        """``x0_guided [B, C, H, W]`` at ``x`` (module docstring)."""
+        """``x0_guided [B, C, H, W]`` at ``x`` (module docstring).
+
+        Cost: one forward with graph and ``cg_iterations`` vector-Jacobian products (``method="cg"``) or one
+        (``"diagonal"``): the final ``(d x0_hat / d x)^T A^T u`` is accumulated from the products CG already
+        made (``u`` is a combination of the CG directions), so it costs no extra backward pass.
+        """
         _, column = sigma_column(sigma, x)
         variance = column.reshape(-1, 1) ** 2  # sigma^2, [B, 1]
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             x0 = denoiser(x_in, sigma, cond)
-            y_hat = self.operator(x0)
-        residual = self.observed(x) - y_hat.detach()
+        x0_value = x0.detach()
+        residual = self.observed(x) - self.operator(x0_value)
         error_var = self.variance(x)
 
         def vjp(field: Tensor) -> Tensor:  # (d x0_hat / d x)^T field
@@ -139,14 +161,15 @@ class MMPSGuidance(Guidance):
 
         if self.method == "cg":
 
-            def covariance(v: Tensor) -> Tensor:  # (R + sigma^2 A J A^T) v, row-wise
-                return error_var * v + self.operator(column**2 * vjp(apply_adjoint(self.operator, v, x)))
+            def covariance(v: Tensor) -> tuple[Tensor, Tensor]:  # ((R + sigma^2 A J A^T) v, J^T A^T v), row-wise
+                jtv = vjp(apply_adjoint(self.operator, v, x))
+                return error_var * v + self.operator(column**2 * jtv), jtv
 
-            u = conjugate_gradient(covariance, residual, self.cg_iterations)
+            _, correction = _conjugate_gradient(covariance, residual, self.cg_iterations)
         else:
             u = residual / (error_var + self.gamma * variance * self._gram_diagonal(x))
-        correction = vjp(apply_adjoint(self.operator, u, x))
-        return (x0 + self.scale * column**2 * correction).detach()
+            correction = vjp(apply_adjoint(self.operator, u, x))
+        return torch.addcmul(x0_value, column**2, correction, value=self.scale)
 
 
 class SDAGuidance(MMPSGuidance):

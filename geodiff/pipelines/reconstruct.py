@@ -40,9 +40,10 @@ import geodiff
 from geodiff import registry
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, ObservationError, SamplingError
-from geodiff.io.bundle import ModelBundle, load
+from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
+from geodiff.runtime import optimize, precision_context
 
 __all__ = ["reconstruct", "time_generator_seed", "append_history"]
 
@@ -64,6 +65,21 @@ def append_history(attrs: dict[str, Any], line: str) -> dict[str, Any]:
     return {**attrs, "history": f"{previous}\n{stamp} {line}" if previous else f"{stamp} {line}"}
 
 
+def _check_observation_range(table: xr.Dataset, y_normalized: torch.Tensor, bound: float) -> None:
+    """ObservationError naming the first observation whose normalised value exceeds ``bound`` in magnitude."""
+    far = np.flatnonzero(np.abs(y_normalized.cpu().numpy()) > bound)
+    if far.size == 0:
+        return
+    k = int(far[0])
+    name = str(table["variable"].values[k]) if "variable" in table.coords else "the field"
+    raise ObservationError(
+        f"{far.size} observations lie beyond +-{bound:g} in the model's normalised units, e.g. obs_id "
+        f"{table['obs_id'].values[k].item()!r} of {name!r}: value {float(table['value'].values[k]):.6g} "
+        f"(normalised {float(y_normalized[k]):.4g}); far outside what the model was trained on. Check the units "
+        "and fill values, or pass max_normalized=None to use them anyway"
+    )
+
+
 def reconstruct(
     model: ModelBundle | str,
     observations: xr.Dataset | pd.DataFrame,
@@ -80,7 +96,10 @@ def reconstruct(
     default_error_std: float | dict[str, float] | None = None,
     batch_size: int | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
     progress: bool = True,
+    max_normalized: float | None = MAX_NORMALIZED,
 ) -> xr.Dataset:
     """Reconstruct the model's fields from sparse observations; returns an ensemble ``xr.Dataset``.
 
@@ -97,6 +116,15 @@ def reconstruct(
     seed: base seed; the generator of each time is derived from ``(seed, time)``.
     times: reconstruct only these times (default: every time in the table).
     default_error_std: observation error for records without one (recorded), in the variable's units.
+    precision: ``"fp32"``, ``"bf16"`` (autocast of the network on CPU or GPU) or ``"fp16"`` (GPU); the sampler
+        and guidance arithmetic stay in float32 (``benchmarks/RESULTS.md`` gives the measured accuracy cost).
+    compile: run the network through ``torch.compile`` (the first call compiles; worth it for long series).
+        The network always runs channels-last, and on glibc the process's allocator is set to keep large
+        buffers in the heap (:func:`geodiff.runtime.optimize`; results unchanged up to float rounding).
+    max_normalized: an observation whose value, in the model's normalised units, exceeds this in magnitude
+        (default 10: ten standard deviations of fitted statistics) lies far outside what the model was trained on
+        (wrong units, a fill value, another variable): :class:`~geodiff.errors.ObservationError` naming its
+        ``obs_id``. ``None`` switches the check off.
 
     Returns a Dataset with dims ``(member, time, [depth,] lat, lon)`` on the model grid.
     """
@@ -117,6 +145,8 @@ def reconstruct(
     wanted = np.unique(clean["time"].values) if times is None else np.atleast_1d(np.asarray(times))
     if wanted.size == 0:
         raise ObservationError("no time to reconstruct: the observation table is empty after validation")
+    autocast = precision_context(precision, torch.device(device).type)
+    optimize(denoiser, freeze=False, compile=compile)  # channels-last network, allocator setting
     guidance_cls = registry.get("guidance", guidance)
     sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
     sigmas = (schedule or EDMSchedule()).sigmas(steps)
@@ -134,6 +164,8 @@ def reconstruct(
                                               mask=valid).to(device)
         op_n, y_n, e_n = operator.to_normalized(at_time["value"].values, at_time["error_std"].values,
                                                 mean_np, std_np)
+        if max_normalized is not None:
+            _check_observation_range(at_time, y_n, float(max_normalized))
         guide = guidance_cls(y_n.to(device), op_n.to(device), e_n.to(device), **(guidance_options or {}))
         described = guide.describe()
         generator = torch.Generator(device).manual_seed(time_generator_seed(seed, time))
@@ -141,8 +173,9 @@ def reconstruct(
         for start in range(0, members, batch):
             size = min(batch, members - start)
             noise = torch.randn(size, channels, *codec.shape[1:], generator=generator, device=device)
-            x = guide.sample(sampler_obj, denoiser, noise, sigmas, generator=generator,
-                             callback=lambda info: bar.update(1))
+            with autocast:
+                x = guide.sample(sampler_obj, denoiser, noise, sigmas, generator=generator,
+                                 callback=lambda info: bar.update(1))
             bad = int((~torch.isfinite(x[:, codec.mask.to(x.device)])).sum())
             if bad:
                 raise SamplingError(
@@ -156,7 +189,8 @@ def reconstruct(
     out = codec.decode(stacked, member=True, time=wanted)
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "guidance_described": described,
               "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
-              "nfe_per_member": sampler_obj.nfe(steps), "members": members, "seed": seed}
+              "nfe_per_member": sampler_obj.nfe(steps), "members": members, "seed": seed,
+              "precision": precision, "max_normalized": max_normalized}
     out.attrs = append_history(dict(out.attrs), f"geodiff.reconstruct({json.dumps(config, default=str)})")
     out.attrs.update({
         "geodiff_version": geodiff.__version__,

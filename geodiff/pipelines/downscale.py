@@ -1,0 +1,470 @@
+"""Multi-source conditional downscaling: a coarse field (+ auxiliary sources, + stations) -> a high-resolution ensemble.
+
+The model is a :class:`~geodiff.io.ModelBundle` whose denoiser is conditional
+(:class:`~geodiff.backbones.conditional.ConditionalUNet`) and whose metadata has a ``"downscaling"`` entry
+(:func:`downscaling_metadata`): the integer factor, the training patch size and every source with its variables
+and grid ratio ``r`` (source cells per high-resolution cell: ``1 / factor`` for the coarse field, 1 for a
+topography on the target grid, 2 for a finer one). The normaliser holds statistics for the target variables and
+for every source variable.
+
+For each time of ``coarse``:
+
+1. the high-resolution grid is the coarse grid refined by the factor (:func:`refine_coords`; each coarse cell
+   split into ``factor x factor`` cells); every source must lie on the grid of ratio ``r`` over the same area;
+2. the sources are normalised (NaN -> 0) and the sampler runs on the whole domain with a
+   :class:`~geodiff.diffusion.patches.PatchDenoiser` (overlapping windows of the training patch size blended with
+   smooth weights at every step: no seams), optionally with classifier-free guidance over the sources;
+3. guidance (default ``"coarse"``): the area mean of the sample must match the coarse field within
+   ``coarse_error_std`` (:class:`~geodiff.guidance.coarse.CoarseGuidance`, land-aware
+   :class:`~geodiff.operators.CoarsenOperator`), jointly with station observations when given
+   (:class:`~geodiff.operators.PointOperator` at the stations' positions).
+
+The result has the coarse dataset's variable names and attributes on the high-resolution grid, a ``member``
+dimension, NaN on land (``mask``, or under coarse cells that are NaN), ``history`` appended and provenance
+attributes (geodiff version, model sha256, guidance, sampler, seed, sources used). The generator of each time is
+seeded from ``(seed, time)`` as in :func:`geodiff.reconstruct`.
+
+Example
+-------
+>>> import numpy as np, xarray as xr, torch
+>>> from geodiff.pipelines.downscale import coarsen, refine_coords
+>>> refine_coords(np.array([0.0, 4.0]), 4).tolist()
+[-1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+>>> fine = xr.Dataset({"tas": (("lat", "lon"), np.arange(16.0).reshape(4, 4), {"units": "K"})},
+...                   coords={"lat": [0.5, 1.5, 2.5, 3.5], "lon": [0.5, 1.5, 2.5, 3.5]})
+>>> coarsen(fine, 2, weights=None).tas.values.tolist()
+[[2.5, 4.5], [10.5, 12.5]]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+import geodiff
+from geodiff import registry
+from geodiff.backbones.conditional import ClassifierFreeDenoiser
+from geodiff.diffusion.patches import PatchDenoiser
+from geodiff.diffusion.schedules import EDMSchedule, Schedule
+from geodiff.errors import ConfigError, CoordinateError, GridError, SamplingError
+from geodiff.guidance.base import combine
+from geodiff.guidance.coarse import CoarseGuidance
+from geodiff.io.bundle import ModelBundle, load
+from geodiff.observations import as_observations, validate_observations
+from geodiff.operators import CoarsenOperator, PointOperator
+from geodiff.pipelines.reconstruct import append_history, time_generator_seed
+
+__all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscaling_metadata", "open_sample",
+           "sample_paths", "COARSE"]
+
+COARSE = "coarse"
+LAT, LON, TIME, MEMBER = "lat", "lon", "time", "member"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# grids
+
+
+def _spacing(values: np.ndarray, name: str) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size < 2:
+        raise CoordinateError(f"coordinate {name!r} needs at least two values to define a grid spacing")
+    steps = np.diff(values)
+    if not np.all(steps > 0) or not np.allclose(steps, steps[0], rtol=1e-4, atol=0):
+        raise CoordinateError(f"coordinate {name!r} must be ascending with a constant spacing (a regular grid)")
+    return float(steps.mean())
+
+
+def refine_coords(values: Any, factor: int, name: str = "coordinate") -> np.ndarray:
+    """Cell centres of a regular grid refined by an integer ``factor`` (each cell split into ``factor`` equal
+    cells): ``[n] -> [n factor]``."""
+    values = np.asarray(values, dtype=np.float64)
+    step = _spacing(values, name)
+    offsets = ((np.arange(factor) + 0.5) / factor - 0.5) * step
+    return (values[:, None] + offsets[None, :]).reshape(-1)
+
+
+def coarse_coords(values: Any, factor: int, name: str = "coordinate") -> np.ndarray:
+    """Cell centres of a regular grid coarsened by an integer ``factor``: ``[n factor] -> [n]`` (block means).
+
+    >>> coarse_coords(np.array([0.5, 1.5, 2.5, 3.5]), 2).tolist()
+    [1.0, 3.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    _spacing(values, name)
+    if values.size % factor:
+        raise GridError(f"coordinate {name!r} has {values.size} cells, not a multiple of the factor {factor}")
+    return values.reshape(-1, factor).mean(axis=1)
+
+
+def _grid_for_ratio(values: np.ndarray, ratio: Fraction, name: str) -> np.ndarray:
+    """The centres of the grid with ``ratio`` cells per cell of ``values`` (over the same extent)."""
+    if ratio.denominator != 1 and ratio.numerator != 1:
+        raise ConfigError(f"source grid ratio {ratio} of {name!r} must be an integer or 1 / integer")
+    refined = values if ratio.numerator == 1 else refine_coords(values, ratio.numerator, name)
+    return refined if ratio.denominator == 1 else coarse_coords(refined, ratio.denominator, name)
+
+
+def coarsen(ds: xr.Dataset | xr.DataArray, factor: int, *, weights: str | None = "coslat") -> xr.Dataset | xr.DataArray:
+    """Area mean of a high-resolution field over ``factor x factor`` blocks of (lat, lon) (xarray side of
+    :class:`~geodiff.operators.CoarsenOperator`): ``weights="coslat"`` (cell areas) or None (equal); NaN (land)
+    cells are left out and a block of land only is NaN. Sizes must be multiples of ``factor``; attributes kept,
+    ``history`` appended."""
+    if LAT not in ds.dims or LON not in ds.dims:
+        raise GridError(f"coarsen needs dimensions 'lat' and 'lon', got {tuple(ds.dims)}")
+    for dim in (LAT, LON):
+        if ds.sizes[dim] % factor:
+            raise GridError(f"dimension {dim!r} has {ds.sizes[dim]} cells, not a multiple of the factor {factor}")
+    if weights not in ("coslat", None):
+        raise ConfigError(f"weights must be 'coslat' or None, got {weights!r}")
+    w = xr.ones_like(ds[LAT], dtype=np.float64) if weights is None else np.cos(np.deg2rad(ds[LAT])).clip(0)
+    blocks = {LAT: factor, LON: factor}
+    valid = ds.notnull() * w
+    total = (ds.fillna(0) * w).coarsen(blocks, boundary="exact").sum()
+    count = valid.coarsen(blocks, boundary="exact").sum()
+    out = (total / count.where(count > 0)).assign_coords(
+        {LAT: coarse_coords(ds[LAT].values, factor, LAT), LON: coarse_coords(ds[LON].values, factor, LON)}
+    )
+    out[LAT].attrs, out[LON].attrs = dict(ds[LAT].attrs), dict(ds[LON].attrs)
+    if isinstance(ds, xr.Dataset):
+        for name in ds.data_vars:
+            out[name].attrs = dict(ds[name].attrs)
+            out[name] = out[name].astype(ds[name].dtype)
+    else:
+        out = out.astype(ds.dtype)
+    out.attrs = append_history(dict(ds.attrs), f"geodiff coarsen: area mean ({weights or 'equal'} weights) over "
+                                               f"{factor} x {factor} blocks")
+    if isinstance(ds, xr.DataArray):
+        out.name = ds.name
+    return out
+
+
+def downscaling_metadata(
+    factor: int, patch: Sequence[int], target: Sequence[str], sources: Mapping[str, tuple[Sequence[str], Any]]
+) -> dict[str, Any]:
+    """The bundle metadata entry ``"downscaling"`` for :func:`downscale`.
+
+    ``sources``: ``{name: (variables, ratio)}`` of the auxiliary sources (``ratio`` = source cells per
+    high-resolution cell, e.g. 1 or ``"1/2"``); the coarse source ``(target, 1/factor)`` is added.
+
+    >>> downscaling_metadata(4, (32, 32), ["tas"], {"topography": (["orog"], 1)})["sources"]["coarse"]
+    {'variables': ['tas'], 'ratio': '1/4'}
+    """
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError(f"factor must be a positive integer, got {factor!r}")
+    entries = {COARSE: {"variables": list(target), "ratio": str(Fraction(1, factor))}}
+    for name, (variables, ratio) in sources.items():
+        if name == COARSE:
+            raise ConfigError(f"source name {COARSE!r} is reserved for the coarse field")
+        entries[name] = {"variables": list(variables), "ratio": str(Fraction(ratio))}
+    return {"factor": factor, "patch": [int(p) for p in patch], "target": list(target), "sources": entries}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _spec(bundle: ModelBundle) -> dict[str, Any]:
+    spec = bundle.metadata.get("downscaling")
+    if not isinstance(spec, dict) or not {"factor", "patch", "target", "sources"} <= set(spec):
+        raise ConfigError("the model bundle has no 'downscaling' metadata (factor, patch, target, sources): it is not "
+                          "a downscaling model; build it with geodiff.pipelines.downscale.downscaling_metadata")
+    return spec
+
+
+def _as_dataset(data: xr.Dataset | xr.DataArray, name: str) -> xr.Dataset:
+    if isinstance(data, xr.DataArray):
+        if data.name is None:
+            raise ConfigError(f"{name} is a DataArray without a name; name it after its variable")
+        return data.to_dataset()
+    if not isinstance(data, xr.Dataset):
+        raise ConfigError(f"{name} must be an xr.Dataset or DataArray, got {type(data).__name__}")
+    return data
+
+
+def _source_tensor(bundle: ModelBundle, ds: xr.Dataset, name: str, variables: list[str], time: Any,
+                   lat: np.ndarray, lon: np.ndarray) -> torch.Tensor:
+    """Normalised source ``[1, C_s, H_s, W_s]`` (NaN -> 0) checked against the expected grid ``(lat, lon)``."""
+    missing = [v for v in variables if v not in ds.data_vars]
+    if missing:
+        raise ConfigError(f"source {name!r} lacks variables {missing}; the model was trained with {variables}")
+    for coord, expected in ((LAT, lat), (LON, lon)):
+        if coord not in ds.coords:
+            raise CoordinateError(f"source {name!r} has no {coord!r} coordinate")
+        values = np.asarray(ds[coord].values, dtype=np.float64)
+        tolerance = 1e-3 * (abs(expected[1] - expected[0]) if expected.size > 1 else 1.0)
+        if values.shape != expected.shape or not np.allclose(values, expected, rtol=0, atol=tolerance):
+            raise CoordinateError(
+                f"source {name!r} coordinate {coord!r} ({values.size} values from {values[:1]} ) does not match the "
+                f"grid the model expects over this domain ({expected.size} values from {expected[:1]})"
+            )
+    if TIME in ds.dims:
+        if time is None:
+            raise GridError(f"source {name!r} has a time dimension but the coarse field has none")
+        ds = ds.sel({TIME: time})
+    arrays = []
+    for variable in variables:
+        da = bundle.normalizer.normalize(ds[variable])
+        extra = [d for d in da.dims if d not in (LAT, LON)]
+        if extra:
+            raise GridError(f"source variable {variable!r} of {name!r} has dimensions {extra} besides lat/lon")
+        arrays.append(np.nan_to_num(np.asarray(da.transpose(LAT, LON).values, dtype=np.float32), nan=0.0))
+    return torch.from_numpy(np.stack(arrays))[None]
+
+
+def downscale(
+    model: ModelBundle | str,
+    coarse: xr.Dataset | xr.DataArray,
+    *,
+    sources: Mapping[str, xr.Dataset | xr.DataArray] | None = None,
+    stations: xr.Dataset | pd.DataFrame | None = None,
+    members: int = 8,
+    steps: int = 24,
+    sampler: str = "heun",
+    sampler_options: dict[str, Any] | None = None,
+    schedule: Schedule | None = None,
+    seed: int = 0,
+    guidance: str | None = "coarse",
+    guidance_options: dict[str, Any] | None = None,
+    coarse_error_std: float | Mapping[str, float] = 0.1,
+    station_error_std: float | None = None,
+    condition_on_coarse: bool = True,
+    cfg_scale: float = 1.0,
+    mask: xr.DataArray | None = None,
+    patch: Sequence[int] | None = None,
+    overlap: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> xr.Dataset:
+    """Downscale ``coarse`` with a conditional diffusion model; returns an ensemble ``xr.Dataset`` on the
+    high-resolution grid (module docstring).
+
+    Parameters
+    ----------
+    model: a :class:`~geodiff.io.ModelBundle` (or its path) with ``"downscaling"`` metadata.
+    coarse: the coarse field: the model's target variables, dims ``([time,] lat, lon)`` on a regular grid.
+    sources: auxiliary sources by name (any subset of the model's; ``Dataset``/``DataArray`` on the grid of the
+        source's ratio over the same domain; static, or with the coarse field's times).
+    stations: observation table (dim ``obs``) of the target variables on the high-resolution grid, used as
+        guidance together with the coarse field (records at other times than a coarse time are not used).
+    members, steps, sampler, sampler_options, schedule, seed: as :func:`geodiff.reconstruct`.
+    guidance: ``"coarse"`` (coarse consistency + stations, MMPS) or None (conditioning only);
+        ``guidance_options`` go to :class:`~geodiff.guidance.coarse.CoarseGuidance` (e.g. ``cg_iterations``).
+    coarse_error_std: error of the coarse values as area means, in the variable's units (one number or one per
+        variable). ``station_error_std``: for station records without ``error_std``.
+    condition_on_coarse: give the coarse field to the network as a source (False: leave it out at inference).
+    cfg_scale: classifier-free guidance scale over the sources (1 = plain conditional model).
+    mask: high-resolution validity mask (bool ``(lat, lon)``, True = valid); default: valid wherever the coarse
+        cell above is not NaN.
+    patch, overlap: window and overlap sizes (high-resolution cells) of the patch-wise sampler; default: the
+        training patch and a quarter of it.
+    batch_size: members sampled at once (default: all).
+
+    Example
+    -------
+    >>> import geodiff
+    >>> from geodiff.pipelines.downscale import coarsen, open_sample, sample_paths
+    >>> fields, topography = open_sample()
+    >>> coarse = coarsen(fields.isel(time=[0]), 4)
+    >>> out = downscale(geodiff.load(sample_paths()["model"]), coarse, sources={"topography": topography},
+    ...                 members=2, steps=2, progress=False)
+    >>> out.tas.dims, out.tas.shape
+    (('member', 'time', 'lat', 'lon'), (2, 1, 36, 48))
+    """
+    bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
+    bundle = bundle.to(device)
+    spec = _spec(bundle)
+    factor, target = int(spec["factor"]), list(spec["target"])
+    if members < 1 or steps < 1 or (batch_size is not None and batch_size < 1):
+        raise ConfigError(f"members, steps and batch_size must be >= 1, got {members}, {steps}, {batch_size}")
+    denoiser = bundle.denoiser
+    denoiser.eval()
+    if getattr(denoiser, "mask", None) is not None:
+        raise ConfigError("a downscaling model must be trained without a fixed denoiser mask (it samples any domain)")
+    coarse = _as_dataset(coarse, "coarse")
+    missing = [v for v in target if v not in coarse.data_vars]
+    if missing:
+        raise ConfigError(f"the coarse field lacks the model's target variables {missing}")
+    for variable in target:
+        extra = [d for d in coarse[variable].dims if d not in (TIME, LAT, LON)]
+        if extra:
+            raise GridError(f"coarse variable {variable!r} has dimensions {extra}; downscale takes ([time,] lat, lon)")
+    lat = refine_coords(coarse[LAT].values, factor, LAT)
+    lon = refine_coords(coarse[LON].values, factor, LON)
+    height, width = lat.size, lon.size
+    channels = len(target)
+    has_time = TIME in coarse.dims
+    times = list(coarse[TIME].values) if has_time else [None]
+    known = spec["sources"]
+    sources = dict(sources or {})
+    unknown = sorted(set(sources) - set(known) - {COARSE})
+    if unknown or COARSE in sources:
+        raise ConfigError(f"unknown sources {unknown or [COARSE]}: the model's auxiliary sources are "
+                          f"{sorted(set(known) - {COARSE})} (the coarse field is given as `coarse`)")
+    source_data = {name: _as_dataset(value, f"source {name!r}") for name, value in sources.items()}
+    errors = coarse_error_std if isinstance(coarse_error_std, Mapping) else {v: coarse_error_std for v in target}
+    if set(errors) != set(target) or not all(float(errors[v]) > 0 for v in target):
+        raise ConfigError(f"coarse_error_std must be a positive number or one per variable {target}")
+    mean_t, std_t = (t.numpy().astype(np.float64) for t in bundle.normalizer.tensors(bundle.codec))
+    if mean_t.size != channels:
+        raise ConfigError(f"the model's codec has {mean_t.size} channels; its downscaling target has {channels}")
+
+    coarse_values = np.stack([np.asarray(coarse[v].transpose(*((TIME,) if has_time else ()), LAT, LON).values,
+                                         dtype=np.float64) for v in target], axis=-3)  # [T?, C, Hc, Wc]
+    if mask is None:
+        block = np.isfinite(coarse_values).all(axis=0) if has_time else np.isfinite(coarse_values)
+        valid = np.repeat(np.repeat(block, factor, axis=-2), factor, axis=-1)  # [C, H, W]
+    else:
+        valid_2d = np.asarray(mask.transpose(LAT, LON).values).astype(bool)
+        if valid_2d.shape != (height, width):
+            raise GridError(f"mask must be (lat, lon) = {(height, width)}, got {valid_2d.shape}")
+        valid = np.broadcast_to(valid_2d, (channels, height, width)).copy()
+    operator = CoarsenOperator((channels, height, width), factor, mask=valid, grid_lat=lat).to(device)
+    mean_c = torch.as_tensor(mean_t).reshape(-1, 1, 1)
+    std_c = torch.as_tensor(std_t).reshape(-1, 1, 1)
+    channel_list = [(v, None) for v in target]
+    table = report = None
+    if stations is not None:
+        table = as_observations(stations, default_error_std=station_error_std)
+        table, report = validate_observations(table, lat, lon, ocean_mask=valid, channels=channel_list,
+                                              default_error_std=station_error_std)
+
+    base = bundle.denoiser if cfg_scale == 1.0 else ClassifierFreeDenoiser(bundle.denoiser, cfg_scale)
+    train_patch = tuple(int(p) for p in (patch or spec["patch"]))
+    overlap = tuple(int(o) for o in (overlap or (train_patch[0] // 4, train_patch[1] // 4)))
+    patched = PatchDenoiser(base, patch=train_patch, overlap=overlap)
+    sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
+    sigmas = (schedule or EDMSchedule()).sigmas(steps)
+    batch = batch_size or members
+    used_sources = ([COARSE] if condition_on_coarse else []) + sorted(source_data)
+    bar = tqdm(total=len(times) * -(-members // batch) * steps, desc="downscale", unit="step", disable=not progress)
+    fields, described = [], None
+    for t_index, time in enumerate(times):
+        values = coarse_values[t_index] if has_time else coarse_values
+        coarse_n = (torch.from_numpy(values) - mean_c) / std_c  # [C, Hc, Wc]
+        cond = {}
+        if condition_on_coarse:
+            cond[COARSE] = torch.nan_to_num(coarse_n, nan=0.0).to(torch.float32)[None].to(device)
+        for name, ds in source_data.items():
+            ratio = Fraction(known[name]["ratio"])
+            cond[name] = _source_tensor(bundle, ds, name, list(known[name]["variables"]), time,
+                                        _grid_for_ratio(lat, ratio, LAT), _grid_for_ratio(lon, ratio, LON)).to(device)
+        guide = combine([])
+        if guidance is not None:
+            if guidance != "coarse":
+                raise ConfigError(f"guidance must be 'coarse' or None, got {guidance!r}")
+            error = np.array([float(errors[v]) for v in target])
+            error_n = torch.as_tensor(error / std_t).reshape(-1, 1, 1).expand(channels, *operator.coarse_shape)
+            y = operator.observed(coarse_n)
+            e = error_n.reshape(-1)[torch.as_tensor(operator.kept)]
+            guide = CoarseGuidance(y.to(device), operator, e.to(device), **(guidance_options or {}))
+            if table is not None:
+                at_time = table
+                if time is not None and TIME in table.coords:
+                    at_time = table.isel(obs=np.flatnonzero(table[TIME].values == time))
+                if at_time.sizes["obs"]:
+                    point = PointOperator.from_columns(at_time, lat, lon, channels=channel_list, mask=valid)
+                    op_n, y_n, e_n = point.to_normalized(at_time["value"].values, at_time["error_std"].values,
+                                                         mean_t, std_t)
+                    guide = guide.with_stations(y_n.to(device), op_n.to(device), e_n.to(device))
+            described = guide.describe()
+        elif table is not None:
+            raise ConfigError("stations are used as guidance: pass guidance='coarse' with them")
+        generator = torch.Generator(device).manual_seed(time_generator_seed(seed, 0 if time is None else time))
+        chunks = []
+        for start in range(0, members, batch):
+            size = min(batch, members - start)
+            noise = torch.randn(size, channels, height, width, generator=generator, device=device)
+            x = guide.sample(sampler_obj, patched, noise, sigmas, cond=cond or None, generator=generator,
+                             callback=lambda info: bar.update(1))
+            if not torch.isfinite(x[:, torch.as_tensor(valid, device=x.device)]).all():
+                raise SamplingError(f"sampling diverged at time {time}: non-finite values with {sampler!r}, {steps} "
+                                    "steps; try more steps or weaker guidance")
+            chunks.append(x.detach().to(torch.float64).cpu() * std_c + mean_c)
+        fields.append(torch.cat(chunks))
+    bar.close()
+    stacked = torch.stack(fields, dim=1).numpy()  # [M, T, C, H, W]
+    stacked = np.where(valid[None, None], stacked, np.nan)
+    out = _assemble(coarse, target, stacked, lat, lon, times if has_time else None)
+    config = {"guidance": guidance, "guidance_options": guidance_options or {}, "guidance_described": described,
+              "coarse_error_std": {v: float(errors[v]) for v in target}, "sources": used_sources,
+              "cfg_scale": cfg_scale, "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
+              "members": members, "seed": seed, "factor": factor, "patch": list(train_patch),
+              "overlap": list(overlap)}
+    out.attrs = append_history(dict(coarse.attrs), f"geodiff.downscale({json.dumps(config, default=str)})")
+    out.attrs.update({
+        "geodiff_version": geodiff.__version__,
+        "geodiff_model_sha256": bundle.sha256,
+        "geodiff_guidance": json.dumps(config, default=str),
+        "geodiff_seed": int(seed),
+        "geodiff_sources": json.dumps(used_sources),
+    })
+    if report is not None:
+        out.attrs["geodiff_observations"] = json.dumps(report.as_dict(), default=str)
+    return out
+
+
+def _assemble(coarse: xr.Dataset, target: list[str], values: np.ndarray, lat: np.ndarray, lon: np.ndarray,
+              times: list[Any] | None) -> xr.Dataset:
+    """The output Dataset from ``values [M, T, C, H, W]`` with the coarse dataset's attributes and encodings."""
+    coords: dict[str, Any] = {MEMBER: np.arange(values.shape[0]),
+                              LAT: xr.Variable(LAT, lat, dict(coarse[LAT].attrs)),
+                              LON: xr.Variable(LON, lon, dict(coarse[LON].attrs))}
+    dims: tuple[str, ...] = (MEMBER, TIME, LAT, LON)
+    if times is None:
+        values = values[:, 0]
+        dims = (MEMBER, LAT, LON)
+    else:
+        coords[TIME] = coarse[TIME].variable.copy()
+    data = {}
+    for c, name in enumerate(target):
+        array = values[..., c, :, :].astype(coarse[name].dtype if coarse[name].dtype.kind == "f" else np.float64)
+        data[name] = xr.Variable(dims, array, dict(coarse[name].attrs))
+    out = xr.Dataset(data, coords=coords)
+    out[MEMBER].attrs = {"long_name": "ensemble member"}
+    for name in target:
+        out[name].encoding = {k: v for k, v in coarse[name].encoding.items() if k in ("dtype", "_FillValue")}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shipped sample
+
+
+def sample_paths() -> dict[str, Any]:
+    """Paths of the shipped downscaling sample (``geodiff/data/downscaling``, made by
+    ``data_catalog/make_downscaling_sample.py`` and ``benchmarks/downscaling.py --train``):
+    ``heldout`` (UM A1B annual-mean air temperature over North America, held-out years 2060-2099),
+    ``topography`` (ETOPO5 orography and land fraction on the grid refined 2x) and ``model`` (the conditional model
+    bundle trained on 1860-2059; its ``satellite`` source is a proxy derived from the temperature itself).
+
+    >>> sorted(sample_paths())
+    ['heldout', 'model', 'topography']
+    """
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "data" / "downscaling"
+    return {"heldout": folder / "north_america_tas_heldout.nc", "topography": folder / "north_america_topography.nc",
+            "model": folder / "north_america_model"}
+
+
+def open_sample() -> tuple[xr.Dataset, xr.Dataset]:
+    """``(heldout fields, topography)`` of the shipped sample (:func:`sample_paths`), loaded into memory.
+
+    >>> fields, topography = open_sample()
+    >>> dict(fields.sizes), dict(topography.sizes)
+    ({'time': 40, 'lat': 36, 'lon': 48}, {'lat': 72, 'lon': 96})
+    """
+    paths = sample_paths()
+    coder = xr.coders.CFDatetimeCoder(use_cftime=True)
+    with xr.open_dataset(paths["heldout"], decode_times=coder) as fields, xr.open_dataset(paths["topography"]) as topo:
+        return fields.load(), topo.load()

@@ -1,0 +1,69 @@
+"""Patch-wise denoising: blending creates no seam (pointwise denoisers give exactly the unpatched field), sources
+are cut on their own grids at the right place, and guidance gradients pass through the blend."""
+
+import pytest
+import torch
+
+from geodiff.diffusion.patches import PatchDenoiser, alignment, source_window, window_starts
+from geodiff.errors import ConfigError, GridError
+
+
+@pytest.mark.parametrize("patch,overlap", [((8, 8), (4, 4)), ((8, 12), (2, 6)), ((16, 16), (0, 0))])
+def test_pointwise_denoisers_are_reproduced_exactly(patch, overlap):
+    x = torch.randn(3, 2, 20, 28, dtype=torch.float64)
+    for fn in (lambda v: v, lambda v: torch.full_like(v, 1.7), lambda v: torch.tanh(2 * v) - v**2):
+        patched = PatchDenoiser(lambda v, sigma, cond=None: fn(v), patch=patch, overlap=overlap)
+        assert torch.allclose(patched(x, 0.5), fn(x), rtol=0, atol=1e-12)
+
+
+def test_windows_cover_the_domain_and_weights_are_smooth():
+    patched = PatchDenoiser(lambda v, s, c=None: v, patch=(8, 8), overlap=(4, 4))
+    cover = torch.zeros(20, 28)
+    total = torch.zeros(20, 28, dtype=torch.float64)
+    for (i0, i1, j0, j1), weight in patched.weights(20, 28):
+        cover[i0:i1, j0:j1] += 1
+        total[i0:i1, j0:j1] += weight
+    assert bool((cover >= 1).all()) and bool((total > 0).all())
+    # a denoiser that is a different constant in every window blends into a field without jumps larger
+    # than the constants' steps times the taper's largest weight change
+    counter = iter(range(100))
+    step_denoiser = lambda v, s, c=None: torch.full_like(v, float(next(counter)))
+    out = PatchDenoiser(step_denoiser, patch=(8, 8), overlap=(4, 4), max_batch=1)(torch.zeros(1, 1, 20, 28), 1.0)
+    hard = torch.zeros(1, 1, 20, 28)  # the same windows pasted without blending
+    for k, (i0, i1, j0, j1) in enumerate(patched.windows(20, 28)):
+        hard[..., i0:i1, j0:j1] = float(k)
+    assert out.diff(dim=-1).abs().max() < 0.6 * hard.diff(dim=-1).abs().max()
+
+
+def test_sources_are_cut_on_their_own_grids():
+    height, width = 16, 24
+    coarse = torch.randn(1, 1, height // 4, width // 4)
+    fine = torch.randn(1, 1, 2 * height, 2 * width)
+
+    def denoiser(v, sigma, cond):  # each window returns its own crop of the sources, upsampled/averaged
+        up = cond["coarse"].repeat_interleave(4, -2).repeat_interleave(4, -1)
+        down = torch.nn.functional.avg_pool2d(cond["fine"], 2)
+        assert up.shape[-2:] == v.shape[-2:] == down.shape[-2:]
+        return up + down
+
+    out = PatchDenoiser(denoiser, patch=(8, 8), overlap=(4, 4))(torch.zeros(2, 1, height, width), 1.0,
+                                                               {"coarse": coarse, "fine": fine})
+    expected = coarse.repeat_interleave(4, -2).repeat_interleave(4, -1) + torch.nn.functional.avg_pool2d(fine, 2)
+    assert torch.allclose(out, expected.expand(2, -1, -1, -1), atol=1e-6)
+
+
+def test_alignment_and_errors():
+    assert alignment({"c": torch.zeros(1, 1, 4, 6), "s": torch.zeros(1, 1, 8, 12)}, (16, 24)) == 4
+    assert window_starts(36, 16, 4, 4) == [0, 12, 20]
+    with pytest.raises(GridError, match="whole cells"):
+        source_window(torch.zeros(1, 4, 6), (16, 24), (2, 10, 0, 8), "coarse")
+    with pytest.raises(ConfigError, match="overlap"):
+        PatchDenoiser(lambda v, s, c=None: v, patch=(8, 8), overlap=(8, 2))
+
+
+def test_gradients_pass_through_the_blend():
+    weight = torch.linspace(0.5, 1.5, 20 * 28).reshape(1, 1, 20, 28)
+    patched = PatchDenoiser(lambda v, s, c=None: v * 2.0, patch=(8, 8), overlap=(4, 4))
+    x = torch.randn(1, 1, 20, 28, requires_grad=True)
+    (grad,) = torch.autograd.grad((patched(x, 1.0) * weight).sum(), x)
+    assert torch.allclose(grad, 2.0 * weight, atol=1e-6)
