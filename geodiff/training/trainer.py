@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -168,7 +169,7 @@ def _json_config(module: nn.Module) -> dict[str, Any] | None:
         check_json(config, "denoiser configuration")
     except GeodiffError:
         return None
-    return config
+    return json.loads(json.dumps(config))  # as a checkpoint stores it: tuples become lists
 
 
 @contextlib.contextmanager

@@ -149,3 +149,20 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(case, tmp_path):
                             progress=False, **settings)
     assert_same_result(uninterrupted, resumed)
     assert_same_state(uninterrupted.checkpoint, resumed.checkpoint)
+
+
+def test_resume_with_a_tuple_in_the_backbone_config(tmp_path):
+    """A configuration holding tuples (stored as JSON lists in the checkpoint) resumes instead of 'settings differ'."""
+    from geodiff.backbones import UNet
+    from geodiff.diffusion.denoiser import Denoiser
+
+    def fresh():
+        torch.manual_seed(0)
+        return Denoiser(UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                             attention_levels=(), mid_attention=False, norm_groups=4))
+
+    data = torch.randn(8, 1, 8, 8)
+    geodiff.train(fresh(), data, steps=2, batch_size=4, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+    resumed = geodiff.train(fresh(), data, steps=3, batch_size=4, checkpoint_dir=tmp_path, progress=False)
+    straight = geodiff.train(fresh(), data, steps=3, batch_size=4, progress=False)
+    assert resumed.step == 3 and resumed.losses == straight.losses
