@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 import geodiff
 from geodiff import registry
+from geodiff.diffusion.clipping import ClipDenoised
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, ObservationError, SamplingError
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
@@ -78,6 +79,23 @@ def _check_observation_range(table: xr.Dataset, y_normalized: torch.Tensor, boun
         f"(normalised {float(y_normalized[k]):.4g}); far outside what the model was trained on. Check the units "
         "and fill values, or pass max_normalized=None to use them anyway"
     )
+
+
+def _check_sample_range(x: torch.Tensor, valid: torch.Tensor, bound: float, time: Any, first: int,
+                        setting: str) -> None:
+    """Raise :class:`SamplingError` when a member ``x [B, C, H, W]`` (normalised) reached ``|x| >= bound`` in a valid
+    cell: a finite but diverged sample (e.g. hundreds of degrees, or stuck at the clipping bound of
+    :class:`~geodiff.diffusion.clipping.ClipDenoised`) must not pass as a reconstruction."""
+    beyond = (x.abs() >= bound) & valid
+    if bool(beyond.any()):
+        per_member = beyond.flatten(1).sum(1)
+        members = [first + int(m) for m in torch.nonzero(per_member).flatten().tolist()]
+        raise SamplingError(
+            f"sampling diverged at time {time}: member(s) {members} have {int(per_member.sum())} valid cells at or "
+            f"beyond {bound:g} in normalised units (largest {float(x.abs()[beyond].max()):.3g}), far outside the training "
+            f"range, with {setting}; try more steps or another guidance/sampler (max_normalized=None disables this "
+            "check)"
+        )
 
 
 def reconstruct(
@@ -124,7 +142,10 @@ def reconstruct(
     max_normalized: an observation whose value, in the model's normalised units, exceeds this in magnitude
         (default 10: ten standard deviations of fitted statistics) lies far outside what the model was trained on
         (wrong units, a fill value, another variable): :class:`~geodiff.errors.ObservationError` naming its
-        ``obs_id``. ``None`` switches the check off.
+        ``obs_id``. The same bound applies to the samples: every denoised estimate is clipped to it
+        (:class:`~geodiff.diffusion.clipping.ClipDenoised`; it is above every training value, so only a member that
+        runs away is touched), and a member that ends at it in a valid cell has diverged and raises
+        :class:`~geodiff.errors.SamplingError` naming it. ``None`` switches all three off.
 
     Returns a Dataset with dims ``(member, time, [depth,] lat, lon)`` on the model grid.
     """
@@ -149,6 +170,7 @@ def reconstruct(
     optimize(denoiser, freeze=False, compile=compile)  # channels-last network, allocator setting
     guidance_cls = registry.get("guidance", guidance)
     sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
+    run_sampler = sampler_obj if max_normalized is None else ClipDenoised(sampler_obj, float(max_normalized))
     sigmas = (schedule or EDMSchedule()).sigmas(steps)
     mean_np, std_np = (t.numpy().astype(np.float64) for t in bundle.normalizer.tensors(codec))
     mean, std = (torch.from_numpy(t).to(device) for t in (mean_np, std_np))
@@ -174,7 +196,7 @@ def reconstruct(
             size = min(batch, members - start)
             noise = torch.randn(size, channels, *codec.shape[1:], generator=generator, device=device)
             with autocast:
-                x = guide.sample(sampler_obj, denoiser, noise, sigmas, generator=generator,
+                x = guide.sample(run_sampler, denoiser, noise, sigmas, generator=generator,
                                  callback=lambda info: bar.update(1))
             bad = int((~torch.isfinite(x[:, codec.mask.to(x.device)])).sum())
             if bad:
@@ -182,6 +204,9 @@ def reconstruct(
                     f"sampling diverged at time {time}: {bad} non-finite values in valid cells with guidance "
                     f"{guidance!r}, sampler {sampler!r}, {steps} steps; try more steps or another guidance/sampler"
                 )
+            if max_normalized is not None:
+                _check_sample_range(x, codec.mask.to(x.device), float(max_normalized), time, start,
+                                    f"guidance {guidance!r}, sampler {sampler!r}, {steps} steps")
             chunks.append(x.to(torch.float64) * std[:, None, None] + mean[:, None, None])
         fields.append(torch.cat(chunks).cpu())
     bar.close()

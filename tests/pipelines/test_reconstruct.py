@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import xarray as xr
 
 import geodiff
@@ -25,7 +26,7 @@ def setup():
 
 def test_output_is_an_ensemble_on_the_model_grid_with_cf_attrs_and_provenance(setup):
     model, truth, obs = setup
-    out = reconstruct(model, obs, members=2, steps=3, seed=1, progress=False)
+    out = reconstruct(model, obs, members=2, steps=10, seed=1, progress=False)
     field = out[woa.VARIABLE]
     assert field.dims == ("member", "time", "depth", "lat", "lon")
     assert field.sizes["member"] == 2 and field.sizes["time"] == 2
@@ -48,9 +49,9 @@ def test_output_is_an_ensemble_on_the_model_grid_with_cf_attrs_and_provenance(se
 
 def test_one_time_alone_equals_the_same_time_within_a_series(setup):
     model, _, obs = setup
-    both = reconstruct(model, obs, members=2, steps=3, seed=5, progress=False)
+    both = reconstruct(model, obs, members=2, steps=10, seed=5, progress=False)
     second_time = obs["time"].values[-1]
-    alone = reconstruct(model, obs.isel(obs=np.flatnonzero(obs["time"].values == second_time)), members=2, steps=3,
+    alone = reconstruct(model, obs.isel(obs=np.flatnonzero(obs["time"].values == second_time)), members=2, steps=10,
                         seed=5, progress=False)
     xr.testing.assert_identical(both[woa.VARIABLE].isel(time=[1]), alone[woa.VARIABLE])
 
@@ -96,3 +97,31 @@ def test_diverged_sampling_raises_instead_of_returning_nan(setup):
     geodiff.registry.register("guidance", "test_exploding", Exploding, overwrite=True)
     with pytest.raises(SamplingError, match="diverged"):
         reconstruct(model, obs, guidance="test_exploding", members=1, steps=2, progress=False)
+
+
+def test_finite_but_diverged_member_raises(setup):
+    """A member far outside the training range (finite, e.g. hundreds of degrees) is not returned as a field."""
+    from geodiff.errors import SamplingError
+
+    model, _, obs = setup
+
+    class OneMemberOff:
+        name = "one_member_off"
+
+        def __init__(self, y, operator, error_std):
+            pass
+
+        def describe(self):
+            return {"name": self.name}
+
+        def sample(self, sampler, denoiser, noise, sigmas, **kwargs):
+            x = torch.zeros_like(noise)
+            x[-1] = 50.0  # 50 standard deviations: the last member diverged
+            return x
+
+    geodiff.registry.register("guidance", "test_one_member_off", OneMemberOff, overwrite=True)
+    with pytest.raises(SamplingError, match=r"member\(s\) \[1\]"):
+        reconstruct(model, obs, guidance="test_one_member_off", members=2, steps=2, progress=False)
+    out = reconstruct(model, obs, guidance="test_one_member_off", members=2, steps=2, progress=False,
+                      max_normalized=None)
+    assert out[woa.VARIABLE].sizes["member"] == 2
