@@ -6,18 +6,22 @@ forced-dissipative turbulence) gives the truth. Observations: ``z``, ``u``, ``v`
 The diffusion model (latent autoencoder 3x32x32 -> 4x16x16 + background-conditioned latent UNet) is trained on
 pairs (truth, background) where the background is a 24 h forecast from the truth perturbed by a balanced field of
 random rms wind 0.3-3 m/s. Baselines: 3D-Var with a static B = covariance of the same training background errors
-(shrunk to its diagonal by 10 %, scaled by 0.5/1/2: all reported), and a 20-member LETKF (Gaspari-Cohn 1500 km,
-inflation 1.1) that forecasts every member with the twin model. Every method cycles over the same 20-day window.
+(shrunk to its diagonal by 10 %, scaled by 0.5/1/2: all reported), and a 20-member LETKF (Gaspari-Cohn
+localisation, multiplicative inflation; three settings) that forecasts every member with the twin model. Every
+method cycles over the same window (15 cycles of 24 h). Alignment: Diffusion-DPO on pairs of MMPS-guided analyses
+of training cases ranked by the forecast-skill reward; reward-gradient guidance with the same reward.
 
 Stages (each trains or runs for at most ~10 minutes on one thread; artefacts in ``--workdir``)::
 
     python benchmarks/assimilation.py data       # truth runs, training pairs, observation sites
     python benchmarks/assimilation.py train      # autoencoder + latent prior
-    python benchmarks/assimilation.py align      # Diffusion-DPO on pairs ranked by the forecast-skill reward
-    python benchmarks/assimilation.py evaluate   # cycling table + reward table (prints Markdown)
-    python benchmarks/assimilation.py real       # real-field variant (World Ocean Atlas temperature)
+    python benchmarks/assimilation.py align      # Diffusion-DPO (--dpo-lr, --dpo-beta, --tag)
+    python benchmarks/assimilation.py evaluate   # cycling; --methods subset, --results file (they accumulate)
+    python benchmarks/assimilation.py table      # Markdown tables of every results*.json in --workdir
 
-``--quick`` shrinks everything (smoke run).
+``--methods`` names: ``baselines``, ``letkf``, ``dps``, ``dps_chung``, ``mmps``, ``mmps16``, ``mmps_cg2``,
+``mmps_seed1``, ``dpo<tag>``, ``dpo<tag>@<seed offset>``, ``reward_<scale>``, ``cycle_api``.
+``--quick`` shrinks everything (smoke run). Scripts need the package importable (``PYTHONPATH=.`` in a checkout).
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def stage_train(work: Path, cfg: dict) -> None:
     print(f"train: {time.perf_counter() - t0:.0f} s; {json.dumps(da.prior.metadata)}")
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------------------- cases
 
 
 class Case:
@@ -291,6 +295,7 @@ VARIANTS = {
                   dict(guidance="dps", guidance_options={"convention": "chung"})),
     "mmps": ("latent diffusion, MMPS", dict(guidance="mmps")),
     "mmps16": ("latent diffusion, MMPS, 16 members", dict(guidance="mmps", members=16)),
+    "mmps_seed1": ("latent diffusion, MMPS, other seeds (sampling noise)", dict(guidance="mmps", seed_offset=1000)),
     "mmps_cg2": ("latent diffusion, MMPS (2 CG iterations)",
                  dict(guidance="mmps", guidance_options={"cg_iterations": 2})),
     "dpo": ("latent diffusion, MMPS, DPO-aligned (forecast skill)", dict(guidance="mmps")),
@@ -348,11 +353,23 @@ def stage_evaluate(work: Path, cfg: dict, methods: list[str], results_name: str 
             report(f"var3d_{factor}", f"3D-Var (static B x {factor})", analyses, bgs, time.perf_counter() - t0)
         letkf_rows()
     da = AssimilationModel.load(work / "model")
-    for key in [m for m in methods if m in VARIANTS or m.startswith("dpo")]:
-        name, options = VARIANTS.get(key, VARIANTS["dpo"])
-        name = name if key in VARIANTS else f"{name} [{key[3:]}]"
+    for key in [m for m in methods if m in VARIANTS or m.startswith(("dpo", "reward_"))]:
+        # "<method>@<offset>": the same method with other sampling seeds
+        base, _, offset = key.partition("@")
+        if offset:
+            name, options = VARIANTS["dpo"][0] + f" [{base[3:]}]", dict(VARIANTS["dpo"][1], seed_offset=int(offset))
+            name = f"{name}, other seeds"
+            options["denoiser"] = Denoiser.from_pretrained(work / f"aligned{base[3:]}")
+        elif key in VARIANTS:
+            name, options = VARIANTS[key]
+        elif key.startswith("dpo"):
+            name, options = f"{VARIANTS['dpo'][0]} [{key[3:]}]", VARIANTS["dpo"][1]
+        else:
+            scale_r = float(key.split("_")[1])
+            name = f"latent diffusion, MMPS + forecast-skill guidance (x0, {scale_r:g})"
+            options = dict(guidance="mmps", reward_scale=scale_r)
         options = dict(options)
-        if key.startswith("dpo"):
+        if key.startswith("dpo") and not offset:
             options["denoiser"] = Denoiser.from_pretrained(work / f"aligned{key[3:]}")
         reward_name = "forecast_skill" if key.startswith("reward") else None
         members, bgs, seconds = cycle_samples(model, da, data, cases, cfg, reward_name, **options)
@@ -402,13 +419,13 @@ def stage_table(work: Path, cfg: dict) -> None:
 
 
 def cycle_samples(model, da, data, cases, cfg, reward_name, *, guidance, reward_scale=0.0, denoiser=None,
-                  guidance_options=None, members=None):  # fmt: skip
+                  guidance_options=None, members=None, seed_offset=0):  # fmt: skip
     """Cycle with :func:`sample_analysis` (tensors); the same seeds for every variant."""
     background = data["first_background"][0].float()
     members_all, bgs = [], []
     t0 = time.perf_counter()
     for t, case in enumerate(cases):
-        generator = torch.Generator().manual_seed(10_000 + t)
+        generator = torch.Generator().manual_seed(10_000 + seed_offset + t)
         reward = case.rewards[reward_name] if reward_name else None
         states, _ = sample_analysis(da, background, operator=case.operator, y=case.y, error_std=case.error_std,
                                     members=members or cfg["members"], steps=cfg["steps"], guidance=guidance,

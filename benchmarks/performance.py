@@ -4,8 +4,9 @@ Sections (Markdown tables on stdout):
 
 1. matmul peak: a oneDNN GEMM (1x1 convolution, channels-last) fp32 and bf16, and MKL's ``torch.mm``;
 2. network throughput: diffusers ``UNet2DModel`` (20 channels, 64x128, 18.2 M parameters, 26.1 GFLOP per
-   sample forward counted with ``torch.utils.flop_counter``; self-attention at the coarsest level only) as is, channels-last, with the
-   glibc allocator setting, and bf16 autocast; GFLOP/s, share of the GEMM figure, page faults per forward;
+   sample forward counted with ``torch.utils.flop_counter``; self-attention at the coarsest level only) as is,
+   channels-last, with the glibc allocator setting, and bf16 autocast; GFLOP/s, share of the GEMM figure, page
+   faults per forward;
 3. sampling loops with that network: geodiff DDPM / DDIM against diffusers' ``DDPMScheduler`` / ``DDIMScheduler``
    loops and azula's samplers; the share of time outside the network (timer around every network call);
 4. cost of one guided denoiser evaluation (DPS, MMPS with one CG step, ReconMOST's hook) relative to an unguided one;
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import math
 import os
 import platform
 import resource
@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -163,7 +162,6 @@ def network_throughput(args, peak: dict[str, float]) -> dict[str, float]:
     with torch.inference_mode():
         flops = forward_flops(lambda: unet(x[:1], t[:1]))
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    settings: list[tuple[str, Callable[[], object], str]] = []
 
     def forward(inp, precision="fp32"):
         def run():
@@ -191,7 +189,15 @@ def network_throughput(args, peak: dict[str, float]) -> dict[str, float]:
     measure("channels-last + allocator, bf16 autocast", forward(x_cl, "bf16"), "conv_bf16")
     if args.compile:
         compiled = runtime.compile_module(unet)
-        measure("channels-last + allocator + torch.compile", lambda: compiled(x_cl, t, return_dict=False), "conv_fp32")
+
+        def compiled_forward(precision):
+            def run():
+                with torch.inference_mode(), runtime.precision_context(precision, "cpu"):
+                    return compiled(x_cl, t, return_dict=False)[0]
+            return run
+
+        measure("channels-last + allocator + torch.compile", compiled_forward("fp32"), "conv_fp32")
+        measure("channels-last + allocator + torch.compile, bf16 autocast", compiled_forward("bf16"), "conv_bf16")
     unet.to(memory_format=torch.contiguous_format)
     print(f"\n## 2. Network throughput: diffusers UNet2DModel {unet_config(args.quick)['block_out_channels']}, "
           f"{params / 1e6:.1f} M parameters, {flops / 1e9:.1f} GFLOP per sample forward, batch {args.batch}, "
@@ -205,6 +211,10 @@ def network_throughput(args, peak: dict[str, float]) -> dict[str, float]:
     print(f"\nbf16 / fp32 throughput (network alone): "
           f"{base / results['channels-last + allocator, bf16 autocast']:.2f}x; "
           f"optimised / default fp32: {results['default (NCHW)'] / base:.2f}x")
+    if args.compile:
+        fp32, bf16 = (results[f"channels-last + allocator + torch.compile{s}"] for s in ("", ", bf16 autocast"))
+        print(f"compiled: bf16 / fp32 {fp32 / bf16:.2f}x; compiled bf16 / eager fp32 {base / bf16:.2f}x; "
+              f"compiled fp32 / eager fp32 {base / fp32:.2f}x")
     return {"flops": flops, **results}
 
 
@@ -316,8 +326,9 @@ def guided_steps(args) -> None:
     y, err = torch.randn(n), torch.full((n,), 0.1)
     sigma = 2.0
     print(f"\n## 4. Guided step cost (one denoiser evaluation, {n} point observations, sigma = {sigma})\n")
-    print("| batch | unguided s | DPS | MMPS (1 CG step) | MMPS (2 CG steps) | ReconMOST step (DDPM + hook) |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | unguided s | naive DPS | DPS | MMPS (1 CG step) | MMPS (2 CG steps) | "
+          "ReconMOST step (DDPM + hook) |")
+    print("|---|---|---|---|---|---|---|")
     for batch in args.guided_batches:
         x = torch.randn(batch, args.channels, args.height, args.width)
         dps = DPSGuidance(y, op, err).wrap(denoiser)
@@ -336,12 +347,22 @@ def guided_steps(args) -> None:
                 x_next, x0 = ddpm.step(denoiser, x, 0, sigma, 0.9 * sigma, {}, cond=None, generator=g)
                 return recon.hook(x_next, x=x, x0_hat=x0, sigma=sigma, sigma_next=0.9 * sigma, generator=g)
 
+        def naive_dps():  # weights not frozen, autograd through operator and loss
+            denoiser.requires_grad_(True)
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                loss = 0.5 * (((y - op(denoiser(x_in, sigma))) / err) ** 2).sum()
+                grad = torch.autograd.grad(loss, x_in)[0]
+            denoiser.requires_grad_(False)
+            return grad
+
         with torch.no_grad():
-            times = interleaved({"plain": unguided, "dps": lambda: dps(x, sigma), "mmps": lambda: mmps(x, sigma),
-                                 "mmps2": lambda: mmps2(x, sigma), "recon": reconmost}, args.repeats)
+            times = interleaved({"plain": unguided, "naive": naive_dps, "dps": lambda: dps(x, sigma),
+                                 "mmps": lambda: mmps(x, sigma), "mmps2": lambda: mmps2(x, sigma),
+                                 "recon": reconmost}, args.repeats)
         base = median(times["plain"])
-        print(f"| {batch} | {base:.3f} | {median(times['dps']) / base:.2f}x | {median(times['mmps']) / base:.2f}x | "
-              f"{median(times['mmps2']) / base:.2f}x | {median(times['recon']) / base:.2f}x |")
+        ratios = " | ".join(f"{median(times[k]) / base:.2f}x" for k in ("naive", "dps", "mmps", "mmps2", "recon"))
+        print(f"| {batch} | {base:.3f} | {ratios} |")
 
 
 def woa_problem(month: int = 7, coverage: float = 0.05, seed: int = 0):
@@ -389,10 +410,10 @@ def bf16_reconstruction(args) -> None:
         rmse[f"fp32, seed {seed}"] = heldout_rmse(truth, ens, heldout)
     print(f"\n## 5. bf16 autocast on the shipped WOA prior (August, 5 % coverage, {members} members, Heun {steps} "
           f"steps + MMPS)\n")
-    print("| precision | seed | held-out RMSE [degC] | RMSE change vs fp32 seed 0 | reconstruction time vs fp32 |")
+    print("| precision | seed | held-out RMSE [degC] | RMSE change vs fp32 seed 0 | throughput vs fp32 |")
     print("|---|---|---|---|---|")
     for name, value in rmse.items():
-        speed = f"{median(seconds['fp32']) / median(seconds[name]):.2f}x faster" if name in seconds else "-"
+        speed = f"{median(seconds['fp32']) / median(seconds[name]):.2f}x" if name in seconds else "-"
         seed = runs[name][1] if name in runs else name.split()[-1]
         print(f"| {name.split(',')[0]} | {seed} | {value:.4f} | {100 * (value / rmse['fp32'] - 1):+.2f} % | {speed} |")
 
@@ -441,7 +462,7 @@ def accuracy_vs_nfe(args) -> None:
     print("| prior | sampler | guidance | steps | NFE | diverged members | held-out RMSE [degC] | "
           "RMSE / 1000-step reference | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
-    reference = None
+    reference, first = None, True
     for prior, bundle, sampler, guidance, steps, schedule in runs:
         options = {"scale": 4.0} if guidance == "reconmost" else {}
         nfe = geodiff.registry.get("sampler", sampler)().nfe(steps)
@@ -449,7 +470,7 @@ def accuracy_vs_nfe(args) -> None:
         ens, diverged = member_by_member(bundle, obs, members, guidance=guidance, guidance_options=options,
                                          sampler=sampler, steps=steps, schedule=schedule)
         rmse = None if ens is None else heldout_rmse(truth, ens, heldout)
-        reference = rmse if reference is None else reference
+        reference, first = (rmse if first else reference), False  # the first row is the reference
         ratio = "-" if rmse is None or reference is None else f"{rmse / reference:.2f}"
         print(f"| {prior} | {sampler} | {guidance} | {steps} | {nfe} | {diverged}/{members} | "
               f"{'-' if rmse is None else f'{rmse:.3f}'} | {ratio} | {time.perf_counter() - start:.1f} |", flush=True)

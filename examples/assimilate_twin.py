@@ -5,7 +5,7 @@ of a perturbed truth), a latent diffusion model trained on them (``AssimilationM
 observations of height and winds, ``geodiff.pipelines.assimilate.cycle`` over a window, and 3D-Var with a static
 covariance from the same training errors. Writes the analysis ensemble to netCDF and a figure.
 
-    python examples/assimilate_twin.py                 # about 10 minutes on one CPU thread
+    python examples/assimilate_twin.py                 # about 15 minutes on one CPU thread
     python examples/assimilate_twin.py --quick         # a one-minute smoke run (untrained-quality model)
 """
 

@@ -105,7 +105,9 @@ def configure_allocator(
     """
     global _CURRENT
     if mmap_threshold is not None and not 0 < mmap_threshold <= MMAP_THRESHOLD_MAX:
-        raise ConfigError(f"mmap_threshold must be in (0, {MMAP_THRESHOLD_MAX}] bytes (glibc's limit), got {mmap_threshold}")
+        raise ConfigError(
+            f"mmap_threshold must be None or in (0, {MMAP_THRESHOLD_MAX}] bytes (glibc's limit), got {mmap_threshold}"
+        )
     if not 0 < trim_threshold < 2**31:
         raise ConfigError(f"trim_threshold must be in (0, 2**31) bytes, got {trim_threshold}")
     libc = _libc()

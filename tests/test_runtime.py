@@ -133,8 +133,9 @@ def test_reconstruct_bf16_path_records_its_precision_and_stays_close_to_fp32():
     model = geodiff.load(prior_path())
     truth = woa.holdout_split(woa.open_sample()).heldout.isel(time=[7]).drop_vars("sea_mask")
     obs, _ = woa.holdout_observations(truth, 0.05, seed=0, error_std=0.1)
-    fp32 = reconstruct(model, obs, members=1, steps=3, seed=0, progress=False)
-    bf16 = reconstruct(model, obs, members=1, steps=3, seed=0, precision="bf16", progress=False)
+    options = {"members": 1, "steps": 10, "sampler": "dpmpp_2m", "seed": 0, "progress": False}
+    fp32 = reconstruct(model, obs, **options)
+    bf16 = reconstruct(model, obs, precision="bf16", **options)
     assert json.loads(bf16.attrs["geodiff_guidance"])["precision"] == "bf16"
     difference = abs(bf16[woa.VARIABLE] - fp32[woa.VARIABLE]).max()
     assert 0 < float(difference) < 0.5 * float(abs(fp32[woa.VARIABLE]).max())  # changed, but the same field

@@ -136,7 +136,7 @@ class Denoiser(Configurable, nn.Module):
         #: run the network on channels-last (NHWC) inputs (see :func:`geodiff.runtime.optimize`)
         self.channels_last = False
         self._coefficient_cache: dict[float, tuple[float, float, float, float]] = {}
-        self._mask_cache: dict[Any, tuple[Any, int, Tensor]] = {}
+        self._mask_cache: dict[Any, tuple[Any, int | None, Tensor]] = {}
         object.__setattr__(self, "_compiled", None)
 
     def set_mask(self, mask: Tensor | None) -> None:
@@ -226,10 +226,14 @@ class Denoiser(Configurable, nn.Module):
         """``mask * factor`` as ``[C, H, W]`` in ``like``'s dtype and device (the float mask is cached while the
         mask tensor is the same object, unmodified)."""
         mask = self.mask
+        try:
+            version = mask._version  # type: ignore[union-attr]
+        except RuntimeError:  # an inference tensor has no version counter: convert every time
+            version = None
         key = (like.dtype, like.device)
         entry = self._mask_cache.get(key)
-        if entry is None or entry[0] is not mask or entry[1] != mask._version:  # type: ignore[union-attr]
-            entry = (mask, mask._version, mask.to(device=like.device, dtype=like.dtype))  # type: ignore[union-attr]
+        if entry is None or entry[0] is not mask or version is None or entry[1] != version:
+            entry = (mask, version, mask.to(device=like.device, dtype=like.dtype))  # type: ignore[union-attr]
             self._mask_cache[key] = entry
         return entry[2] if factor == 1.0 else entry[2] * factor
 

@@ -152,7 +152,7 @@ class BarotropicModel(Configurable, nn.Module):
         lon = self.lon0 + np.degrees(x / (EARTH_RADIUS * math.cos(math.radians(self.lat0))))
         return {"lat": lat, "lon": lon, "x": x, "y": y}
 
-    # ---- spectral helpers (fields [..., ny, nx])
+    # ---- spectral transforms (fields [..., ny, nx])
 
     def _check(self, state: Tensor) -> None:
         if state.ndim != 4 or state.shape[1] != len(self.variables) or tuple(state.shape[-2:]) != (self.ny, self.nx):

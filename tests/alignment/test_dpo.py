@@ -56,6 +56,7 @@ def test_finetuning_lowers_the_loss_and_favours_the_winners():
     sigma = torch.full((32,), 0.5, dtype=torch.float64)
     noise = torch.randn(winners.shape, generator=g)
     with torch.no_grad():
-        gain_w = denoising_error(result.reference, winners, sigma, noise) - denoising_error(policy, winners, sigma, noise)
-        gain_l = denoising_error(result.reference, losers, sigma, noise) - denoising_error(policy, losers, sigma, noise)
+        ref_w, ref_l = (denoising_error(result.reference, x, sigma, noise) for x in (winners, losers))
+        gain_w = ref_w - denoising_error(policy, winners, sigma, noise)
+        gain_l = ref_l - denoising_error(policy, losers, sigma, noise)
     assert gain_w.mean() > gain_l.mean()

@@ -47,15 +47,16 @@ def test_balanced_state_gets_the_best_balance_score_and_perturbations_lower_it(m
 def test_finite_difference_balance_agrees_on_a_smooth_field(model):
     spectral = GeostrophicBalance(f0=model.f0, dx=model.dx, dy=model.dy)
     finite = GeostrophicBalance(f0=model.f0, dx=model.dx, dy=model.dy, periodic=False)
-    state = model.state(model.vorticity(model.random_state(1, generator=torch.Generator().manual_seed(2))))
     # a single large-scale mode: centred differences are accurate in the interior
     coords = model.coordinates()
     x, y = torch.as_tensor(coords["x"]), torch.as_tensor(coords["y"])
-    psi = 1e7 * torch.sin(2 * math.pi * x[None, :] / model.length_x) * torch.cos(2 * math.pi * y[:, None] / model.length_y)
+    psi = 1e7 * torch.sin(2 * math.pi * x[None, :] / model.length_x) * torch.cos(
+        2 * math.pi * y[:, None] / model.length_y)
     zeta = model._real(model._hat(psi) * -model.k2)
     state = model.state(zeta[None])
     u_g, v_g = finite.geostrophic_wind(state[:, 0])
-    torch.testing.assert_close(u_g[:, 2:-2, 2:-2], state[:, 1, 2:-2, 2:-2], rtol=0.02, atol=0.02 * state[:, 1].abs().max().item())
+    atol = 0.02 * state[:, 1].abs().max().item()
+    torch.testing.assert_close(u_g[:, 2:-2, 2:-2], state[:, 1, 2:-2, 2:-2], rtol=0.02, atol=atol)
     assert abs(spectral(state).item()) < 1e-20
 
 

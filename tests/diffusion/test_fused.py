@@ -181,3 +181,11 @@ def test_dps_closed_form_pullback_equals_autograd_through_the_loss(convention):
     (expected,) = torch.autograd.grad(loss, x_in)
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(x0, denoiser(x, 1.3))
+
+
+def test_fast_path_accepts_a_mask_made_in_inference_mode():
+    net = UNet(in_channels=1, base_channels=8, channel_mults=(1,))
+    with torch.inference_mode():
+        denoiser = Denoiser(net, mask=torch.ones(1, 4, 4, dtype=torch.bool))
+        first = denoiser(torch.ones(1, 1, 4, 4), 0.1)
+    torch.testing.assert_close(denoiser(torch.ones(1, 1, 4, 4), 0.1), first)

@@ -15,7 +15,8 @@ def test_assimilation_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(cell for cell in nb.cells if cell.cell_type == "code" and "# parameters" in cell.source)
-    parameters.source = "TRAIN_TIMES, SPIN_UP_DAYS, AE_STEPS, PRIOR_STEPS, CYCLES, MEMBERS, STEPS = 16, 2, 2, 2, 2, 2, 2"
+    parameters.source = ("TRAIN_TIMES, SPIN_UP_DAYS, AE_STEPS, PRIOR_STEPS, CYCLES, MEMBERS, STEPS = "
+                         "16, 2, 2, 2, 2, 2, 2")
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
