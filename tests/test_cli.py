@@ -26,7 +26,7 @@ def test_unknown_plugin_kind_fails_clearly():
 def test_demo_small_writes_netcdf_and_figure(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # coastline files may be missing on the test machine
-        result = runner.invoke(app, ["demo", "--output", str(tmp_path), "--members", "2", "--steps", "2",
+        result = runner.invoke(app, ["demo", "--output", str(tmp_path), "--members", "2", "--steps", "10",
                                      "--no-baselines"])
     assert result.exit_code == 0, result.output
     assert "| guided diffusion |" in result.output
@@ -101,21 +101,21 @@ def test_train_writes_a_bundle_with_history_and_resumes_from_checkpoints(workspa
 def test_reconstruct_to_netcdf_appends_the_command_line_to_history(workspace, tmp_path):
     config = write_config(tmp_path / "rec.yaml", model=str(workspace / "bundle"),
                           observations=str(workspace / "obs.nc"),
-                          output=str(tmp_path / "out.nc"), members=2, seed=3, options={"steps": 2}, progress=False)
+                          output=str(tmp_path / "out.nc"), members=2, seed=3, options={"steps": 2, "max_normalized": None}, progress=False)
     result = runner.invoke(app, ["reconstruct", "--config", str(config)])
     assert result.exit_code == 0, result.output
     out = xr.open_dataset(tmp_path / "out.nc")
     assert out[VARIABLE].dims == ("member", "time", "depth", "lat", "lon") and out.sizes["time"] == 4
     lines = out.attrs["history"].splitlines()
     assert lines[-1].endswith(f"geodiff reconstruct --config {config}") and "geodiff.reconstruct(" in lines[-2]
-    direct = geodiff.reconstruct(geodiff.load(workspace / "bundle"), observations(4), members=2, seed=3, steps=2,
+    direct = geodiff.reconstruct(geodiff.load(workspace / "bundle"), observations(4), members=2, seed=3, steps=2, max_normalized=None,
                                  progress=False)
     xr.testing.assert_equal(out[VARIABLE].load(), direct[VARIABLE])
 
 
 def test_reconstruct_to_zarr_in_parts_then_batch_status_run_and_finalise(workspace, tmp_path):
     settings = dict(model=str(workspace / "bundle"), observations=str(workspace / "obs.nc"),
-                    output=str(tmp_path / "out.zarr"), members=2, seed=3, options={"steps": 2}, progress=False,
+                    output=str(tmp_path / "out.zarr"), members=2, seed=3, options={"steps": 2, "max_normalized": None}, progress=False,
                     batch={"time_chunk": 1, "chunks": {"lon": 8}})
     config = write_config(tmp_path / "rec.yaml", **settings)
     result = runner.invoke(app, ["reconstruct", "--config", str(config), "--part", "1/2"])
@@ -135,7 +135,7 @@ def test_reconstruct_to_zarr_in_parts_then_batch_status_run_and_finalise(workspa
     lines = out.attrs["history"].splitlines()
     assert lines[-3].endswith(f"geodiff reconstruct --config {config} --part 1/2")
     assert lines[-1].endswith(f"geodiff batch finalise {tmp_path / 'out.zarr'}")
-    direct = geodiff.reconstruct(geodiff.load(workspace / "bundle"), observations(4), members=2, seed=3, steps=2,
+    direct = geodiff.reconstruct(geodiff.load(workspace / "bundle"), observations(4), members=2, seed=3, steps=2, max_normalized=None,
                                  progress=False)
     xr.testing.assert_equal(out[VARIABLE].load(), direct[VARIABLE])
 

@@ -18,7 +18,7 @@ Example
 >>> model = geodiff.load(prior_path())
 >>> split = woa.holdout_split(woa.open_sample())
 >>> obs, _ = woa.holdout_observations(split.heldout.isel(time=[0]), 0.05, seed=0, error_std=0.1)
->>> result = reconstruct(model, obs, members=2, steps=4, progress=False)
+>>> result = reconstruct(model, obs, members=2, steps=10, progress=False)
 >>> result.temperature.dims
 ('member', 'time', 'depth', 'lat', 'lon')
 """

@@ -76,7 +76,7 @@ RUN = dict(time_chunk=1, chunks={"lon": LAND_LON}, progress=False)  # lon chunk 
 def reconstruct_job(bundle: str | Path, times: int = TIMES) -> PipelineJob:
     """The test batch: reconstruct ``times`` daily fields, 2 members, 4 Heun steps."""
     return PipelineJob("reconstruct", str(bundle), {"observations": observations(times)}, members=2, seed=3,
-                       options={"steps": 4})
+                       options={"steps": 4, "max_normalized": None})  # untrained model
 
 
 class FlakyJob:

@@ -17,7 +17,7 @@ from tests.batch.helpers import LAND_LON, RUN, TIMES, VARIABLE, FlakyJob, observ
 
 
 def test_batch_output_equals_one_direct_reconstruct_call(bundle, reference):
-    direct = geodiff.reconstruct(geodiff.load(bundle), observations(TIMES), members=2, seed=3, steps=4,
+    direct = geodiff.reconstruct(geodiff.load(bundle), observations(TIMES), members=2, seed=3, steps=4, max_normalized=None,
                                  progress=False)
     stored = xr.open_zarr(reference, consolidated=True)
     xr.testing.assert_equal(stored[VARIABLE].load(), direct[VARIABLE])

@@ -12,7 +12,7 @@ def test_ocean_reconstruction_notebook_executes(tmp_path):
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(cell for cell in nb.cells if cell.cell_type == "code" and "# parameters" in cell.source)
-    parameters.source = "MEMBERS, STEPS, COVERAGE, MONTH = 2, 3, 0.05, 7"
+    parameters.source = "MEMBERS, STEPS, COVERAGE, MONTH = 2, 10, 0.05, 7"
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
