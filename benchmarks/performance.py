@@ -111,7 +111,7 @@ def machine() -> str:
 
 def unet_config(quick: bool) -> dict:
     """The benchmark network: 4 levels, 2 ResNet blocks per level, self-attention at the coarsest level only
-    (18.2 M parameters and 26.1 GFLOP per 20x64x128 sample forward: the issue's reference network)."""
+    (18.2 M parameters and 26.1 GFLOP per 20x64x128 sample forward)."""
     down, up = ("DownBlock2D",) * 3 + ("AttnDownBlock2D",), ("AttnUpBlock2D",) + ("UpBlock2D",) * 3
     channels = (32, 32, 64, 64) if quick else (64, 128, 128, 256)
     return {"block_out_channels": channels, "layers_per_block": 2, "norm_num_groups": 16 if quick else 32,

@@ -399,7 +399,11 @@ def validate(
 
 
 def main() -> None:
-    """Entry point of the ``geodiff`` console script."""
+    """Entry point of the ``geodiff`` console script: the command owns its process, so the allocator setting of
+    :func:`geodiff.runtime.configure_allocator` (large buffers kept in the heap; a no-op off glibc) is applied."""
+    from geodiff.runtime import configure_allocator
+
+    configure_allocator()
     app()
 
 

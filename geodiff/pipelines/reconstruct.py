@@ -137,8 +137,9 @@ def reconstruct(
     precision: ``"fp32"``, ``"bf16"`` (autocast of the network on CPU or GPU) or ``"fp16"`` (GPU); the sampler
         and guidance arithmetic stay in float32 (``benchmarks/RESULTS.md`` gives the measured accuracy cost).
     compile: run the network through ``torch.compile`` (the first call compiles; worth it for long series).
-        The network always runs channels-last, and on glibc the process's allocator is set to keep large
-        buffers in the heap (:func:`geodiff.runtime.optimize`; results unchanged up to float rounding).
+        The network always runs channels-last (:func:`geodiff.runtime.optimize`; results unchanged up to float
+        rounding). The process-wide allocator setting that removes page faults from every forward pass is left to
+        the caller (:func:`geodiff.runtime.configure_allocator`; the ``geodiff`` command applies it).
     max_normalized: an observation whose value, in the model's normalised units, exceeds this in magnitude
         (default 10: ten standard deviations of fitted statistics) lies far outside what the model was trained on
         (wrong units, a fill value, another variable): :class:`~geodiff.errors.ObservationError` naming its
@@ -167,7 +168,7 @@ def reconstruct(
     if wanted.size == 0:
         raise ObservationError("no time to reconstruct: the observation table is empty after validation")
     autocast = precision_context(precision, torch.device(device).type)
-    optimize(denoiser, freeze=False, compile=compile)  # channels-last network, allocator setting
+    optimize(denoiser, freeze=False, compile=compile, allocator=False)  # channels-last network
     guidance_cls = registry.get("guidance", guidance)
     sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
     run_sampler = sampler_obj if max_normalized is None else ClipDenoised(sampler_obj, float(max_normalized))
