@@ -8,6 +8,7 @@ registry name     class                                       acts as
 ``mmps``          :class:`~.mmps.MMPSGuidance`                denoiser wrapper (Tweedie covariance, CG)
 ``sda``           :class:`~.mmps.SDAGuidance`                 denoiser wrapper (diagonal covariance)
 ``repaint``       :class:`~.repaint.RePaintGuidance`          sampler wrapper (replacement + resampling)
+``coarse``        :class:`~.coarse.CoarseGuidance`            denoiser wrapper (MMPS with area-mean operator)
 ================  ==========================================  ==============================================
 
 All are built as ``Method(y, A, error_std, **settings)`` in normalised units and sample with
@@ -21,6 +22,7 @@ True
 """
 
 from geodiff.guidance.base import CombinedGuidance, Guidance, combine
+from geodiff.guidance.coarse import CoarseGuidance
 from geodiff.guidance.dps import DPSGuidance
 from geodiff.guidance.mmps import MMPSGuidance, SDAGuidance
 from geodiff.guidance.reconmost import ReconMOSTGuidance
@@ -36,4 +38,5 @@ __all__ = [
     "SDAGuidance",
     "RePaintGuidance",
     "RePaintSampler",
+    "CoarseGuidance",
 ]
