@@ -72,7 +72,8 @@ def make_job(bundle: Path, times: int) -> PipelineJob:
                      coords={"lat": ("obs", rng.uniform(-55, 55, n)), "lon": ("obs", rng.uniform(80, 350, n)),
                              "depth": ("obs", rng.choice([0.0, 10, 50, 100], n)),
                              "time": ("obs", np.repeat(pd.date_range("2001-01-01", periods=times).values, 40))})
-    return PipelineJob("reconstruct", str(bundle), {"observations": obs}, members=2, seed=0, options={"steps": 4})
+    options = {"steps": 4, "max_normalized": None}  # an untrained model leaves the training range in 4 steps
+    return PipelineJob("reconstruct", str(bundle), {"observations": obs}, members=2, seed=0, options=options)
 
 
 def child(args: argparse.Namespace) -> None:
