@@ -49,6 +49,7 @@ from geodiff.errors import CoordinateError, GridError, ObservationError
 
 __all__ = [
     "LinearOperator",
+    "WeightedGatherOperator",
     "PointOperator",
     "GridPointOperator",
     "StackedOperator",
@@ -316,7 +317,28 @@ class LinearOperator(nn.Module, ABC):
             raise GridError(f"observation values must be [B, N] with N = {self.n_obs}, got {tuple(r.shape)}")
 
 
-class PointOperator(LinearOperator):
+class WeightedGatherOperator(LinearOperator):
+    """A linear operator whose value ``n`` is ``sum_k weight[n, k] * x.flat[index[n, k]]`` (buffers ``index`` and
+    ``weight`` ``[N, K]`` over the flattened field ``[C*H*W]``): a gather forward and an ``index_add`` adjoint,
+    never a dense matrix. Subclasses set ``index``, ``weight``, ``field_shape`` and ``n_obs``."""
+
+    index: Tensor
+    weight: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_field(x)
+        flat = x.reshape(x.shape[0], -1)
+        return (flat[:, self.index.to(x.device)] * self.weight.to(device=x.device, dtype=x.dtype)).sum(-1)
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        self._check_values(r)
+        contribution = (r[:, :, None] * self.weight.to(device=r.device, dtype=r.dtype)).reshape(r.shape[0], -1)
+        out = r.new_zeros(r.shape[0], int(np.prod(self.field_shape)))
+        out = out.index_add(1, self.index.to(r.device).reshape(-1), contribution)
+        return out.reshape(r.shape[0], *self.field_shape)
+
+
+class PointOperator(WeightedGatherOperator):
     """Interpolate a field at observation positions: bilinear in lat/lon, linear in depth, land-aware.
 
     Parameters
@@ -452,19 +474,6 @@ class PointOperator(LinearOperator):
         op.register_buffer("index", index.clone())
         op.register_buffer("weight", weight.clone())
         return op
-
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_field(x)
-        flat = x.reshape(x.shape[0], -1)
-        index = self.index.to(x.device)
-        return (flat[:, index] * self.weight.to(device=x.device, dtype=x.dtype)).sum(-1)
-
-    def adjoint(self, r: Tensor) -> Tensor:
-        self._check_values(r)
-        contribution = (r[:, :, None] * self.weight.to(device=r.device, dtype=r.dtype)).reshape(r.shape[0], -1)
-        out = r.new_zeros(r.shape[0], int(np.prod(self.field_shape)))
-        out = out.index_add(1, self.index.to(r.device).reshape(-1), contribution)
-        return out.reshape(r.shape[0], *self.field_shape)
 
     def gram_diagonal(self) -> Tensor:
         matrix = self.to_sparse()  # coalesced: corners falling on the same cell are merged first
@@ -660,7 +669,7 @@ class StackedOperator(LinearOperator):
 # coarsening
 
 
-class CoarsenOperator(LinearOperator):
+class CoarsenOperator(WeightedGatherOperator):
     """Area mean over ``factor x factor`` blocks: field ``[B, C, H, W]`` -> coarse cells ``[B, N]``.
 
     Coarse cell ``(c, I, J)`` is the weighted mean of the fine cells ``(c, I f + a, J f + b)``, ``0 <= a, b < f``,
@@ -738,18 +747,6 @@ class CoarsenOperator(LinearOperator):
         self.n_obs = int(self.kept.size)
         self.register_buffer("index", torch.from_numpy(index[keep].astype(np.int64)))
         self.register_buffer("weight", torch.from_numpy(block[keep] / total[keep, None]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_field(x)
-        flat = x.reshape(x.shape[0], -1)
-        return (flat[:, self.index.to(x.device)] * self.weight.to(device=x.device, dtype=x.dtype)).sum(-1)
-
-    def adjoint(self, r: Tensor) -> Tensor:
-        self._check_values(r)
-        contribution = (r[:, :, None] * self.weight.to(device=r.device, dtype=r.dtype)).reshape(r.shape[0], -1)
-        out = r.new_zeros(r.shape[0], int(np.prod(self.field_shape)))
-        out = out.index_add(1, self.index.to(r.device).reshape(-1), contribution)
-        return out.reshape(r.shape[0], *self.field_shape)
 
     def gram_diagonal(self) -> Tensor:
         return (self.weight**2).sum(1)  # the cells of one block are distinct

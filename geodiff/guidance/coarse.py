@@ -31,7 +31,6 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,19 +52,6 @@ class CoarseGuidance(MMPSGuidance):
     """
 
     name = "coarse"
-
-    def __init__(
-        self,
-        y: Any,
-        operator: Callable[[Tensor], Tensor],
-        error_std: Any,
-        *,
-        method: str = "cg",
-        cg_iterations: int = 1,
-        gamma: float = 1e-2,
-        scale: float = 1.0,
-    ):
-        super().__init__(y, operator, error_std, method=method, cg_iterations=cg_iterations, gamma=gamma, scale=scale)
 
     @classmethod
     def from_field(cls, coarse: Tensor, operator: CoarsenOperator, error_std: Any, **options: Any) -> CoarseGuidance:

@@ -1,24 +1,9 @@
 """The downscaling notebook runs from top to bottom at small settings."""
 
-from pathlib import Path
-
-import pytest
-
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "downscaling.ipynb"
+from tests.notebooks import run_notebook
 
 
 def test_downscaling_notebook_executes(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    parameters = next(cell for cell in nb.cells if cell.cell_type == "code" and "# parameters" in cell.source)
-    parameters.source = "MEMBERS, STEPS, YEARS = 2, 3, [0]"
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    errors = [f"{o.ename}: {o.evalue}" for o in outputs if o.output_type == "error"]
-    assert not errors, errors
-    text = "\n".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    _, text = run_notebook("downscaling.ipynb", tmp_path, "MEMBERS, STEPS, YEARS = 2, 3, [0]")
     assert "'crps'" in text and "'high_k_power_ratio'" in text and "member" in text
     assert (tmp_path / "downscaling.png").stat().st_size > 10_000
