@@ -135,7 +135,7 @@ class Denoiser(Configurable, nn.Module):
         }
         #: run the network on channels-last (NHWC) inputs (see :func:`geodiff.runtime.optimize`)
         self.channels_last = False
-        self._coefficient_cache: dict[float, tuple[float, float, float, float]] = {}
+        self._coefficient_cache: dict[tuple[Any, ...], tuple[float, float, float, float]] = {}
         self._mask_cache: dict[Any, tuple[Any, int | None, Tensor]] = {}
         object.__setattr__(self, "_compiled", None)
 
@@ -213,13 +213,14 @@ class Denoiser(Configurable, nn.Module):
 
     def _scalar_coefficients(self, sigma: float) -> tuple[float, float, float, float]:
         """``(c_in, c_skip, c_out, c_noise)`` of one noise level as Python floats (float64 maths, cached)."""
-        cached = self._coefficient_cache.get(sigma)
+        key = (sigma, self.sigma_data, self.parameterization, self.noise_label)  # settings may be changed later
+        cached = self._coefficient_cache.get(key)
         if cached is None:
             values = self.coefficients(torch.tensor([sigma], dtype=torch.float64))
             cached = tuple(float(v[0]) for v in values)
             if len(self._coefficient_cache) > 4096:
                 self._coefficient_cache.clear()
-            self._coefficient_cache[sigma] = cached  # type: ignore[assignment]
+            self._coefficient_cache[key] = cached  # type: ignore[assignment]
         return cached  # type: ignore[return-value]
 
     def _mask_times(self, factor: float, like: Tensor) -> Tensor:

@@ -189,3 +189,19 @@ def test_fast_path_accepts_a_mask_made_in_inference_mode():
         denoiser = Denoiser(net, mask=torch.ones(1, 4, 4, dtype=torch.bool))
         first = denoiser(torch.ones(1, 1, 4, 4), 0.1)
     torch.testing.assert_close(denoiser(torch.ones(1, 1, 4, 4), 0.1), first)
+
+
+def test_changing_sigma_data_after_a_forward_pass_takes_effect():
+    """The per-noise-level coefficient cache is keyed on the preconditioning settings, not on sigma alone."""
+    from geodiff.backbones import UNet
+    from geodiff.diffusion.denoiser import Denoiser
+
+    torch.manual_seed(0)
+    denoiser = Denoiser(UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1))
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        denoiser(x, 1.0)
+        denoiser.sigma_data = 2.0
+        changed = denoiser(x, 1.0)
+        fresh = Denoiser(denoiser.backbone, sigma_data=2.0)(x, 1.0)
+    assert torch.equal(changed, fresh)
