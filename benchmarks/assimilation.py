@@ -449,11 +449,14 @@ def main() -> None:
     parser.add_argument("--dpo-lr", type=float, default=2e-5)
     parser.add_argument("--dpo-beta", type=float, default=2000.0)
     parser.add_argument("--tag", default="", help="align: suffix of the saved policy (evaluate it as dpo<tag>)")
+    parser.add_argument("--pairs", type=int, default=None, help="align: number of preference pairs to sample")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cfg = settings(args.quick)
+    if args.pairs is not None:
+        cfg["pairs"] = args.pairs
     if args.stage == "evaluate":
         stage_evaluate(work, cfg, args.methods.split(","), args.results)
     elif args.stage == "align":
