@@ -183,6 +183,11 @@ def compile_module(module: nn.Module, *, mode: str | None = None, dynamic: bool 
     ``fast(x, label)`` as ``net``; :meth:`geodiff.diffusion.denoiser.Denoiser.compile_backbone` does this inside
     a denoiser.
     """
+    # Guidance takes several vector-Jacobian products from one forward graph (MMPS's CG steps: retain_graph=True);
+    # compiled backward graphs that donate their buffers refuse that, so buffer donation is switched off.
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     return torch.compile(module, mode=mode, dynamic=dynamic)  # type: ignore[return-value]
 
 
