@@ -41,7 +41,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from geodiff.adapters.files import INCOMPLETE, check_netcdf
+from geodiff.adapters.files import INCOMPLETE, netcdf_files
 from geodiff.adapters.regrid import regrid, target_grid
 from geodiff.adapters.standardize import (
     CANONICAL_UNITS,
@@ -56,20 +56,6 @@ __all__ = ["open_collection", "open_dataset", "search", "stack_members", "to_gri
 
 _QUERY_COLUMNS = ("activity_id", "institution_id", "source_id", "experiment_id", "member_id", "table_id",
                   "variable_id", "grid_label", "version")
-
-
-def _as_paths(paths: Any) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        items = [Path(paths)]
-    else:
-        items = [Path(p) for p in paths]
-    if not items:
-        raise DataError("no files given")
-    for p in items:
-        if not p.exists():
-            raise DataError(f"file {str(p)!r} does not exist")
-        check_netcdf(p)
-    return sorted(items)
 
 
 def _open(paths: Sequence[Path]) -> xr.Dataset:
@@ -100,7 +86,7 @@ def open_dataset(
     Raises :class:`~geodiff.errors.DataError` when ``variable`` is not in the files, and the errors of
     :func:`~geodiff.adapters.standardize.standardize` on bad units or coordinates.
     """
-    files = _as_paths(paths)
+    files = netcdf_files(paths, "CMIP6")
     ds = _open(files)
     if variable not in ds.data_vars:
         raise DataError(f"variable {variable!r} is not in {[p.name for p in files]}; found {list(ds.data_vars)}")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from geodiff.adapters.files import INCOMPLETE, check_netcdf
+from geodiff.adapters.files import INCOMPLETE, netcdf_files
 from geodiff.adapters.standardize import convert_units, record, standardize
 from geodiff.adapters.stations import observation_table
 from geodiff.errors import DataError, ObservationError
@@ -47,18 +47,6 @@ PROFILE_VARIABLES: dict[str, dict[str, Any]] = {
 
 _ANALYSIS_UNITS = {"temperature": "degC", "salinity": "1e-3", "temperature_uncertainty": "K",
                    "salinity_uncertainty": "1e-3"}
-
-
-def _files(paths: Any) -> list[Path]:
-    items = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-    if not items:
-        raise DataError("no EN4 files given")
-    missing = [str(p) for p in items if not p.exists()]
-    if missing:
-        raise DataError(f"EN4 files {missing} do not exist")
-    for item in items:
-        check_netcdf(item)
-    return sorted(items)
 
 
 def open_analysis(
@@ -82,7 +70,7 @@ def open_analysis(
     >>> dict(ds.temperature.sizes), ds.temperature.attrs["units"], float(ds.lon[0])
     ({'time': 1, 'depth': 42, 'lat': 173, 'lon': 360}, 'degC', -180.0)
     """
-    files = _files(paths)
+    files = netcdf_files(paths, "EN4")
     try:
         if len(files) == 1:
             ds = xr.open_dataset(files[0], chunks={})
@@ -138,7 +126,7 @@ def read_profiles(
     ``qc_rejected_<FLAG>`` (values rejected by each flag; a value can fail several) and per variable
     ``qc_<var>_rejected`` say what happened.
     """
-    files = _files(paths)
+    files = netcdf_files(paths, "EN4")
     unknown = [v for v in variables if v not in PROFILE_VARIABLES]
     if unknown:
         raise DataError(f"unknown EN4 profile variables {unknown}; expected some of {sorted(PROFILE_VARIABLES)}")

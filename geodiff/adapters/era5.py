@@ -29,32 +29,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from geodiff.adapters.files import INCOMPLETE, check_netcdf
+from geodiff.adapters.files import INCOMPLETE, netcdf_files
 from geodiff.adapters.standardize import record, standardize
 from geodiff.errors import DataError
 
 __all__ = ["layout_of", "open_dataset"]
-
-
-def _files(paths: Any) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        path = Path(paths)
-        items = sorted(path.glob("*.nc")) if path.is_dir() else [path]
-    else:
-        items = sorted(Path(p) for p in paths)
-    if not items:
-        raise DataError(f"no ERA5 netCDF files found in {paths!r}")
-    missing = [str(p) for p in items if not p.exists()]
-    if missing:
-        raise DataError(f"ERA5 files {missing} do not exist")
-    for item in items:
-        check_netcdf(item)
-    return items
 
 
 def layout_of(ds: xr.Dataset) -> str:
@@ -105,7 +88,7 @@ def open_dataset(
     variables to canonical units (pint); ``geopotential_height=True`` adds ``{"z": "m"}``. Files of one request
     split by step type are merged; files of consecutive times are concatenated.
     """
-    files = _files(paths)
+    files = netcdf_files(paths, "ERA5", folder_glob="*.nc")
     try:
         opened = [xr.open_dataset(f, chunks={}) for f in files]
     except (OSError, ValueError) as err:

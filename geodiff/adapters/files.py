@@ -30,12 +30,13 @@ geodiff.errors.DataError: file '...t.nc' is incomplete or corrupt: ...
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from geodiff.errors import DataError
 
-__all__ = ["check_netcdf", "INCOMPLETE"]
+__all__ = ["check_netcdf", "netcdf_files", "INCOMPLETE"]
 
 #: the words every "truncated / unreadable file" message of the adapters contains
 INCOMPLETE = "incomplete or corrupt"
@@ -210,3 +211,31 @@ def check_netcdf(path: str | Path) -> str:
     if magic[:3] == b"CDF":
         raise DataError(f"file {str(path)!r} is {INCOMPLETE}: unknown netCDF version byte {magic[3:4]!r}")
     return "other"
+
+
+def netcdf_files(paths: str | Path | Sequence[str | Path], product: str, *, folder_glob: str | None = None) -> list[Path]:
+    """The input files of an adapter, sorted, each checked to exist and to be complete (:func:`check_netcdf`).
+
+    ``paths``: one path or several; with ``folder_glob`` (e.g. ``"*.nc"``) a folder stands for its matching files.
+    ``product`` names the product in the :class:`~geodiff.errors.DataError` messages.
+
+    >>> netcdf_files([], "EN4")
+    Traceback (most recent call last):
+    ...
+    geodiff.errors.DataError: no EN4 files given
+    """
+    if isinstance(paths, (str, Path)):
+        path = Path(paths)
+        items = sorted(path.glob(folder_glob)) if folder_glob and path.is_dir() else [path]
+    else:
+        items = [Path(p) for p in paths]
+    if not items:
+        if folder_glob and isinstance(paths, (str, Path)):
+            raise DataError(f"no {product} netCDF files found in {str(paths)!r} (looked for {folder_glob!r})")
+        raise DataError(f"no {product} files given")
+    missing = [str(p) for p in items if not p.exists()]
+    if missing:
+        raise DataError(f"{product} files {missing} do not exist")
+    for item in items:
+        check_netcdf(item)
+    return sorted(items)

@@ -21,11 +21,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import xarray as xr
 
-from geodiff.adapters.files import INCOMPLETE, check_netcdf
+from geodiff.adapters.files import INCOMPLETE, netcdf_files
 from geodiff.adapters.standardize import select_bbox, standardize
 from geodiff.errors import DataError
 
@@ -33,18 +32,6 @@ __all__ = ["CHANNELS", "open_dataset"]
 
 #: GridSat-B1 brightness-temperature channels and their canonical unit.
 CHANNELS: dict[str, str] = {"irwin_cdr": "K", "irwin_2": "K", "irwin_vza_adj": "K", "irwvp": "K", "vschn": "1"}
-
-
-def _files(paths: Any) -> list[Path]:
-    items = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-    if not items:
-        raise DataError("no GridSat-B1 files given")
-    missing = [str(p) for p in items if not p.exists()]
-    if missing:
-        raise DataError(f"GridSat-B1 files {missing} do not exist")
-    for item in items:
-        check_netcdf(item)
-    return sorted(items)
 
 
 def open_dataset(
@@ -59,7 +46,7 @@ def open_dataset(
     ``bbox = (west, south, east, north)`` in degrees; ``west > east`` crosses the dateline (the result's
     longitudes then run continuously in 0..360, recorded). Only the selected cells are read.
     """
-    files = _files(paths)
+    files = netcdf_files(paths, "GridSat-B1")
     try:
         if len(files) == 1:
             ds = xr.open_dataset(files[0], chunks={})

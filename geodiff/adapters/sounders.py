@@ -30,7 +30,7 @@ from typing import Any
 
 import xarray as xr
 
-from geodiff.adapters.files import INCOMPLETE, check_netcdf
+from geodiff.adapters.files import INCOMPLETE, netcdf_files
 from geodiff.adapters.standardize import standardize
 from geodiff.errors import DataError
 
@@ -69,13 +69,7 @@ def open_dataset(
     paths: str | Path | Sequence[str | Path], product: str | None = None, *, lon: str = "-180..180"
 ) -> xr.Dataset:
     """Sounder CDR file(s) of one product as a canonical ``(time, lat, lon)`` dataset in the canonical unit."""
-    files = [Path(paths)] if isinstance(paths, (str, Path)) else sorted(Path(p) for p in paths)
-    if not files:
-        raise DataError("no sounder files given")
-    for f in files:
-        if not f.exists():
-            raise DataError(f"sounder file {str(f)!r} does not exist")
-        check_netcdf(f)
+    files = netcdf_files(paths, "sounder")
     product = product or product_of(files[0])
     if product not in PRODUCTS:
         raise DataError(f"unknown sounder product {product!r}; products are {sorted(PRODUCTS)}")
