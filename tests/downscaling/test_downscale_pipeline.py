@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 import geodiff
-from geodiff.errors import ConfigError, CoordinateError
+from geodiff.errors import ConfigError, CoordinateError, UnitsError
 from geodiff.pipelines.downscale import coarsen
 
 from .conftest import FACTOR, H, W
@@ -96,3 +96,22 @@ def test_bad_inputs_raise(tiny_bundle, fine_dataset, coarse_dataset):
         geodiff.downscale(tiny_bundle, coarse_dataset, sources={"topography": shifted}, **SETTINGS)
     with pytest.raises(ConfigError, match="target variables"):
         geodiff.downscale(tiny_bundle, coarse_dataset.rename({"tas": "pr"}), **SETTINGS)
+
+
+def test_coarse_units_are_converted_to_the_model_units_or_rejected(tiny_bundle, coarse_dataset):
+    """A coarse field in degC for a kelvin model is converted (recorded); missing or wrong units are errors."""
+    assert coarse_dataset["tas"].attrs["units"] == "K"
+    reference = geodiff.downscale(tiny_bundle, coarse_dataset, **SETTINGS)
+    celsius = coarse_dataset.copy(deep=True)
+    celsius["tas"] = (coarse_dataset["tas"] - 273.15).assign_attrs(coarse_dataset["tas"].attrs, units="degC")
+    converted = geodiff.downscale(tiny_bundle, celsius, **SETTINGS)
+    np.testing.assert_allclose(converted["tas"].values, reference["tas"].values, atol=1e-3)
+    assert "degC" in converted.attrs["history"]
+    unitless = coarse_dataset.copy(deep=True)
+    del unitless["tas"].attrs["units"]
+    with pytest.raises(UnitsError, match="'coarse tas' has no 'units'"):
+        geodiff.downscale(tiny_bundle, unitless, **SETTINGS)
+    metres = coarse_dataset.copy(deep=True)
+    metres["tas"].attrs["units"] = "m"
+    with pytest.raises(UnitsError, match="cannot be converted to 'K'"):
+        geodiff.downscale(tiny_bundle, metres, **SETTINGS)
