@@ -63,6 +63,7 @@ from geodiff.io.normalize import Normalizer
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
 from geodiff.pipelines.reconstruct import append_history, time_generator_seed
+from geodiff.pipelines.units import model_units, to_model_units
 
 __all__ = [
     "AssimilationModel",
@@ -404,6 +405,7 @@ def assimilate(
     model.to(device)
     _check_background(model, background)
     codec = model.codec
+    background = to_model_units(background, model_units(codec, codec.variables), "background")
     codec.check_grid(background)
     table = as_observations(observations, default_error_std=default_error_std)
     clean, report = validate_observations(table, codec.lat, codec.lon, ocean_mask=codec.mask.cpu().numpy(),

@@ -61,6 +61,7 @@ from geodiff.io.bundle import ModelBundle, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import CoarsenOperator, PointOperator
 from geodiff.pipelines.reconstruct import append_history, time_generator_seed
+from geodiff.pipelines.units import model_units, to_model_units
 
 __all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscaling_metadata", "open_sample",
            "sample_paths", "COARSE"]
@@ -220,23 +221,6 @@ def _source_tensor(bundle: ModelBundle, ds: xr.Dataset, name: str, variables: li
     return torch.from_numpy(np.stack(arrays))[None]
 
 
-def _in_model_units(coarse: xr.Dataset, bundle: ModelBundle, target: Sequence[str]) -> xr.Dataset:
-    """The coarse field with each target variable in the model's units (pint conversion, recorded in ``history``);
-    :class:`~geodiff.errors.UnitsError` naming a variable without units or with units that do not convert."""
-    from geodiff.adapters.standardize import convert_units, record
-
-    changes: list[str] = []
-    for variable in target:
-        units = bundle.codec._var(variable)["attrs"].get("units")
-        if units is None:
-            continue  # a model trained on a variable without units cannot check them
-        converted, done = convert_units(coarse[variable], str(units), name=f"coarse {variable}")
-        if done:
-            coarse = coarse.assign({variable: converted})
-            changes += done
-    return record(coarse, changes, step="downscale")
-
-
 def downscale(
     model: ModelBundle | str,
     coarse: xr.Dataset | xr.DataArray,
@@ -315,7 +299,7 @@ def downscale(
         extra = [d for d in coarse[variable].dims if d not in (TIME, LAT, LON)]
         if extra:
             raise GridError(f"coarse variable {variable!r} has dimensions {extra}; downscale takes ([time,] lat, lon)")
-    coarse = _in_model_units(coarse, bundle, target)
+    coarse = to_model_units(coarse, model_units(bundle.codec, target), "coarse")
     lat = refine_coords(coarse[LAT].values, factor, LAT)
     lon = refine_coords(coarse[LON].values, factor, LON)
     height, width = lat.size, lon.size

@@ -7,7 +7,7 @@ import xarray as xr
 
 import geodiff
 from geodiff.dynamics import BarotropicModel
-from geodiff.errors import GridError, ObservationError
+from geodiff.errors import GridError, ObservationError, UnitsError
 from geodiff.pipelines.assimilate import AssimilationModel, assimilate, cycle, twin_dataset, twin_observations
 
 ERRORS = {"z": 5.0, "u": 1.0, "v": 1.0}
@@ -106,3 +106,17 @@ def test_bad_inputs_name_the_problem(model, truth, obs):
         assimilate(model, truth.drop_vars("v"), obs, members=1, steps=1, progress=False)
     with pytest.raises(ObservationError, match="'w'"):
         twin_observations(truth, [45.0], [0.0], error_std={"w": 1.0}, seed=0)
+
+
+def test_background_units_are_converted_or_rejected(model, truth, obs):
+    """Winds in km/h are converted to the model's m s-1 (recorded); a background without units is refused."""
+    reference = assimilate(model, truth, obs, members=1, steps=2, seed=0, progress=False)
+    kmh = truth.copy(deep=True)
+    kmh["u"] = (truth["u"] * 3.6).assign_attrs(truth["u"].attrs, units="km h-1")
+    converted = assimilate(model, kmh, obs, members=1, steps=2, seed=0, progress=False)
+    np.testing.assert_allclose(converted["u"].values, reference["u"].values, rtol=1e-4, atol=1e-4)
+    assert "km h-1" in converted.attrs["history"]
+    unitless = truth.copy(deep=True)
+    del unitless["z"].attrs["units"]
+    with pytest.raises(UnitsError, match="'background z' has no 'units'"):
+        assimilate(model, unitless, obs, members=1, steps=2, progress=False)
