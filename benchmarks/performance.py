@@ -2,7 +2,8 @@
 
 Sections (Markdown tables on stdout):
 
-1. matmul peak: a oneDNN GEMM (1x1 convolution, channels-last) fp32 and bf16, and MKL's ``torch.mm``;
+1. matmul peak: a oneDNN GEMM (1x1 convolution, channels-last) fp32 and bf16, the same convolution as PyTorch
+   dispatches it, and MKL's ``torch.mm``;
 2. network throughput: diffusers ``UNet2DModel`` (20 channels, 64x128, 18.2 M parameters, 26.1 GFLOP per
    sample forward counted with ``torch.utils.flop_counter``; self-attention at the coarsest level only) as is,
    channels-last, with the glibc allocator setting, and bf16 autocast; GFLOP/s, share of the GEMM figure, page
@@ -22,6 +23,7 @@ run. Needs the ``bench`` extra (azula); without it the azula rows are skipped wi
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import os
 import platform
@@ -130,18 +132,24 @@ def make_adapter(config: dict, channels: int, seed: int = 0) -> DiffusersUNet:
 
 
 def gemm_peak(args) -> dict[str, float]:
-    """GFLOP/s of a 1x1 convolution (oneDNN) in channels-last, fp32 and bf16, and of torch.mm (MKL) fp32."""
+    """GFLOP/s of a GEMM as a 1x1 convolution in channels-last through oneDNN (called explicitly: with one thread
+    and a batch below 16 PyTorch itself sends fp32 1x1 convolutions to its THNN/MKL path), fp32 and bf16; and, for
+    comparison, ``F.conv2d`` as PyTorch dispatches it and MKL's ``torch.mm`` (fp32)."""
     c, hw, b = (256, (16, 32), 2) if args.quick else (512, (32, 64), 4)
+    flops = 2 * b * c * c * hw[0] * hw[1]
     out: dict[str, float] = {}
     rows = []
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        conv = nn.Conv2d(c, c, 1, bias=False).to(dtype=dtype, memory_format=torch.channels_last)
+        weight = torch.randn(c, c, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
         x = torch.randn(b, c, *hw, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        flops = 2 * b * c * c * hw[0] * hw[1]
         with torch.inference_mode():
-            times = interleaved({"conv": lambda: conv(x)}, args.repeats * 3)["conv"]
-        out[f"conv_{label}"] = flops / median(times) / 1e9
-        rows.append((f"1x1 conv, channels-last (oneDNN) {label}", out[f"conv_{label}"], spread(times)))
+            times = interleaved({
+                "onednn": lambda: torch.ops.aten.mkldnn_convolution(x, weight, None, [0, 0], [1, 1], [1, 1], 1),
+                "dispatched": lambda: nn.functional.conv2d(x, weight)}, args.repeats * 3)  # fmt: skip
+        out[f"conv_{label}"] = flops / median(times["onednn"]) / 1e9
+        rows.append((f"1x1 conv, channels-last, oneDNN {label}", out[f"conv_{label}"], spread(times["onednn"])))
+        rows.append((f"1x1 conv, channels-last, as PyTorch dispatches it, {label}",
+                     flops / median(times["dispatched"]) / 1e9, spread(times["dispatched"])))
     a, w = torch.randn(b * hw[0] * hw[1], c), torch.randn(c, c)
     times = interleaved({"mm": lambda: torch.mm(a, w)}, args.repeats * 3)["mm"]
     rows.append(("torch.mm (MKL) fp32", 2 * a.shape[0] * c * c / median(times) / 1e9, spread(times)))
@@ -149,6 +157,8 @@ def gemm_peak(args) -> dict[str, float]:
     print("| kernel | GFLOP/s | max/min of repeats |\n|---|---|---|")
     for name, gflops, noise in rows:
         print(f"| {name} | {gflops:.1f} | {noise} |")
+    print(f"\noneDNN GEMM bf16 / fp32: {out['conv_bf16'] / out['conv_fp32']:.2f}x (what bf16 can give a network "
+          f"made of GEMMs only)")
     return out
 
 
@@ -187,6 +197,14 @@ def network_throughput(args, peak: dict[str, float]) -> dict[str, float]:
     setting = runtime.configure_allocator()
     measure("channels-last + allocator setting", forward(x_cl), "conv_fp32")
     measure("channels-last + allocator, bf16 autocast", forward(x_cl, "bf16"), "conv_bf16")
+    unet_bf16 = copy.deepcopy(unet).to(torch.bfloat16)  # weights cast once instead of at every autocast call
+    x_bf16 = x_cl.to(torch.bfloat16)
+
+    def forward_bf16():
+        with torch.inference_mode():
+            return unet_bf16(x_bf16, t, return_dict=False)[0]
+
+    measure("channels-last + allocator, bf16 weights and activations", forward_bf16, "conv_bf16")
     if args.compile:
         compiled = runtime.compile_module(unet)
 
@@ -208,8 +226,9 @@ def network_throughput(args, peak: dict[str, float]) -> dict[str, float]:
     for label, seconds, gflops, share, faults, noise in rows:
         print(f"| {label} | {seconds:.3f} | {gflops:.1f} | {share:.0f} % | {faults} | {noise} |")
     base = results["channels-last + allocator setting"]
-    print(f"\nbf16 / fp32 throughput (network alone): "
-          f"{base / results['channels-last + allocator, bf16 autocast']:.2f}x; "
+    print(f"\nbf16 / fp32 throughput (network alone): autocast "
+          f"{base / results['channels-last + allocator, bf16 autocast']:.2f}x, bf16 weights "
+          f"{base / results['channels-last + allocator, bf16 weights and activations']:.2f}x; "
           f"optimised / default fp32: {results['default (NCHW)'] / base:.2f}x")
     if args.compile:
         fp32, bf16 = (results[f"channels-last + allocator + torch.compile{s}"] for s in ("", ", bf16 autocast"))
@@ -384,38 +403,45 @@ def heldout_rmse(truth, ensemble, heldout) -> float:
 
 
 def bf16_reconstruction(args) -> None:
-    """bf16 autocast on the shipped prior: throughput and held-out RMSE against fp32 (same seed, same noise).
+    """bf16 autocast on the shipped prior: throughput and held-out RMSE against fp32, paired (same month, seed and
+    noise), over four held-out months.
 
-    The ensemble-mean RMSE of a few members moves with the random draw alone, so fp32 with other seeds is shown
+    The ensemble-mean RMSE of a few members moves with the random draw alone, so fp32 with another seed is shown
     as the noise floor of the comparison."""
     import geodiff
     from geodiff.pipelines.demo import prior_path
 
-    truth, obs, heldout = woa_problem()
     model = geodiff.load(prior_path())
     runtime.optimize(model.denoiser)
-    members, steps = (2, 8) if args.quick else (2 * args.members, 12)
-    runs = {"fp32": ("fp32", 0), "bf16": ("bf16", 0)}
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    out = {}
-    for _ in range(1 if args.quick else 2):
-        for name, (precision, seed) in runs.items():
+    members, steps = (2, 8) if args.quick else (4 * args.members, 12)
+    months = (7,) if args.quick else (1, 4, 7, 10)
+    rows, seconds = [], {"fp32": [], "bf16": []}
+    for month in months:
+        truth, obs, heldout = woa_problem(month)
+        rmse = {}
+        for name, precision, seed in (("fp32", "fp32", 0), ("bf16", "bf16", 0), ("fp32, seed 1", "fp32", 1)):
             start = time.perf_counter()
-            out[name] = geodiff.reconstruct(model, obs, members=members, steps=steps, seed=seed,
-                                            precision=precision, progress=False)
-            seconds[name].append(time.perf_counter() - start)
-    rmse = {name: heldout_rmse(truth, ens, heldout) for name, ens in out.items()}
-    for seed in (1, 2):
-        ens = geodiff.reconstruct(model, obs, members=members, steps=steps, seed=seed, progress=False)
-        rmse[f"fp32, seed {seed}"] = heldout_rmse(truth, ens, heldout)
-    print(f"\n## 5. bf16 autocast on the shipped WOA prior (August, 5 % coverage, {members} members, Heun {steps} "
-          f"steps + MMPS)\n")
-    print("| precision | seed | held-out RMSE [degC] | RMSE change vs fp32 seed 0 | throughput vs fp32 |")
-    print("|---|---|---|---|---|")
-    for name, value in rmse.items():
-        speed = f"{median(seconds['fp32']) / median(seconds[name]):.2f}x" if name in seconds else "-"
-        seed = runs[name][1] if name in runs else name.split()[-1]
-        print(f"| {name.split(',')[0]} | {seed} | {value:.4f} | {100 * (value / rmse['fp32'] - 1):+.2f} % | {speed} |")
+            ens = geodiff.reconstruct(model, obs, members=members, steps=steps, seed=seed, precision=precision,
+                                      progress=False)
+            if name in seconds:
+                seconds[name].append(time.perf_counter() - start)
+            rmse[name] = heldout_rmse(truth, ens, heldout)
+        rows.append((month, rmse))
+    print(f"\n## 5. bf16 autocast on the shipped WOA prior ({len(months)} held-out months, 5 % coverage, {members} "
+          f"members, Heun {steps} steps + MMPS)\n")
+    print("| month (0-based) | fp32 RMSE [degC] | bf16 RMSE, same seed | change | fp32 RMSE, seed 1 | change |")
+    print("|---|---|---|---|---|---|")
+    bf16_change, seed_change = [], []
+    for month, rmse in rows:
+        bf16_change.append(100 * (rmse["bf16"] / rmse["fp32"] - 1))
+        seed_change.append(100 * (rmse["fp32, seed 1"] / rmse["fp32"] - 1))
+        print(f"| {month} | {rmse['fp32']:.4f} | {rmse['bf16']:.4f} | {bf16_change[-1]:+.2f} % | "
+              f"{rmse['fp32, seed 1']:.4f} | {seed_change[-1]:+.2f} % |")
+    sem = statistics.stdev(bf16_change) / len(bf16_change) ** 0.5 if len(bf16_change) > 1 else float("nan")
+    print(f"\nbf16 RMSE change: mean {statistics.mean(bf16_change):+.2f} % (standard error {sem:.2f} %), mean |change| "
+          f"{statistics.mean(abs(c) for c in bf16_change):.2f} %; fp32 seed-to-seed mean |change| "
+          f"{statistics.mean(abs(c) for c in seed_change):.2f} %. Throughput bf16 / fp32 on this prior: "
+          f"{sum(seconds['fp32']) / sum(seconds['bf16']):.2f}x")
 
 
 def member_by_member(bundle, obs, members: int, **options):

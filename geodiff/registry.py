@@ -77,6 +77,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
     },
     "forecast": {
         "barotropic": "geodiff.dynamics.barotropic:BarotropicModel",
+        "autoregression": "geodiff.dynamics.autoregression:PointwiseAutoregression",
     },
 }
 

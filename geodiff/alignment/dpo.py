@@ -13,7 +13,9 @@ the loss is
 i.e. the policy ``D`` should denoise the winner better and the loser worse *than the reference does*; ``beta``
 sets how far it may move from the reference (the KL regularisation of DPO, implicit in this loss). When
 ``D == D_ref`` the bracket is 0 and ``L = log 2``. Optionally ``sft_weight`` adds the plain denoising loss on the
-winners. ``sigma`` is drawn from EDM's log-normal (``p_mean``, ``p_std``).
+winners. ``sigma`` is drawn from EDM's log-normal (``p_mean``, ``p_std``). With ``validation`` pairs the loss
+on them (fixed ``sigma`` and noise draws) is measured every ``eval_every`` steps and the weights with the lowest
+validation loss are kept (early stopping); the first measurement is at step 0, where it is ``log 2``.
 
 Example
 -------
@@ -87,12 +89,15 @@ def dpo_loss(
 
 @dataclass
 class DPOResult:
-    """``denoiser`` (fine-tuned in place), frozen ``reference``, per-step ``losses``, ``seconds``."""
+    """``denoiser`` (fine-tuned in place), frozen ``reference``, per-step ``losses``, ``seconds``; with validation
+    pairs ``validation_losses`` at steps ``0, eval_every, ...`` and ``best_step`` (the weights kept)."""
 
     denoiser: nn.Module
     reference: nn.Module
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    validation_losses: list[float] = field(default_factory=list)
+    best_step: int | None = None
 
 
 def dpo_finetune(
@@ -109,18 +114,25 @@ def dpo_finetune(
     p_mean: float = -1.2,
     p_std: float = 1.2,
     seed: int = 0,
+    validation: tuple[Tensor, Tensor, dict[str, Tensor] | None] | None = None,
+    eval_every: int = 10,
+    validation_draws: int = 4,
     progress: bool = True,
 ) -> DPOResult:
     """Fine-tune ``denoiser`` on preference pairs ``winners, losers [P, C, H, W]`` with per-pair ``cond``
-    ``{name: [P, ...]}``; the reference is a frozen copy of ``denoiser`` as passed (module docstring)."""
-    if winners.shape != losers.shape or winners.ndim != 4:
-        raise GridError(f"winners and losers must both be [P, C, H, W]; got {list(winners.shape)}, "
-                        f"{list(losers.shape)}")
-    for name, value in (cond or {}).items():
-        if value.shape[0] != winners.shape[0]:
-            raise GridError(f"cond[{name!r}] must have {winners.shape[0]} pairs first, got {list(value.shape)}")
+    ``{name: [P, ...]}``; the reference is a frozen copy of ``denoiser`` as passed (module docstring).
+    ``validation = (winners, losers, cond)`` held-out pairs ``[V, C, H, W]``: early stopping on their DPO loss
+    (``validation_draws`` fixed ``(sigma, noise)`` draws per pair, every ``eval_every`` steps)."""
+    _check_pairs(winners, losers, cond, "")
+    if validation is not None:
+        _check_pairs(*validation, "validation ")
+        if validation[0].shape[1:] != winners.shape[1:]:
+            raise GridError(f"validation pairs must be [V, {', '.join(map(str, winners.shape[1:]))}], got "
+                            f"{list(validation[0].shape)}")
     if steps < 1 or batch_size < 1 or not beta > 0 or not lr > 0:
         raise ConfigError(f"need steps, batch_size >= 1 and beta, lr > 0; got {steps}, {batch_size}, {beta}, {lr}")
+    if eval_every < 1 or validation_draws < 1:
+        raise ConfigError(f"need eval_every, validation_draws >= 1; got {eval_every}, {validation_draws}")
     reference = copy.deepcopy(denoiser).eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW([p for p in denoiser.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -128,7 +140,21 @@ def dpo_finetune(
     losses: list[float] = []
     start = time.perf_counter()
     pairs = winners.shape[0]
-    for _ in tqdm(range(steps), desc="dpo", disable=not progress):
+    check = None if validation is None else _Validation(*validation, draws=validation_draws, beta=beta,
+                                                        p_mean=p_mean, p_std=p_std, seed=seed + 1)  # fmt: skip
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    validation_losses: list[float] = []
+
+    def validate(step: int) -> None:
+        nonlocal best
+        validation_losses.append(check(denoiser, reference))
+        if best is None or validation_losses[-1] < best[0]:
+            best = (validation_losses[-1], step, copy.deepcopy(denoiser.state_dict()))
+        denoiser.train()
+
+    if check is not None:
+        validate(0)
+    for step in tqdm(range(1, steps + 1), desc="dpo", disable=not progress):
         index = torch.randint(pairs, (min(batch_size, pairs),), generator=generator)
         w, l = winners[index], losers[index]
         batch_cond = None if cond is None else {k: v[index] for k, v in cond.items()}
@@ -143,5 +169,47 @@ def dpo_finetune(
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
             raise ConfigError(f"DPO loss became non-finite at step {len(losses)}; lower lr or beta")
+        if check is not None and (step % eval_every == 0 or step == steps):
+            validate(step)
+    best_step = None
+    if best is not None:
+        denoiser.load_state_dict(best[2])
+        best_step = best[1]
     denoiser.eval()
-    return DPOResult(denoiser=denoiser, reference=reference, losses=losses, seconds=time.perf_counter() - start)
+    return DPOResult(denoiser=denoiser, reference=reference, losses=losses, seconds=time.perf_counter() - start,
+                     validation_losses=validation_losses, best_step=best_step)
+
+
+def _check_pairs(winners: Tensor, losers: Tensor, cond: dict[str, Tensor] | None, what: str) -> None:
+    if winners.shape != losers.shape or winners.ndim != 4:
+        raise GridError(f"{what}winners and losers must both be [P, C, H, W]; got {list(winners.shape)}, "
+                        f"{list(losers.shape)}")
+    for name, value in (cond or {}).items():
+        if value.shape[0] != winners.shape[0]:
+            raise GridError(f"{what}cond[{name!r}] must have {winners.shape[0]} pairs first, got {list(value.shape)}")
+
+
+class _Validation:
+    """DPO loss of held-out pairs at fixed ``(sigma, noise)`` draws (``draws`` per pair), in eval mode."""
+
+    def __init__(self, winners: Tensor, losers: Tensor, cond: dict[str, Tensor] | None, *, draws: int, beta: float,
+                 p_mean: float, p_std: float, seed: int, batch_size: int = 64):  # fmt: skip
+        generator = torch.Generator().manual_seed(seed)
+        self.winners, self.losers = winners.repeat(draws, 1, 1, 1), losers.repeat(draws, 1, 1, 1)
+        self.cond = None if cond is None else {k: v.repeat(draws, *([1] * (v.ndim - 1))) for k, v in cond.items()}
+        self.sigma = (p_mean + p_std * torch.randn(self.winners.shape[0], generator=generator,
+                                                   dtype=torch.float64)).exp()  # fmt: skip
+        self.noise = torch.randn(self.winners.shape, generator=generator, dtype=winners.dtype)
+        self.beta, self.batch_size = beta, batch_size
+
+    def __call__(self, policy: nn.Module, reference: nn.Module) -> float:
+        policy.eval()
+        total, n = 0.0, self.winners.shape[0]
+        with torch.no_grad():
+            for start in range(0, n, self.batch_size):
+                part = slice(start, start + self.batch_size)
+                cond = None if self.cond is None else {k: v[part] for k, v in self.cond.items()}
+                loss = dpo_loss(policy, reference, self.winners[part], self.losers[part], self.sigma[part],
+                                self.noise[part], cond, beta=self.beta)  # fmt: skip
+                total += float(loss) * self.winners[part].shape[0]
+        return total / n

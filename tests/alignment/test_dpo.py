@@ -3,11 +3,13 @@
 import copy
 import math
 
+import pytest
 import torch
 
 from geodiff.alignment.dpo import denoising_error, dpo_finetune, dpo_loss
 from geodiff.backbones.unet import UNet
 from geodiff.diffusion.denoiser import Denoiser
+from geodiff.errors import ConfigError, GridError
 
 
 def tiny(seed=0):
@@ -60,3 +62,42 @@ def test_finetuning_lowers_the_loss_and_favours_the_winners():
         gain_w = ref_w - denoising_error(policy, winners, sigma, noise)
         gain_l = ref_l - denoising_error(policy, losers, sigma, noise)
     assert gain_w.mean() > gain_l.mean()
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_step():
+    g = torch.Generator().manual_seed(3)
+    winners = 0.2 * torch.randn(24, 1, 8, 8, generator=g) + 1.0
+    losers = 0.2 * torch.randn(24, 1, 8, 8, generator=g) - 1.0
+    # held-out pairs that prefer the opposite: training on the others soon makes them worse
+    validation = (losers[:8] + 0.1, winners[:8] - 0.1, None)
+    options = dict(batch_size=8, beta=50.0, lr=5e-3, seed=4, progress=False)
+    policy = tiny(3)
+    initial = copy.deepcopy(policy.state_dict())
+    result = dpo_finetune(policy, winners, losers, steps=12, validation=validation, eval_every=4, **options)
+    assert len(result.validation_losses) == 4  # steps 0, 4, 8, 12
+    assert abs(result.validation_losses[0] - math.log(2)) < 1e-6
+    assert result.best_step == 0 == min(range(4), key=result.validation_losses.__getitem__)
+    assert all(torch.equal(initial[k], v) for k, v in policy.state_dict().items())
+    # held-out pairs like the training ones improve: a later step is kept, below log 2
+    policy = tiny(3)
+    result = dpo_finetune(policy, winners, losers, steps=12, validation=(winners[:8], losers[:8], None),
+                          eval_every=4, **options)  # fmt: skip
+    best = min(range(4), key=result.validation_losses.__getitem__)
+    assert result.best_step == 4 * best > 0 and result.validation_losses[best] < math.log(2) - 0.01
+    # the kept weights are exactly those of plain training for best_step steps (same batches and noise)
+    plain = tiny(3)
+    dpo_finetune(plain, winners, losers, steps=result.best_step, **options)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(policy.state_dict()[name], value), name
+
+
+def test_validation_pairs_must_match_the_training_pairs():
+    winners = torch.zeros(4, 1, 8, 8)
+    with pytest.raises(GridError, match="validation winners"):
+        dpo_finetune(tiny(), winners, winners, steps=1, validation=(winners[:, :, :4], winners, None), progress=False)
+    with pytest.raises(GridError, match="validation pairs"):
+        dpo_finetune(tiny(), winners, winners, steps=1, validation=(winners[:, :, :4], winners[:, :, :4], None),
+                     progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="eval_every"):
+        dpo_finetune(tiny(), winners, winners, steps=1, validation=(winners, winners, None), eval_every=0,
+                     progress=False)  # fmt: skip

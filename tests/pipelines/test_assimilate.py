@@ -7,8 +7,15 @@ import xarray as xr
 
 import geodiff
 from geodiff.dynamics import BarotropicModel
-from geodiff.errors import GridError, ObservationError, UnitsError
-from geodiff.pipelines.assimilate import AssimilationModel, assimilate, cycle, twin_dataset, twin_observations
+from geodiff.errors import ConfigError, GridError, ObservationError, UnitsError
+from geodiff.pipelines.assimilate import (
+    AssimilationModel,
+    assimilate,
+    cycle,
+    sample_analysis,
+    twin_dataset,
+    twin_observations,
+)
 
 ERRORS = {"z": 5.0, "u": 1.0, "v": 1.0}
 
@@ -71,6 +78,38 @@ def test_observations_move_the_analysis(model, truth, obs):
     assert not np.allclose(guided.z.values, free.z.values)
 
 
+def test_latent_clipping_bounds_the_latents_and_is_inert_above_their_range(model, truth):
+    background = torch.as_tensor(np.stack([truth[v].values[0] for v in ("z", "u", "v")]), dtype=torch.float32)
+
+    def run(clip):
+        return sample_analysis(model, background, members=3, steps=3, guidance="none", clip_latent=clip,
+                               generator=torch.Generator().manual_seed(3))  # fmt: skip
+
+    states, latents = run(None)
+    loose_states, loose_latents = run(float(latents.abs().max()) * 100.0)
+    torch.testing.assert_close(loose_latents, latents, rtol=0.0, atol=0.0)  # a bound above every value: no change
+    torch.testing.assert_close(loose_states, states, rtol=0.0, atol=0.0)
+    bound = 0.5 * float(latents.abs().max())
+    _, clipped = run(bound)
+    assert float(clipped.abs().max()) <= bound  # samplers end on the (clamped) denoised latent
+    assert float(clipped.abs().max()) == pytest.approx(bound)
+    model.prior.metadata["latent_max_abs"] = bound / 1.25  # as AssimilationModel.fit records it
+    try:
+        assert model.latent_bound == pytest.approx(bound)
+        torch.testing.assert_close(run("auto")[1], clipped, rtol=0.0, atol=0.0)
+    finally:
+        del model.prior.metadata["latent_max_abs"]
+    assert model.latent_bound is None
+    torch.testing.assert_close(run("auto")[1], latents, rtol=0.0, atol=0.0)  # no record: no clipping
+    for bad in (0.0, -1.0, "always"):
+        with pytest.raises(ConfigError, match="clip_latent"):
+            run(bad)
+    station = twin_observations(truth.isel(time=[0]), [45.0], [0.0], error_std=ERRORS, seed=1)
+    out = assimilate(model, truth.isel(time=[0]), station, members=2, steps=2, seed=1, clip_latent=bound,
+                     progress=False)  # fmt: skip
+    assert '"clip_latent": ' + repr(bound) in out.attrs["geodiff_guidance"]
+
+
 def test_save_load_round_trip(model, truth, obs, tmp_path):
     model.save(tmp_path / "da")
     loaded = AssimilationModel.load(tmp_path / "da")
@@ -120,3 +159,12 @@ def test_background_units_are_converted_or_rejected(model, truth, obs):
     del unitless["z"].attrs["units"]
     with pytest.raises(UnitsError, match="'background z' has no 'units'"):
         assimilate(model, unitless, obs, members=1, steps=2, progress=False)
+
+
+def test_fit_records_the_latent_range_that_sets_the_default_clipping(truth):
+    fitted = AssimilationModel.fit(truth, truth.isel(time=[2, 0, 1]).assign_coords(time=truth.time), latent_channels=2,
+                                   base_channels=8, autoencoder_steps=2, prior_steps=2, batch_size=2, progress=False)
+    states = torch.as_tensor(np.stack([truth[v].values for v in ("z", "u", "v")], axis=1))
+    largest = float(fitted.encode(states).abs().max())
+    assert fitted.prior.metadata["latent_max_abs"] == pytest.approx(largest, rel=1e-6)
+    assert fitted.latent_bound == pytest.approx(1.25 * largest, rel=1e-6)
