@@ -31,7 +31,8 @@ Stages (artefacts in ``--workdir``; training stays under ~10 minutes on one thre
     python benchmarks/assimilation_real.py plot              # truth / background / analysis / spread of a year
     python benchmarks/assimilation_real.py diagnose          # errors by region, autoencoder floor
 
-``--methods``: ``baselines``, ``mmps``, ``mmps16``, ``mmps_seed1``, ``mmps16_steps20``, ``dps_chung``.
+``--methods``: ``baselines``, ``mmps``, ``mmps16``, ``mmps_seed1``, ``mmps16_steps20``, ``mmps_clip``,
+``mmps16_clip`` (latents clipped at 1.25x the training range), ``dps_chung``.
 ``train --model NAME --ae-steps N --prior-steps N`` trains another model into ``workdir/NAME``; ``evaluate --model
 NAME`` evaluates it (rows ``<method>@NAME``); ``plot --plot-method KEY --year Y`` shows an evaluated method.
 ``--quick`` shrinks everything (smoke run).
@@ -56,7 +57,7 @@ from geodiff.baselines.var3d import fit_background_covariance
 from geodiff.dynamics.autoregression import PointwiseAutoregression
 from geodiff.errors import DataError
 from geodiff.operators import PointOperator
-from geodiff.pipelines.assimilate import AssimilationModel, sample_analysis
+from geodiff.pipelines.assimilate import LATENT_CLIP_FACTOR, AssimilationModel, sample_analysis
 
 YEAR = 360 * 86400.0  # the runs use a 360-day calendar; the forecast model steps one model year
 ERROR_STD = 0.5  # K, station error
@@ -270,14 +271,16 @@ def cycle_var3d(cycles: Cycles, forecast, first: torch.Tensor, b_matrix: np.ndar
 
 
 def cycle_diffusion(cycles: Cycles, forecast, first: torch.Tensor, da: AssimilationModel, *, members: int,
-                    steps: int, guidance: str, guidance_options: dict | None = None, seed_offset: int = 0):  # fmt: skip
+                    steps: int, guidance: str, guidance_options: dict | None = None, seed_offset: int = 0,
+                    clip_latent: float | None = None):  # fmt: skip
     """Diffusion cycling; returns members ``[T, M, H, W]`` and backgrounds ``[T, H, W]``."""
     background, out, bgs = first, [], []
     for t in range(cycles.truth.shape[0]):
         generator = torch.Generator().manual_seed(10_000 + seed_offset + t)
         states, _ = sample_analysis(da, background[None].float(), operator=cycles.assimilated, y=cycles.y[t],
                                     error_std=cycles.error_std, members=members, steps=steps, guidance=guidance,
-                                    guidance_options=guidance_options, generator=generator)  # fmt: skip
+                                    guidance_options=guidance_options, generator=generator,
+                                    clip_latent=clip_latent)  # fmt: skip
         states = states[:, 0].double()
         out.append(states)
         bgs.append(background)
@@ -292,9 +295,22 @@ VARIANTS = {
                                                                           seed_offset=1000)),
     "mmps16_steps20": ("latent diffusion, MMPS, 16 members, 20 Heun steps", dict(guidance="mmps", members=16,
                                                                                 steps=20)),
+    "mmps_clip": ("latent diffusion, MMPS, 8 members, clipped latents", dict(guidance="mmps", members=8, clip=True)),
+    "mmps16_clip": ("latent diffusion, MMPS, 16 members, clipped latents", dict(guidance="mmps", members=16,
+                                                                               clip=True)),
     "dps_chung": ("latent diffusion, DPS (Chung, scale 1), 8 members",
                   dict(guidance="dps", members=8, guidance_options={"convention": "chung"})),
 }
+
+
+def latent_bound(da: AssimilationModel, data: dict) -> float:
+    """The model's recorded latent bound, or (models trained before it was recorded) 1.25 x the largest ``|z|`` of
+    the training truths and backgrounds, as :meth:`AssimilationModel.fit` records it."""
+    if da.latent_bound is not None:
+        return da.latent_bound
+    states = torch.cat([data["train_truth"], data["train_background"]])[:, None].float()
+    largest = max(float(da.encode(part).abs().max()) for part in states.split(256))
+    return LATENT_CLIP_FACTOR * largest
 
 
 def stage_evaluate(work: Path, cfg: dict, methods: list[str], results_name: str = "results.json",
@@ -356,6 +372,9 @@ def stage_evaluate(work: Path, cfg: dict, methods: list[str], results_name: str 
     for key in todo:
         name, options = VARIANTS[key]
         name, key = name + (f" [{model_name}]" if suffix else ""), key + suffix
+        options = dict(options)
+        if options.pop("clip", False):
+            options["clip_latent"] = latent_bound(da, data)
         t0 = time.perf_counter()
         members, bgs = cycle_diffusion(cycles, forecast, first, da, **{"steps": cfg["steps"], **options})
         seconds = time.perf_counter() - t0
