@@ -57,7 +57,7 @@ from geodiff.baselines.var3d import fit_background_covariance
 from geodiff.dynamics.autoregression import PointwiseAutoregression
 from geodiff.errors import DataError
 from geodiff.operators import PointOperator
-from geodiff.pipelines.assimilate import LATENT_CLIP_FACTOR, AssimilationModel, sample_analysis
+from geodiff.pipelines.assimilate import AssimilationModel, sample_analysis
 
 YEAR = 360 * 86400.0  # the runs use a 360-day calendar; the forecast model steps one model year
 ERROR_STD = 0.5  # K, station error
@@ -304,13 +304,12 @@ VARIANTS = {
 
 
 def latent_bound(da: AssimilationModel, data: dict) -> float:
-    """The model's recorded latent bound, or (models trained before it was recorded) 1.25 x the largest ``|z|`` of
-    the training truths and backgrounds, as :meth:`AssimilationModel.fit` records it."""
-    if da.latent_bound is not None:
-        return da.latent_bound
-    states = torch.cat([data["train_truth"], data["train_background"]])[:, None].float()
-    largest = max(float(da.encode(part).abs().max()) for part in states.split(256))
-    return LATENT_CLIP_FACTOR * largest
+    """The model's latent bound; models trained before :meth:`AssimilationModel.fit` recorded their latent range
+    get it recorded here from the training truths and backgrounds, as ``fit`` does."""
+    if da.latent_bound is None:
+        states = torch.cat([data["train_truth"], data["train_background"]])[:, None].float()
+        da.prior.metadata["latent_max_abs"] = max(float(da.encode(part).abs().max()) for part in states.split(256))
+    return da.latent_bound
 
 
 def stage_evaluate(work: Path, cfg: dict, methods: list[str], results_name: str = "results.json",

@@ -325,9 +325,13 @@ def resolve_latent_bound(model: AssimilationModel, clip_latent: float | str | No
         return model.latent_bound
     if clip_latent is None:
         return None
-    if isinstance(clip_latent, str) or not float(clip_latent) > 0:
+    try:
+        bound = float(clip_latent)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        bound = float("nan")
+    if isinstance(clip_latent, str) or not bound > 0:
         raise ConfigError(f"clip_latent must be 'auto', None or a positive number, got {clip_latent!r}")
-    return float(clip_latent)
+    return bound
 
 
 def sample_analysis(

@@ -101,7 +101,7 @@ def test_latent_clipping_bounds_the_latents_and_is_inert_above_their_range(model
         del model.prior.metadata["latent_max_abs"]
     assert model.latent_bound is None
     torch.testing.assert_close(run("auto")[1], latents, rtol=0.0, atol=0.0)  # no record: no clipping
-    for bad in (0.0, -1.0, "always"):
+    for bad in (0.0, -1.0, float("nan"), "always", [1.0]):
         with pytest.raises(ConfigError, match="clip_latent"):
             run(bad)
     station = twin_observations(truth.isel(time=[0]), [45.0], [0.0], error_std=ERRORS, seed=1)
