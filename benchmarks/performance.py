@@ -333,8 +333,15 @@ def guided_steps(args) -> None:
     from geodiff.guidance import DPSGuidance, MMPSGuidance, ReconMOSTGuidance
     from geodiff.operators import PointOperator
 
+    from geodiff.backbones.group_norm import FastGroupNorm
+
     adapter = make_adapter(unet_config(args.quick), args.channels)
     denoiser = runtime.optimize(Denoiser(adapter, sigma_data=1.0))
+    # the same network with PyTorch's own GroupNorm (its channels-last backward is the slow one)
+    native_norm = copy.deepcopy(denoiser)
+    for layer in native_norm.modules():
+        if type(layer) is FastGroupNorm:
+            layer.__class__ = nn.GroupNorm
     lat = np.linspace(-60, 60, args.height)
     lon = np.linspace(0, 360, args.width, endpoint=False)
     depth = np.linspace(0, 1000, args.channels)
@@ -345,12 +352,13 @@ def guided_steps(args) -> None:
     y, err = torch.randn(n), torch.full((n,), 0.1)
     sigma = 2.0
     print(f"\n## 4. Guided step cost (one denoiser evaluation, {n} point observations, sigma = {sigma})\n")
-    print("| batch | unguided s | naive DPS | DPS | MMPS (1 CG step) | MMPS (2 CG steps) | "
-          "ReconMOST step (DDPM + hook) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | unguided s | naive DPS | DPS | DPS, PyTorch's GroupNorm backward | MMPS (1 CG step) | "
+          "MMPS (2 CG steps) | ReconMOST step (DDPM + hook) |")
+    print("|---|---|---|---|---|---|---|---|")
     for batch in args.guided_batches:
         x = torch.randn(batch, args.channels, args.height, args.width)
         dps = DPSGuidance(y, op, err).wrap(denoiser)
+        dps_native_norm = DPSGuidance(y, op, err).wrap(native_norm)
         mmps = MMPSGuidance(y, op, err).wrap(denoiser)
         mmps2 = MMPSGuidance(y, op, err, cg_iterations=2).wrap(denoiser)
         recon = ReconMOSTGuidance(y, op, err)
@@ -366,21 +374,23 @@ def guided_steps(args) -> None:
                 x_next, x0 = ddpm.step(denoiser, x, 0, sigma, 0.9 * sigma, {}, cond=None, generator=g)
                 return recon.hook(x_next, x=x, x0_hat=x0, sigma=sigma, sigma_next=0.9 * sigma, generator=g)
 
-        def naive_dps():  # weights not frozen, autograd through operator and loss
-            denoiser.requires_grad_(True)
+        def naive_dps():  # PyTorch's GroupNorm, weights not frozen, autograd through operator and loss
+            native_norm.requires_grad_(True)
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
-                loss = 0.5 * (((y - op(denoiser(x_in, sigma))) / err) ** 2).sum()
+                loss = 0.5 * (((y - op(native_norm(x_in, sigma))) / err) ** 2).sum()
                 grad = torch.autograd.grad(loss, x_in)[0]
-            denoiser.requires_grad_(False)
+            native_norm.requires_grad_(False)
             return grad
 
         with torch.no_grad():
             times = interleaved({"plain": unguided, "naive": naive_dps, "dps": lambda: dps(x, sigma),
+                                 "dps_native_norm": lambda: dps_native_norm(x, sigma),
                                  "mmps": lambda: mmps(x, sigma), "mmps2": lambda: mmps2(x, sigma),
                                  "recon": reconmost}, args.repeats)
         base = median(times["plain"])
-        ratios = " | ".join(f"{median(times[k]) / base:.2f}x" for k in ("naive", "dps", "mmps", "mmps2", "recon"))
+        columns = ("naive", "dps", "dps_native_norm", "mmps", "mmps2", "recon")
+        ratios = " | ".join(f"{median(times[k]) / base:.2f}x" for k in columns)
         print(f"| {batch} | {base:.3f} | {ratios} |")
 
 

@@ -10,7 +10,8 @@
 - :func:`precision_context`: autocast to bf16 (CPU, GPU) or fp16 (GPU) for the network only; the sampler and
   preconditioning arithmetic stay in the field's dtype (the denoiser casts the network's output back).
 - :func:`compile_module`: optional ``torch.compile`` (inductor needs a C++ compiler on CPU).
-- :func:`optimize`: all of the above for a denoiser, in one call.
+- :func:`optimize`: all of the above for a denoiser, in one call, plus GroupNorm layers whose channels-last
+  backward is fast on CPU (:mod:`geodiff.backbones.group_norm`; the guidance VJP's slowest non-GEMM kernel).
 
 Example
 -------
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from geodiff.backbones.group_norm import use_fast_group_norm
 from geodiff.errors import ConfigError
 
 __all__ = [
@@ -201,8 +203,10 @@ def optimize(
 ) -> nn.Module:
     """Prepare a :class:`~geodiff.diffusion.denoiser.Denoiser` for fast inference, in place (returned):
     eval mode, parameters frozen (``freeze``: guidance back-propagates to the input only, so no tensor is kept
-    for weight gradients), channels-last network and inputs, the allocator setting and optionally
-    ``torch.compile`` of the backbone. Outputs are unchanged up to float rounding; the saved state is unchanged.
+    for weight gradients), channels-last network and inputs (with its ``nn.GroupNorm`` layers switched to
+    :class:`~geodiff.backbones.group_norm.FastGroupNorm`, whose channels-last backward is up to 6x faster on CPU),
+    the allocator setting and optionally ``torch.compile`` of the backbone. Outputs are unchanged up to float
+    rounding; the saved state is unchanged.
 
     >>> from geodiff.backbones.unet import UNet
     >>> from geodiff.diffusion.denoiser import Denoiser
@@ -220,6 +224,7 @@ def optimize(
         raise ConfigError(f"optimize needs a Denoiser with a .backbone, got {type(denoiser).__name__}")
     if use_channels_last:
         channels_last(backbone)
+        use_fast_group_norm(backbone)
     denoiser.channels_last = bool(use_channels_last)
     if compile and not denoiser.is_compiled:
         denoiser.compile_backbone()
