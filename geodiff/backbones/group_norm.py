@@ -26,12 +26,19 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from geodiff.errors import ConfigError
+
 __all__ = ["FastGroupNorm", "group_norm_channels_last", "takes_fast_backward", "use_fast_group_norm"]
 
 #: channels per group below which the per-channel backward beats PyTorch's channels-last kernel
 FAST_BELOW_CHANNELS_PER_GROUP = 8
 #: batch x height x width from which it does (below, call overheads dominate; both take < 0.1 ms)
 FAST_FROM_POSITIONS = 1024
+
+
+def _check_groups(channels: int, groups: int) -> None:
+    if not isinstance(groups, int) or groups < 1 or channels % groups:
+        raise ConfigError(f"group_norm_channels_last: {channels} channels do not split into {groups!r} groups")
 
 
 class _GroupNormChannelsLast(torch.autograd.Function):
@@ -42,7 +49,6 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         n, c, h, w = x.shape
         y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, h * w, groups, eps)
         ctx.groups = groups
-        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.save_for_backward(x, weight, mean, rstd)
         return y
 
@@ -54,29 +60,28 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         groups = ctx.groups
         per_group = c // groups
         count = per_group * h * w
-        x3 = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view: channels-last is [N, H, W, C] in memory
+        x3 = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view when x is channels-last ([N, H, W, C])
         dy3 = grad_y.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, h * w, c)
         sum_dy = dy3.sum(1)  # [N, C]
         sum_dy_x = (dy3 * x3).sum(1)  # [N, C]
         scale = weight if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
-        # group means of dy_hat = dy * weight and of dy_hat * x_hat, x_hat = (x - mean) * rstd
-        mean_dy_hat = (sum_dy * scale).view(n, groups, per_group).sum(-1) / count  # [N, G]
-        mean_dy_hat_x_hat = rstd * ((sum_dy_x * scale).view(n, groups, per_group).sum(-1)
-                                    - mean * (sum_dy * scale).view(n, groups, per_group).sum(-1)) / count
+        rstd_c = rstd.repeat_interleave(per_group, 1)  # [N, C]
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # dx = rstd * (dy_hat - mean(dy_hat) - x_hat * mean(dy_hat * x_hat)) = a_c dy + b_g x + c_g
-            a = (rstd.repeat_interleave(per_group, 1) * scale).unsqueeze(1)  # [N, 1, C]
-            b = (-rstd * rstd * mean_dy_hat_x_hat).repeat_interleave(per_group, 1).unsqueeze(1)
+            # dx = rstd * (dy_hat - mean(dy_hat) - x_hat * mean(dy_hat * x_hat)) = a_c dy + b_g x + c_g,
+            # dy_hat = dy * weight, x_hat = (x - mean) * rstd, means over each group's C/G * H * W values
+            group_dy_hat = (sum_dy * scale).view(n, groups, per_group).sum(-1)  # [N, G]
+            group_dy_hat_x = (sum_dy_x * scale).view(n, groups, per_group).sum(-1)
+            mean_dy_hat = group_dy_hat / count
+            mean_dy_hat_x_hat = rstd * (group_dy_hat_x - mean * group_dy_hat) / count
+            b = (-rstd * rstd * mean_dy_hat_x_hat).repeat_interleave(per_group, 1).unsqueeze(1)  # [N, 1, C]
             offset = (rstd * (rstd * mean * mean_dy_hat_x_hat - mean_dy_hat)).repeat_interleave(per_group, 1)
             dx3 = torch.addcmul(offset.unsqueeze(1), x3, b)
-            dx3.addcmul_(dy3, a)
+            dx3.addcmul_(dy3, (rstd_c * scale).unsqueeze(1))
             grad_x = dx3.view(n, h, w, c).permute(0, 3, 1, 2)
-        if ctx.has_weight and ctx.needs_input_grad[1]:
-            # sum over positions of dy * x_hat, per channel
-            rstd_c, mean_c = rstd.repeat_interleave(per_group, 1), mean.repeat_interleave(per_group, 1)
-            grad_weight = ((sum_dy_x - mean_c * sum_dy) * rstd_c).sum(0)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if weight is not None and ctx.needs_input_grad[1]:  # sum over positions of dy * x_hat, per channel
+            grad_weight = ((sum_dy_x - mean.repeat_interleave(per_group, 1) * sum_dy) * rstd_c).sum(0)
+        if ctx.needs_input_grad[2]:
             grad_bias = sum_dy.sum(0)
         return grad_x, grad_weight, grad_bias, None, None
 
@@ -88,7 +93,14 @@ def group_norm_channels_last(x: Tensor, groups: int, weight: Tensor | None = Non
     >>> x = torch.randn(1, 4, 2, 2).contiguous(memory_format=torch.channels_last)
     >>> torch.equal(group_norm_channels_last(x, 2), torch.nn.functional.group_norm(x, 2))
     True
+    >>> group_norm_channels_last(x, 3)
+    Traceback (most recent call last):
+    ...
+    geodiff.errors.ConfigError: group_norm_channels_last: 4 channels do not split into 3 groups
     """
+    if x.ndim != 4:
+        raise ConfigError(f"group_norm_channels_last needs x [N, C, H, W], got shape {tuple(x.shape)}")
+    _check_groups(x.shape[1], groups)
     return _GroupNormChannelsLast.apply(x, weight, bias, groups, eps)
 
 
@@ -117,6 +129,10 @@ class FastGroupNorm(nn.GroupNorm):
     >>> norm(torch.zeros(1, 64, 4, 4)).shape
     torch.Size([1, 64, 4, 4])
     """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, **kwargs):
+        _check_groups(num_channels, num_groups)
+        super().__init__(num_groups, num_channels, eps, affine, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if takes_fast_backward(x, self.num_groups):

@@ -15,6 +15,7 @@ from geodiff.backbones.group_norm import (
     use_fast_group_norm,
 )
 from geodiff.diffusion.denoiser import Denoiser
+from geodiff.errors import ConfigError
 
 
 def channels_last(*shape, dtype=torch.float64, seed=0) -> torch.Tensor:
@@ -127,3 +128,12 @@ def test_optimize_switches_a_diffusers_unet_without_changing_outputs_gradients_o
         (grad,) = torch.autograd.grad(denoiser(x_in, 1.5).square().sum(), x_in)
         grads.append(grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_shapes_and_group_counts_are_rejected_by_name():
+    with pytest.raises(ConfigError, match="12 channels do not split into 5 groups"):
+        group_norm_channels_last(channels_last(1, 12, 4, 4), 5)
+    with pytest.raises(ConfigError, match=r"x \[N, C, H, W\], got shape \(12, 16\)"):
+        group_norm_channels_last(torch.zeros(12, 16), 4)
+    with pytest.raises(ConfigError, match="8 channels do not split into 3 groups"):
+        FastGroupNorm(3, 8)
