@@ -13,10 +13,10 @@ Example
 -------
 >>> import tempfile
 >>> from geodiff import catalog
->>> from geodiff.adapters import fixtures
+>>> from geodiff.testing import products
 >>> "en4_analysis" in catalog.names()
 True
->>> root = fixtures.write_catalog_tree(tempfile.mkdtemp(), only=["hirs_olr"])
+>>> root = products.write_catalog_tree(tempfile.mkdtemp(), only=["hirs_olr"])
 >>> catalog.open("hirs_olr", root=root).olr.attrs["units"]
 'W m-2'
 """
@@ -115,8 +115,8 @@ def paths(name: str, root: str | os.PathLike | None = None) -> list[Path]:
     """The files of entry ``name`` under the data root (sorted); DataError when none match its ``urlpath``.
 
     >>> import tempfile
-    >>> from geodiff.adapters import fixtures
-    >>> root = fixtures.write_catalog_tree(tempfile.mkdtemp(), only=["era5_single_levels"])
+    >>> from geodiff.testing import products
+    >>> root = products.write_catalog_tree(tempfile.mkdtemp(), only=["era5_single_levels"])
     >>> [p.name for p in paths("era5_single_levels", root)]
     ['data_stream-oper_stepType-accum.nc', 'data_stream-oper_stepType-instant.nc']
     """

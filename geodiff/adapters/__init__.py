@@ -15,7 +15,6 @@ module             reads
 ``standardize``    units (pint / cf_xarray), axes, lat / lon / depth conventions, checks
 ``files``          is a netCDF file complete? (a writer killed mid-write leaves it short: refused, named)
 ``regrid``         curvilinear -> rectilinear regridding (KD-tree on the sphere), depth interpolation
-``fixtures``       format-faithful synthetic files of every product (tests, docs, notebooks)
 =================  ==========================================================================================
 
 Adapters never import torch.
@@ -33,7 +32,7 @@ Example
 
 from __future__ import annotations
 
-from geodiff.adapters import cmip6, en4, era5, files, fixtures, gebco, gridsat, regrid, sounders, standardize, stations
+from geodiff.adapters import cmip6, en4, era5, files, gebco, gridsat, regrid, sounders, standardize, stations
 from geodiff.adapters.regrid import EN4_DEPTHS, Regridder, en4_grid, interp_depth, regular_grid
 from geodiff.adapters.standardize import (
     calendar_of,
@@ -57,7 +56,6 @@ __all__ = [
     "era5",
     "files",
     "find_axes",
-    "fixtures",
     "gebco",
     "gridsat",
     "interp_depth",

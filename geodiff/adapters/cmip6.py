@@ -20,8 +20,9 @@ converting dates.
 Example
 -------
 >>> import tempfile
->>> from geodiff.adapters import cmip6, fixtures, regrid
->>> path = fixtures.write_cmip6(tempfile.mkdtemp(), "CESM2")
+>>> from geodiff.adapters import cmip6, regrid
+>>> from geodiff.testing import products
+>>> path = products.write_cmip6(tempfile.mkdtemp(), "CESM2")
 >>> native = cmip6.open_dataset(path)
 >>> native.thetao.dims, native.depth.attrs["units"], float(native.depth[0])
 (('time', 'depth', 'nlat', 'nlon'), 'm', 5.0)
@@ -118,9 +119,9 @@ def to_grid(
     standardized again (lat ascending, one longitude convention: ``lon`` or the dataset's).
 
     >>> import tempfile
-    >>> from geodiff.adapters import fixtures
+    >>> from geodiff.testing import products
     >>> from geodiff.adapters.regrid import regular_grid
-    >>> native = open_dataset(fixtures.write_cmip6(tempfile.mkdtemp(), "MPI-ESM1-2-LR"))
+    >>> native = open_dataset(products.write_cmip6(tempfile.mkdtemp(), "MPI-ESM1-2-LR"))
     >>> to_grid(native, regular_grid(45.0), depth=[6.0, 7000.0]).thetao.isel(time=0, lat=2, lon=0).values.tolist()
     [23.01..., nan]
     """
@@ -307,10 +308,10 @@ def open_collection(
 
     >>> import tempfile
     >>> from geodiff.catalog import esm_collection_path
-    >>> from geodiff.adapters import fixtures
+    >>> from geodiff.testing import products
     >>> from geodiff.adapters.regrid import regular_grid
     >>> root = tempfile.mkdtemp()
-    >>> _ = fixtures.write_cmip6_tree(root)
+    >>> _ = products.write_cmip6_tree(root)
     >>> train = open_collection(esm_collection_path(), root=root, target=regular_grid(30.0), depth=[10.0],
     ...                         source_id=["CESM2", "MPI-ESM1-2-LR"], member_id="r1i1p1f1")
     >>> dict(train.thetao.sizes), sorted(set(train.source_id.values.tolist()))

@@ -14,9 +14,10 @@
 Example
 -------
 >>> import tempfile
->>> from geodiff.adapters import en4, fixtures
+>>> from geodiff.adapters import en4
+>>> from geodiff.testing import products
 >>> folder = tempfile.mkdtemp()
->>> obs = en4.read_profiles(fixtures.write_en4_profiles(folder))
+>>> obs = en4.read_profiles(products.write_en4_profiles(folder))
 >>> sorted(set(obs.variable.values.tolist())), obs.attrs["qc_rejected"] > 0
 (['so', 'thetao'], True)
 """
@@ -62,8 +63,8 @@ def open_analysis(
     and 1e-3). Data stay lazy (dask).
 
     >>> import tempfile, warnings
-    >>> from geodiff.adapters import fixtures
-    >>> path = fixtures.write_en4_analysis(tempfile.mkdtemp())
+    >>> from geodiff.testing import products
+    >>> path = products.write_en4_analysis(tempfile.mkdtemp())
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")  # the product's valid_max=45 (degC) on kelvin data is reported
     ...     ds = open_analysis(path)

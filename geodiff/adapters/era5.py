@@ -17,8 +17,9 @@ its name ``z`` and recording the conversion.
 Example
 -------
 >>> import tempfile
->>> from geodiff.adapters import era5, fixtures
->>> files = fixtures.write_era5(tempfile.mkdtemp(), layout="cds", kind="pressure")
+>>> from geodiff.adapters import era5
+>>> from geodiff.testing import products
+>>> files = products.write_era5(tempfile.mkdtemp(), layout="cds", kind="pressure")
 >>> ds = era5.open_dataset(files, geopotential_height=True)
 >>> ds.z.dims, ds.z.attrs["units"], ds.level.values.tolist(), bool(ds.lat[0] < ds.lat[-1])
 (('time', 'level', 'lat', 'lon'), 'm', [1000.0, 850.0, 500.0], True)

@@ -7,8 +7,9 @@ positive up (land) and negative below sea level, in metres (``standard_name`` he
 Example
 -------
 >>> import tempfile, pathlib
->>> from geodiff.adapters import fixtures, gebco
->>> path = fixtures.write_gebco(pathlib.Path(tempfile.mkdtemp()) / "GEBCO_2023.nc")
+>>> from geodiff.adapters import gebco
+>>> from geodiff.testing import products
+>>> path = products.write_gebco(pathlib.Path(tempfile.mkdtemp()) / "GEBCO_2023.nc")
 >>> topo = gebco.open_dataset(path, bbox=(179.0, 0.0, -179.0, 1.0))
 >>> topo.elevation.shape, topo.elevation.attrs["units"], type(topo.elevation.data).__module__.split(".")[0]
 ((240, 480), 'm', 'dask')

@@ -9,8 +9,9 @@ subsets by a bounding box (which may cross the dateline) before anything is load
 Example
 -------
 >>> import tempfile
->>> from geodiff.adapters import fixtures, gridsat
->>> path = fixtures.write_gridsat(tempfile.mkdtemp())
+>>> from geodiff.adapters import gridsat
+>>> from geodiff.testing import products
+>>> path = products.write_gridsat(tempfile.mkdtemp())
 >>> ds = gridsat.open_dataset(path, bbox=(170.0, -2.0, -170.0, 2.0))
 >>> ds.irwin_cdr.dims, ds.irwin_cdr.attrs["units"], float(ds.lon[0]), ds.attrs["geodiff_lon_convention"]
 (('time', 'lat', 'lon'), 'K', 170.0, '0..360')

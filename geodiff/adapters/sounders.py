@@ -14,8 +14,9 @@ canonical unit and standardizes the grid. The product is found from the file nam
 Example
 -------
 >>> import tempfile
->>> from geodiff.adapters import fixtures, sounders
->>> ds = sounders.open_dataset(fixtures.write_sounder(tempfile.mkdtemp(), "hirs_olr"))
+>>> from geodiff.adapters import sounders
+>>> from geodiff.testing import products
+>>> ds = sounders.open_dataset(products.write_sounder(tempfile.mkdtemp(), "hirs_olr"))
 >>> list(ds.data_vars), ds.olr.attrs["units"], ds.attrs["geodiff_sounder_product"]
 (['olr'], 'W m-2', 'hirs_olr')
 """

@@ -1,6 +1,6 @@
 """Point observations (station CSV tables, CF point / timeSeries netCDF) -> geodiff observation tables.
 
-An observation table (DESIGN section 4) is an ``xr.Dataset`` with one dimension ``obs``, data variables
+An observation table (layout and checks in :mod:`geodiff.observations`) is an ``xr.Dataset`` with one dimension ``obs``, data variables
 ``value`` and ``error_std`` and coordinates ``lat``, ``lon``, ``time``, optional ``depth``, ``variable``,
 ``source``, ``obs_id`` (plus ``units``: the unit of each value). :func:`observation_table` builds and checks one;
 :func:`read_stations` reads station files into one, converting units with pint.
@@ -204,8 +204,8 @@ def read_stations(
     ``obs_id`` is ``"<station>@<time>"``.
 
     >>> import tempfile, pathlib
-    >>> from geodiff.adapters import fixtures
-    >>> path = fixtures.write_stations_csv(pathlib.Path(tempfile.mkdtemp()) / "stations.csv")
+    >>> from geodiff.testing import products
+    >>> path = products.write_stations_csv(pathlib.Path(tempfile.mkdtemp()) / "stations.csv")
     >>> obs = read_stations(path, variable="t2m", units="degC", to_units="K", error_column="t2m_error")
     >>> obs.sizes["obs"], obs.attrs["n_missing"], obs.value.attrs["units"]
     (23, 1, 'K')

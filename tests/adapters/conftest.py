@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from geodiff.adapters import fixtures
+from geodiff.testing import products
 
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """A data root holding one file (set) of every catalog entry, laid out as data_catalog/ describes."""
-    return fixtures.write_catalog_tree(tmp_path_factory.mktemp("geodiff-data"))
+    return products.write_catalog_tree(tmp_path_factory.mktemp("geodiff-data"))
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 import xarray as xr
 
 from geodiff import catalog
-from geodiff.adapters import cmip6, fixtures
+from geodiff.adapters import cmip6
+from geodiff.testing import products
 from geodiff.adapters.regrid import en4_grid, regular_grid
 from geodiff.adapters.standardize import calendar_of
 from geodiff.errors import CalendarError, DataError, GridError, UnitsError
@@ -20,12 +21,12 @@ from geodiff.errors import CalendarError, DataError, GridError, UnitsError
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmip6")
-    fixtures.write_cmip6_tree(root)
+    products.write_cmip6_tree(root)
     return root
 
 
 def _path(root, source_id, member_id="r1i1p1f1"):
-    row = next(r for r in fixtures.cmip6_catalog_rows() if r["source_id"] == source_id and r["member_id"] == member_id)
+    row = next(r for r in products.cmip6_catalog_rows() if r["source_id"] == source_id and r["member_id"] == member_id)
     return root / row["path"]
 
 
@@ -55,7 +56,7 @@ def test_fixture_files_follow_the_cmip6_layout(tree, source_id, dims, lev_units,
 def test_collection_csv_lists_the_fixture_files(tree):
     with open(catalog.catalog_dir() / "cmip6_collection.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows == fixtures.cmip6_catalog_rows()
+    assert rows == products.cmip6_catalog_rows()
     for row in rows:
         assert (tree / row["path"]).exists()
 
@@ -83,8 +84,8 @@ def test_to_en4_grid_matches_the_truth(tree):
     assert out.thetao.dims == ("time", "depth", "lat", "lon") and out.thetao.shape == (3, 42, 173, 360)
     lat, lon = out.lat.values[:, None], out.lon.values[None, :]
     month = 1  # first time step
-    truth = fixtures.ocean_temperature(lat, lon, out.depth.values[0], month)
-    sea = ~fixtures.is_land(lat, lon) & (np.abs(lat) < 60)
+    truth = products.ocean_temperature(lat, lon, out.depth.values[0], month)
+    sea = ~products.is_land(lat, lon) & (np.abs(lat) < 60)
     surface = out.thetao.isel(time=0, depth=0).values
     finite = np.isfinite(surface) & sea
     assert finite.sum() > 0.95 * sea.sum()
@@ -93,9 +94,9 @@ def test_to_en4_grid_matches_the_truth(tree):
     # no extrapolation below the sea floor: where the floor (everywhere within 4 deg) is shallower than a level -> NaN
     from scipy.ndimage import maximum_filter
 
-    floor = maximum_filter(fixtures.seafloor_depth(lat, lon), size=9, mode="wrap")
+    floor = maximum_filter(products.seafloor_depth(lat, lon), size=9, mode="wrap")
     level = 30  # 2133.5 m
-    too_deep = (floor < out.depth.values[level] - 100.0) & ~fixtures.is_land(lat, lon)
+    too_deep = (floor < out.depth.values[level] - 100.0) & ~products.is_land(lat, lon)
     assert too_deep.any() and np.isnan(out.thetao.isel(time=0, depth=level).values[too_deep]).all()
 
 

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from geodiff.adapters import en4, fixtures
+from geodiff.adapters import en4
+from geodiff.testing import products
 from geodiff.errors import DataError, GeodiffWarning, ObservationError
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("en4")
-    return fixtures.write_en4_analysis(folder), fixtures.write_en4_profiles(folder, n_prof=80, seed=3)
+    return products.write_en4_analysis(folder), products.write_en4_profiles(folder, n_prof=80, seed=3)
 
 
 def test_analysis_fixture_layout(files):
@@ -42,7 +43,7 @@ def test_open_analysis_is_canonical_and_warns_once_about_the_valid_range(files):
     # never masked by the (wrong) valid range: NaN only where the file has its fill value
     assert int(ds.temperature.isnull().sum()) == int(raw.temperature.isnull().sum())
     lat, lon = ds.lat.values[:, None], ds.lon.values[None, :]
-    truth = fixtures.ocean_temperature(lat, lon, float(ds.depth[0]), 1)
+    truth = products.ocean_temperature(lat, lon, float(ds.depth[0]), 1)
     surface = ds.temperature.isel(time=0, depth=0).values
     np.testing.assert_allclose(surface[np.isfinite(surface)], truth[np.isfinite(surface)], atol=1e-4)
     assert "valid_max" not in ds.temperature.attrs and "contradictory" in ds.attrs["history"]
@@ -96,7 +97,7 @@ def test_read_profiles_honours_and_counts_qc(files):
     # the fixture made rejected values wrong on purpose: every kept value is the truth
     theta = obs.where(obs.variable == "thetao", drop=True)
     month = 1
-    truth = fixtures.ocean_temperature(theta.lat.values, theta.lon.values, theta.depth.values, month)
+    truth = products.ocean_temperature(theta.lat.values, theta.lon.values, theta.depth.values, month)
     np.testing.assert_allclose(theta.value.values, truth, atol=1e-3)
     assert "rejected by QC" in obs.attrs["history"]
 
@@ -133,7 +134,7 @@ def test_max_depth_and_bad_inputs(files):
 
 
 def test_table_is_accepted_by_geodiff_observations(files):
-    observations = pytest.importorskip("geodiff.observations")
+    from geodiff import observations
     from geodiff.adapters.regrid import en4_grid
 
     obs = en4.read_profiles(files[1], variables=("POTM_CORRECTED",))

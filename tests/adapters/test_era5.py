@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from geodiff.adapters import era5, fixtures
+from geodiff.adapters import era5
+from geodiff.testing import products
 from geodiff.errors import DataError
 
 
@@ -17,7 +18,7 @@ def folder(tmp_path_factory):
     out = {}
     for layout in ("cds", "legacy"):
         for kind in ("pressure", "single"):
-            out[layout, kind] = fixtures.write_era5(root / f"{layout}-{kind}", layout=layout, kind=kind)
+            out[layout, kind] = products.write_era5(root / f"{layout}-{kind}", layout=layout, kind=kind)
     return out
 
 

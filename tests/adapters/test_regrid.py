@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from geodiff.adapters import fixtures
+from geodiff.testing import products
 from geodiff.adapters.regrid import (
     EN4_DEPTHS,
     Regridder,
@@ -21,12 +21,12 @@ from geodiff.errors import CoordinateError, GridError
 
 @pytest.fixture(scope="module")
 def rotated():
-    lat, lon = fixtures.rotated_grid(72, 144, 72.0, -40.0)
+    lat, lon = products.rotated_grid(72, 144, 72.0, -40.0)
     return xr.DataArray(lat, dims=("nlat", "nlon")), xr.DataArray(lon, dims=("nlat", "nlon"))
 
 
 def _truth(lat, lon):
-    return fixtures.ocean_temperature(lat, lon, 0.0, 1)
+    return products.ocean_temperature(lat, lon, 0.0, 1)
 
 
 def test_unit_vectors_are_unit_and_periodic():
@@ -50,7 +50,7 @@ def test_curvilinear_to_regular_matches_the_truth(rotated, method, tol):
     out = Regridder(lat2d, lon2d, target.lat.values, target.lon.values, method=method)(field)
     truth = _truth(out.lat.values[:, None], out.lon.values[None, :])
     # the rotated grid has a hole around its pole (72 N, 40 W), inside the synthetic Greenland: compare at sea
-    sea = ~fixtures.is_land(out.lat.values[:, None], out.lon.values[None, :])
+    sea = ~products.is_land(out.lat.values[:, None], out.lon.values[None, :])
     assert np.isfinite(out.values[sea]).all()
     err = np.abs(out.values - truth)[sea]
     assert np.nanmax(err) < tol
@@ -67,16 +67,16 @@ def test_constant_field_is_exact_and_dateline_is_seamless(rotated):
 
 def test_land_follows_the_nearest_source_cell(rotated):
     lat2d, lon2d = rotated
-    values = np.where(fixtures.is_land(lat2d.values, lon2d.values), np.nan, 1.0)
+    values = np.where(products.is_land(lat2d.values, lon2d.values), np.nan, 1.0)
     field = xr.DataArray(values, dims=("nlat", "nlon"))
     target = regular_grid(2.0, (-70.0, 70.0))
     out = Regridder(lat2d, lon2d, target.lat.values, target.lon.values)(field)
-    land = fixtures.is_land(out.lat.values[:, None], out.lon.values[None, :])
+    land = products.is_land(out.lat.values[:, None], out.lon.values[None, :])
     # away from the coasts the land/sea pattern is the truth's; ocean values stay 1 (land never contributes)
     lat, lon = out.lat.values[:, None], out.lon.values[None, :]
     interior_land = land & (lat < 60.0)  # away from the hole around the rotated pole (72 N, 40 W)
     for dlat, dlon in ((3, 0), (-3, 0), (0, 3), (0, -3)):
-        interior_land &= fixtures.is_land(lat + dlat, lon + dlon)
+        interior_land &= products.is_land(lat + dlat, lon + dlon)
     assert np.isnan(out.values[interior_land]).all()
     np.testing.assert_allclose(out.values[np.isfinite(out.values)], 1.0)
     assert np.isfinite(out.values[~land]).mean() > 0.97
@@ -153,11 +153,11 @@ def test_float32_stays_float32_lazily_and_eagerly():
 
 
 def test_training_set_encodes_and_decodes_with_the_codec(tmp_path):
-    codec_mod = pytest.importorskip("geodiff.io.codec")
     from geodiff import catalog
     from geodiff.adapters import cmip6
+    from geodiff.io import codec as codec_mod
 
-    fixtures.write_cmip6_tree(tmp_path)
+    products.write_cmip6_tree(tmp_path)
     train = cmip6.open_collection(catalog.esm_collection_path(), root=tmp_path, target=regular_grid(30.0),
                                   depth=[10.0, 100.0], source_id=["CESM2", "MPI-ESM1-2-LR"],
                                   member_id="r1i1p1f1").load()

@@ -6,18 +6,19 @@ import netCDF4
 import numpy as np
 import pytest
 
-from geodiff.adapters import fixtures, gebco, gridsat, sounders
+from geodiff.adapters import gebco, gridsat, sounders
+from geodiff.testing import products
 from geodiff.errors import DataError
 
 
 @pytest.fixture(scope="module")
 def gridsat_file(tmp_path_factory):
-    return fixtures.write_gridsat(tmp_path_factory.mktemp("gridsat"))
+    return products.write_gridsat(tmp_path_factory.mktemp("gridsat"))
 
 
 @pytest.fixture(scope="module")
 def gebco_file(tmp_path_factory):
-    return fixtures.write_gebco(tmp_path_factory.mktemp("gebco") / "GEBCO_2023.nc")
+    return products.write_gebco(tmp_path_factory.mktemp("gebco") / "GEBCO_2023.nc")
 
 
 def test_gridsat_layout_is_packed(gridsat_file):
@@ -64,7 +65,7 @@ def test_gridsat_missing_variable(gridsat_file):
 @pytest.mark.parametrize("product,variable,units", [
     ("amsua_tmt", "tcdr_TMT", "K"), ("hirs_olr", "olr", "W m-2"), ("hirs_uth", "uth", "%"), ("mhs_uth", "uth", "%")])
 def test_sounder_products(tmp_path, product, variable, units):
-    path = fixtures.write_sounder(tmp_path, product)
+    path = products.write_sounder(tmp_path, product)
     assert sounders.product_of(path) == product
     ds = sounders.open_dataset(path)
     assert list(ds.data_vars) == [variable] and ds[variable].attrs["units"] == units
@@ -76,7 +77,7 @@ def test_sounder_products(tmp_path, product, variable, units):
 def test_sounder_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="cannot tell the sounder product"):
         sounders.product_of("something.nc")
-    path = fixtures.write_sounder(tmp_path, "hirs_olr")
+    path = products.write_sounder(tmp_path, "hirs_olr")
     with pytest.raises(DataError, match="no variable 'uth'"):
         sounders.open_dataset(path, product="hirs_uth")
 

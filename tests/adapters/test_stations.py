@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from geodiff.adapters import fixtures
+from geodiff.testing import products
 from geodiff.adapters.stations import observation_table, read_stations
 from geodiff.errors import DataError, ObservationError
 
 
 def test_csv_to_observation_table_with_units(tmp_path):
-    path = fixtures.write_stations_csv(tmp_path / "stations.csv")
+    path = products.write_stations_csv(tmp_path / "stations.csv")
     frame = pd.read_csv(path)
     obs = read_stations(path, variable="t2m", units="degC", to_units="K", error_column="t2m_error")
     kept = frame.dropna(subset=["t2m"])
@@ -31,7 +31,7 @@ def test_dataframe_and_constant_error():
 
 
 def test_cf_timeseries_netcdf(tmp_path):
-    path = fixtures.write_stations_netcdf(tmp_path / "ts.nc")
+    path = products.write_stations_netcdf(tmp_path / "ts.nc")
     obs = read_stations(path, variable="tas", error_std=0.5, station="station_name")
     raw = xr.open_dataset(path)
     assert obs.sizes["obs"] == raw.tas.size - 1 and obs.value.attrs["units"] == "K"
@@ -41,7 +41,7 @@ def test_cf_timeseries_netcdf(tmp_path):
 
 
 def test_station_inputs_are_checked(tmp_path):
-    path = fixtures.write_stations_csv(tmp_path / "stations.csv")
+    path = products.write_stations_csv(tmp_path / "stations.csv")
     with pytest.raises(DataError, match="give units="):
         read_stations(path, variable="t2m", error_std=0.5)
     with pytest.raises(ObservationError, match="error_std"):
@@ -70,7 +70,7 @@ def test_observation_ids_are_unique():
 
 
 def test_observation_table_zarr_round_trip(tmp_path):
-    obs = read_stations(fixtures.write_stations_csv(tmp_path / "s.csv"), variable="t2m", units="degC",
+    obs = read_stations(products.write_stations_csv(tmp_path / "s.csv"), variable="t2m", units="degC",
                         error_std=0.5)
     obs.to_zarr(tmp_path / "obs.zarr", consolidated=False)
     back = xr.open_zarr(tmp_path / "obs.zarr", consolidated=False).load()

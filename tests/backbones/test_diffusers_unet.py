@@ -3,8 +3,7 @@ import torch
 
 from geodiff.backbones import DiffusersUNet
 from geodiff.errors import ConfigError
-
-from .contract import BackboneContract
+from geodiff.testing.backbones import BackboneContract
 
 TINY = {
     "block_out_channels": (8, 16),

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 from geodiff.backbones import UNet
 from geodiff.backbones.layers import SelfAttention, crop, group_norm, pad_to_multiple
 from geodiff.errors import ConfigError
-
-from .contract import BackboneContract, fill_zero_parameters
+from geodiff.testing.backbones import BackboneContract, fill_zero_parameters
 
 TINY = {"base_channels": 8, "channel_mults": (1, 2, 2), "num_res_blocks": 1, "attention_levels": (-1,)}
 

@@ -15,32 +15,7 @@ from geodiff.batch import PipelineJob
 from geodiff.backbones.unet import UNet
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.io import Codec, ModelBundle, Normalizer
-
-DEPTHS = (0.0, 50.0)
-LAT = np.linspace(-15.0, 15.0, 8)
-LON = np.linspace(0.0, 31.0, 16)
-LAND_LON = 8  # lon columns 0..7 are land at every depth: with lon chunks of 8 that whole chunk is land
-VARIABLE = "thetao"
-
-
-def synthetic_ocean(times: int = 6, seed: int = 0) -> xr.Dataset:
-    """Canonical ``thetao (time, depth, lat, lon)`` in degC with land on the western half of the grid."""
-    rng = np.random.default_rng(seed)
-    shape = (times, len(DEPTHS), len(LAT), len(LON))
-    base = 20.0 - 0.3 * np.abs(LAT)[None, None, :, None] - 0.05 * np.asarray(DEPTHS)[None, :, None, None]
-    values = (base + rng.normal(0.0, 0.5, shape)).astype("float32")
-    values[..., :LAND_LON] = np.nan
-    ds = xr.Dataset(
-        {VARIABLE: (("time", "depth", "lat", "lon"), values,
-                    {"units": "degC", "standard_name": "sea_water_potential_temperature",
-                     "long_name": "sea water potential temperature"})},
-        coords={"time": pd.date_range("2001-01-01", periods=times, freq="D"),
-                "depth": ("depth", np.asarray(DEPTHS), {"units": "m", "positive": "down"}),
-                "lat": ("lat", LAT, {"units": "degrees_north"}), "lon": ("lon", LON, {"units": "degrees_east"})},
-        attrs={"title": "synthetic ocean", "history": "made by tests/batch/helpers.py"},
-    )
-    return ds
-
+from geodiff.testing.datasets import DEPTHS, LAND_LON, LON, VARIABLE, synthetic_ocean
 
 def tiny_bundle(folder: Path, steps: int = 3) -> Path:
     """Train a tiny mask-aware UNet prior for a few steps and save its bundle to ``folder``."""

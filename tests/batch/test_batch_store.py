@@ -24,7 +24,7 @@ def test_batch_output_equals_one_direct_reconstruct_call(bundle, reference):
     for key in ("units", "standard_name", "long_name"):
         assert stored[VARIABLE].attrs[key] == direct[VARIABLE].attrs[key]
     lines = stored.attrs["history"].splitlines()
-    assert lines[0] == "made by tests/batch/helpers.py"  # the input's history is kept, lines are appended
+    assert lines[0] == "made by geodiff.testing.datasets.synthetic_ocean"  # the input's history is kept, lines are appended
     assert "geodiff.batch.run_batch" in lines[1] and "finalise" in lines[2]
     assert json.loads(stored.attrs["geodiff_job"])["seed"] == 3
     assert stored.attrs["geodiff_model_sha256"] == geodiff.load(bundle).sha256

@@ -23,7 +23,8 @@ import pytest
 import torch
 import xarray as xr
 
-from geodiff.adapters import cmip6, en4, era5, fixtures, gebco, gridsat, sounders, stations, woa
+from geodiff.adapters import cmip6, en4, era5, gebco, gridsat, sounders, stations, woa
+from geodiff.testing import products
 from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.adapters.standardize import standardize
 from geodiff.errors import CheckpointError, DataError, GeodiffWarning
@@ -50,14 +51,14 @@ def _ferret_file(folder: Path) -> Path:
 
 #: adapter -> (write a valid file into a folder, open it)
 ADAPTERS = {
-    "cmip6": (lambda d: fixtures.write_cmip6(d), cmip6.open_dataset),
-    "en4 analysis": (lambda d: fixtures.write_en4_analysis(d), en4.open_analysis),
-    "en4 profiles": (lambda d: fixtures.write_en4_profiles(d, n_prof=20), en4.read_profiles),
-    "era5": (lambda d: fixtures.write_era5(d, hours=1, step=10.0)[0], era5.open_dataset),
-    "gridsat": (lambda d: fixtures.write_gridsat(d, lat_range=(-1.0, 1.0)), gridsat.open_dataset),
-    "sounders": (lambda d: fixtures.write_sounder(d, months=1), sounders.open_dataset),
-    "gebco": (lambda d: fixtures.write_gebco(d / "gebco.nc", tile=(0.0, 0.0, 2.0, 2.0)), gebco.open_dataset),
-    "stations": (lambda d: fixtures.write_stations_netcdf(d / "stations.nc"),
+    "cmip6": (lambda d: products.write_cmip6(d), cmip6.open_dataset),
+    "en4 analysis": (lambda d: products.write_en4_analysis(d), en4.open_analysis),
+    "en4 profiles": (lambda d: products.write_en4_profiles(d, n_prof=20), en4.read_profiles),
+    "era5": (lambda d: products.write_era5(d, hours=1, step=10.0)[0], era5.open_dataset),
+    "gridsat": (lambda d: products.write_gridsat(d, lat_range=(-1.0, 1.0)), gridsat.open_dataset),
+    "sounders": (lambda d: products.write_sounder(d, months=1), sounders.open_dataset),
+    "gebco": (lambda d: products.write_gebco(d / "gebco.nc", tile=(0.0, 0.0, 2.0, 2.0)), gebco.open_dataset),
+    "stations": (lambda d: products.write_stations_netcdf(d / "stations.nc"),
                  lambda p: stations.read_stations(p, variable="tas", error_std=0.5)),
     "woa (Ferret)": (_ferret_file, woa.open_ferret_woa),
 }

@@ -1,4 +1,4 @@
-"""The backbone contract as a reusable test class.
+"""The backbone contract as a reusable test class (for pytest; any backbone plugin can reuse it).
 
 A test module checks a backbone by subclassing :class:`BackboneContract` (class name starting with ``Test``)
 and setting ``backbone_cls``, ``config`` (a tiny configuration without ``in_channels``, ``mask_aware``,

@@ -26,8 +26,8 @@ Products and their layouts:
 Example
 -------
 >>> import tempfile, xarray as xr
->>> from geodiff.adapters import fixtures
->>> path = fixtures.write_cmip6(tempfile.mkdtemp(), "CESM2")
+>>> from geodiff.testing import products
+>>> path = products.write_cmip6(tempfile.mkdtemp(), "CESM2")
 >>> path.name
 'thetao_Omon_CESM2_historical_r1i1p1f1_gn_200001-200003.nc'
 >>> with xr.open_dataset(path, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
@@ -351,7 +351,7 @@ def write_cmip6(
         "creation_date": created, "tracking_id": f"hdl:21.14100/geodiff-fixture-{source_id}-{member_id}",
         "license": "CMIP6 model data produced by the fixture writer of geodiff are synthetic (not model output).",
         "title": f"{source_id} output prepared for CMIP6 (format-faithful synthetic file written by geodiff)",
-        "history": f"{created} written by geodiff.adapters.fixtures.write_cmip6 (synthetic values)",
+        "history": f"{created} written by geodiff.testing.products.write_cmip6 (synthetic values)",
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     path = Path(root) / _cmip6_relpath(source_id, member_id, experiment_id, start, months)
@@ -435,7 +435,7 @@ def write_en4_analysis(directory: str | Path, year: int = 2000, month: int = 1) 
     attrs = {
         "Conventions": "CF-1.0", "title": "EN.4.2.2 objective analysis (format-faithful synthetic file)",
         "institution": "Met Office Hadley Centre (layout); values synthetic",
-        "history": "written by geodiff.adapters.fixtures.write_en4_analysis",
+        "history": "written by geodiff.testing.products.write_en4_analysis",
         "references": "Good, S. A., M. J. Martin and N. A. Rayner, 2013, JGR Oceans, 118, 6704-6716",
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
@@ -510,7 +510,7 @@ def write_en4_profiles(
         nc.createDimension("DATE_TIME", 14)
         nc.setncatts({"title": "EN4 quality controlled profiles (format-faithful synthetic file)",
                       "institution": "Met Office Hadley Centre (layout); values synthetic",
-                      "history": "written by geodiff.adapters.fixtures.write_en4_profiles",
+                      "history": "written by geodiff.testing.products.write_en4_profiles",
                       "Conventions": "CF-1.0"})
         v = nc.createVariable("DATA_TYPE", "S1", ("STRING8",))
         v[:] = netCDF4.stringtochar(np.array(["EN4 PROF"], "S8"))[0]
@@ -866,7 +866,7 @@ def write_gebco(path: str | Path, *, tile: Sequence[float] = (170.0, -10.0, -170
                       "title": "The GEBCO_2023 Grid - a continuous terrain model for oceans and land at 15 arc-second"
                                " intervals (format-faithful synthetic file: one tile written)",
                       "institution": "On behalf of the General Bathymetric Chart of the Oceans (GEBCO) (layout)",
-                      "source": "synthetic", "history": "written by geodiff.adapters.fixtures.write_gebco",
+                      "source": "synthetic", "history": "written by geodiff.testing.products.write_gebco",
                       "node_offset": np.int32(1)})
         nc.createDimension("lat", n_lat)
         nc.createDimension("lon", n_lon)
