@@ -30,7 +30,8 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from geodiff.adapters.woa import SAMPLE_NAME, VARIABLE, WOA_LICENCE, file_sha256, open_ferret_woa
+from geodiff.adapters.woa import SAMPLE_NAME, VARIABLE, WOA_LICENCE, open_ferret_woa
+from geodiff.tutorial import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "geodiff" / "data" / f"{SAMPLE_NAME}.nc"
@@ -50,7 +51,7 @@ FILL = np.int16(-32768)
 
 HEADER = """\
 # geodiff sample-data manifest: every file shipped in geodiff/data/, with provenance, licence and sha256.
-# geodiff.adapters.woa.open_sample(name) refuses a file whose sha256 differs from its entry here.
+# geodiff.tutorial.open_dataset(name) refuses a file whose sha256 differs from its entry here.
 # Entries are written by the scripts named in `made_by`; geodiff/data/samples.yaml is an identical copy
 # shipped inside the package.
 """
@@ -110,7 +111,7 @@ def manifest_entry(ds: xr.Dataset, path: Path, max_error: float, source: Path, d
         "sha256": file_sha256(path),
         "size_bytes": path.stat().st_size,
         "made_by": "data_catalog/make_woa_sample.py",
-        "opened_by": "geodiff.adapters.woa.open_sample",
+        "opened_by": "geodiff.tutorial.open_dataset",
         "title": ds.attrs["title"],
         "variable": VARIABLE,
         "standard_name": temp.attrs["standard_name"],

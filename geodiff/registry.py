@@ -66,7 +66,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "sounders": "geodiff.adapters.sounders:open_dataset",
         "gebco": "geodiff.adapters.gebco:open_dataset",
         "stations": "geodiff.adapters.stations:read_stations",
-        "woa_sample": "geodiff.adapters.woa:open_sample",
+        "woa_sample": "geodiff.tutorial:open_dataset",
         "ferret_woa": "geodiff.adapters.woa:open_ferret_woa",
     },
     "reward": {

@@ -3,7 +3,8 @@
 The sample ``woa_monthly_temperature`` is the World Ocean Atlas (WOA) monthly climatology of in-situ sea water
 temperature, 12 climatological months x 19 standard depths (0-1000 m) on a 2-degree grid, as distributed in
 Debian's ``ferret-datasets`` package (``usr/share/ferret-vis/data/ocean_atlas_subset.nc``). It is remade by
-``data_catalog/make_woa_sample.py``; its provenance, licence and sha256 are in ``data_catalog/samples.yaml``.
+``data_catalog/make_woa_sample.py``; its provenance, licence and sha256 are in ``data_catalog/samples.yaml``; :mod:`geodiff.tutorial` opens
+it (``open_sample`` here is :func:`geodiff.tutorial.open_dataset`).
 
 Canonical form (what :func:`open_sample` and :func:`open_ferret_woa` return):
 
@@ -42,18 +43,18 @@ Example
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.errors import CalendarError, ConfigError, CoordinateError, DataError, GridError, UnitsError
+from geodiff.tutorial import WOA_SAMPLE, file_sha256, load_manifest, manifest_path, sample_path
+from geodiff.tutorial import open_dataset as open_sample
 
 __all__ = [
     "DEFAULT_BOX",
@@ -70,14 +71,11 @@ __all__ = [
     "sample_path",
 ]
 
-SAMPLE_NAME = "woa_monthly_temperature"
+SAMPLE_NAME = WOA_SAMPLE
 VARIABLE = "temperature"
 #: Default held-out box: North Pacific, latitude 0..64 N, longitude 130 E eastwards to 102 W (32 x 64 cells).
 DEFAULT_BOX: dict[str, tuple[float, float]] = {"lat": (0.0, 64.0), "lon": (130.0, -102.0)}
 
-_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-_REPO_MANIFEST = Path(__file__).resolve().parents[2] / "data_catalog" / "samples.yaml"
-_PACKAGED_MANIFEST = _DATA_DIR / "samples.yaml"
 _PLACEHOLDER_YEAR = 2000
 _DEGC_SPELLINGS = {"degc", "deg c", "deg_c", "degree_c", "degrees_c", "celsius", "degree_celsius",
                    "degrees_celsius", "celsius_scale", "°c"}
@@ -103,110 +101,6 @@ TIME_NOTE = (
     "climatological months; the year 2000 is a placeholder stamped at mid-month (source axis: hours since "
     "0000-01-01 at mid-months of a 365.2425-day year)"
 )
-
-
-# ----------------------------------------------------------------------------------------------- files
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks.
-
-    Example
-    -------
-    >>> from geodiff.adapters.woa import file_sha256, sample_path
-    >>> len(file_sha256(sample_path()))
-    64
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def manifest_path() -> Path:
-    """The sample-data manifest: ``data_catalog/samples.yaml`` of a source checkout, else the packaged copy.
-
-    Both copies are written by ``data_catalog/make_woa_sample.py`` and are identical.
-
-    Example
-    -------
-    >>> from geodiff.adapters.woa import manifest_path
-    >>> manifest_path().name
-    'samples.yaml'
-    """
-    return _REPO_MANIFEST if _REPO_MANIFEST.is_file() else _PACKAGED_MANIFEST
-
-
-def load_manifest(path: str | Path | None = None) -> dict[str, Any]:
-    """The ``samples`` mapping of the manifest (name -> entry with ``file``, ``sha256``, ``source``, ...).
-
-    Example
-    -------
-    >>> from geodiff.adapters.woa import load_manifest
-    >>> entry = load_manifest()["woa_monthly_temperature"]
-    >>> entry["source"]["package"], entry["source"]["package_version"]
-    ('ferret-datasets', '7.6.0-5')
-    """
-    import yaml
-
-    path = Path(path) if path is not None else manifest_path()
-    if not path.is_file():
-        raise DataError(f"sample manifest {str(path)!r} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        content = yaml.safe_load(handle)
-    if not isinstance(content, dict) or not isinstance(content.get("samples"), dict):
-        raise DataError(f"sample manifest {str(path)!r} has no 'samples' mapping")
-    return content["samples"]
-
-
-def sample_path(name: str = SAMPLE_NAME) -> Path:
-    """Path of a shipped sample file (inside ``geodiff/data``), from the manifest entry ``name``.
-
-    Example
-    -------
-    >>> from geodiff.adapters.woa import sample_path
-    >>> sample_path().name
-    'woa_monthly_temperature.nc'
-    """
-    samples = load_manifest()
-    if name not in samples:
-        raise DataError(f"no sample named {name!r} in {manifest_path()}; available: {sorted(samples)}")
-    return _DATA_DIR / samples[name]["file"]
-
-
-def open_sample(name: str = SAMPLE_NAME, *, chunks: Any = None, verify: bool = True) -> xr.Dataset:
-    """Open a shipped sample lazily, after checking its sha256 against the manifest.
-
-    Parameters
-    ----------
-    name : manifest entry, default ``"woa_monthly_temperature"``.
-    chunks : passed to :func:`xarray.open_dataset` (``None``: lazily indexed numpy; ``{}``: dask, one chunk per
-        stored chunk).
-    verify : check the file's sha256 (``DataError`` on mismatch); the check reads the file once (~3 MB).
-
-    Example
-    -------
-    >>> from geodiff.adapters.woa import open_sample
-    >>> ds = open_sample()
-    >>> ds.temperature.attrs["standard_name"], ds.depth.attrs["positive"]
-    ('sea_water_temperature', 'down')
-    >>> bool(ds.sea_mask.isel(depth=0).sel(lat=0.5, lon=-149.5))  # central Pacific is ocean
-    True
-    """
-    samples = load_manifest()
-    if name not in samples:
-        raise DataError(f"no sample named {name!r} in {manifest_path()}; available: {sorted(samples)}")
-    entry = samples[name]
-    path = _DATA_DIR / entry["file"]
-    if not path.is_file():
-        raise DataError(f"sample {name!r}: file {str(path)!r} is missing; remake it with {entry.get('made_by')}")
-    if verify:
-        actual = file_sha256(path)
-        if actual != entry["sha256"]:
-            raise DataError(
-                f"sample {name!r}: sha256 of {str(path)!r} is {actual}, the manifest expects {entry['sha256']}; "
-                f"the file is corrupt or was changed without updating {manifest_path()}"
-            )
-    return xr.open_dataset(path, chunks=chunks)
 
 
 # ------------------------------------------------------------------------------------ Ferret conversion

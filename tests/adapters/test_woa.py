@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from geodiff import tutorial
 from geodiff.adapters import woa
 from geodiff.errors import CalendarError, ConfigError, DataError, GeodiffError, UnitsError
 
@@ -94,7 +95,7 @@ def test_tampered_or_unknown_sample_raises(tmp_path, monkeypatch):
     with open(copy, "r+b") as handle:
         handle.seek(-100, os.SEEK_END)
         handle.write(b"\x00" * 10)
-    monkeypatch.setattr(woa, "_DATA_DIR", tmp_path)
+    monkeypatch.setattr(tutorial, "_DATA_DIR", tmp_path)
     with pytest.raises(DataError, match="sha256"):
         woa.open_sample()
     copy.unlink()
