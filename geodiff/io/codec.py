@@ -39,9 +39,7 @@ Example
 
 from __future__ import annotations
 
-import base64
 import copy
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -50,6 +48,12 @@ import torch
 import xarray as xr
 
 from geodiff.errors import ConfigError, CoordinateError, GridError
+from geodiff.io.spec import clean_encoding as _clean_encoding
+from geodiff.io.spec import from_json as _from_json
+from geodiff.io.spec import to_json as _to_json
+from geodiff.io.spec import variable_from_json as _variable_from_json
+from geodiff.io.spec import variable_names as _names
+from geodiff.io.spec import variable_to_json as _variable_to_json
 
 __all__ = ["Codec", "CODEC_FORMAT", "CODEC_VERSION", "VARYING_NAN"]
 
@@ -59,8 +63,6 @@ CODEC_VERSION = 1
 TIME, LAT, LON, MEMBER = "time", "lat", "lon", "member"
 #: How ``Codec.from_dataset`` treats a NaN (land) pattern that changes over time (see :class:`Codec`).
 VARYING_NAN = ("raise", "valid_always", "valid_ever")
-# encoding keys that describe the storage of one file, not the field: not carried over
-_DROPPED_ENCODING = frozenset({"chunks", "chunksizes", "preferred_chunks", "original_shape", "source"})
 _EXPECTED_DIMS = "(time, <level>, lat, lon) or (time, lat, lon)"
 
 
@@ -72,135 +74,6 @@ class _TimeFromCodec:
 
 
 _FROM_CODEC: Any = _TimeFromCodec()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# exact JSON for attributes, encodings and coordinate values
-
-
-def _to_json(value: Any, where: str) -> Any:
-    """``value`` (attribute / encoding / array) as exact, tagged plain JSON; ``where`` names it in errors."""
-    if isinstance(value, np.generic):  # before the Python types: np.float64 is a float, np.str_ a str
-        return {"__scalar__": _array_to_json(np.asarray(value), where)}
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"__float__": repr(float(value))}
-    if isinstance(value, np.dtype):
-        return {"__dtype__": value.str}
-    if isinstance(value, np.ndarray):
-        return _array_to_json(value, where)
-    if isinstance(value, bytes):
-        return {"__bytes__": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_to_json(v, where) for v in value]}
-    if isinstance(value, (set, frozenset)):
-        return {"__set__": [_to_json(v, where) for v in sorted(value, key=repr)]}
-    if isinstance(value, list):
-        return [_to_json(v, where) for v in value]
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise GridError(f"{where} has a non-string key {key!r}; expected string keys")
-            out[key] = _to_json(item, f"{where}[{key!r}]")
-        if any(key.startswith("__") and key.endswith("__") for key in out):
-            return {"__dict__": out}
-        return out
-    raise GridError(
-        f"{where} holds a value of type {type(value).__name__}; expected str, number, bool, None, bytes, "
-        "numpy scalar/array, or lists/dicts of those"
-    )
-
-
-def _from_json(value: Any) -> Any:
-    """Inverse of :func:`_to_json`."""
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) == 1:
-        (tag, item), = value.items()
-        if tag == "__float__":
-            return float(item)
-        if tag == "__dtype__":
-            return np.dtype(item)
-        if tag == "__scalar__":
-            return _array_from_json(item)[()]
-        if tag == "__bytes__":
-            return base64.b64decode(item)
-        if tag == "__tuple__":
-            return tuple(_from_json(v) for v in item)
-        if tag == "__set__":
-            return {_from_json(v) for v in item}
-        if tag == "__dict__":
-            return {k: _from_json(v) for k, v in item.items()}
-    if "__array__" in value:
-        return _array_from_json(value)
-    return {k: _from_json(v) for k, v in value.items()}
-
-
-def _array_to_json(array: np.ndarray, where: str) -> dict[str, Any]:
-    """A numpy array as ``{"__array__": dtype, "shape": [...], "data": [...]}`` (exact for every value)."""
-    array = np.asarray(array)
-    kind = array.dtype.kind
-    flat = array.ravel()
-    if kind in "mM":
-        data: list[Any] = flat.view("int64").tolist()
-    elif kind == "f":
-        data = [v if math.isfinite(v) else {"__float__": repr(v)} for v in flat.astype("float64").tolist()]
-    elif kind in "biuU":
-        data = flat.tolist()
-    elif kind == "S":
-        data = [base64.b64encode(v).decode("ascii") for v in flat.tolist()]
-    elif kind == "O" and all(isinstance(v, str) for v in flat.tolist()):
-        data = flat.tolist()
-    else:
-        raise GridError(
-            f"{where} has values of dtype {array.dtype} that cannot be written to JSON; "
-            "expected numbers, booleans, strings or numpy datetimes"
-        )
-    return {"__array__": array.dtype.str, "shape": list(array.shape), "data": data}
-
-
-def _array_from_json(spec: Mapping[str, Any]) -> np.ndarray:
-    """Inverse of :func:`_array_to_json`."""
-    dtype, shape, data = np.dtype(spec["__array__"]), tuple(spec["shape"]), spec["data"]
-    if dtype.kind in "mM":
-        return np.asarray(data, dtype="int64").view(dtype).reshape(shape)
-    if dtype.kind == "f":
-        return np.asarray([_from_json(v) for v in data], dtype=dtype).reshape(shape)
-    if dtype.kind == "S":
-        return np.asarray([base64.b64decode(v) for v in data], dtype=dtype).reshape(shape)
-    if dtype.kind == "O":
-        out = np.empty(len(data), dtype=object)
-        out[:] = data
-        return out.reshape(shape)
-    return np.asarray(data, dtype=dtype).reshape(shape)
-
-
-def _clean_encoding(encoding: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in encoding.items() if k not in _DROPPED_ENCODING}
-
-
-def _variable_to_json(name: str, variable: xr.Variable) -> dict[str, Any]:
-    where = f"coordinate {name!r}"
-    return {
-        "name": name,
-        "dims": list(variable.dims),
-        "data": _array_to_json(np.asarray(variable.values), where),
-        "attrs": _to_json(dict(variable.attrs), f"attributes of {where}"),
-        "encoding": _to_json(_clean_encoding(variable.encoding), f"encoding of {where}"),
-    }
-
-
-def _variable_from_json(spec: Mapping[str, Any]) -> xr.Variable:
-    return xr.Variable(
-        tuple(spec["dims"]),
-        _array_from_json(spec["data"]),
-        attrs=_from_json(spec["attrs"]),
-        encoding=_from_json(spec["encoding"]),
-    )
 
 
 def _fmt(value: Any) -> str:
@@ -704,13 +577,6 @@ class Codec:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _names(ds: xr.Dataset, variables: str | Sequence[str] | None) -> list[Any]:
-    """The variable names asked for: all data variables when ``variables`` is None."""
-    if variables is None:
-        return list(ds.data_vars)
-    return [variables] if isinstance(variables, str) else list(variables)
 
 
 def _check_layout(name: str, da: xr.DataArray, *, with_time: bool) -> tuple[Hashable, ...]:

@@ -37,7 +37,11 @@ import torch
 import xarray as xr
 
 from geodiff.errors import ConfigError, CoordinateError, DataError, GridError
-from geodiff.io.codec import _array_to_json, _from_json, _names, _to_json, _variable_from_json
+from geodiff.io.spec import array_to_json as _array_to_json
+from geodiff.io.spec import from_json as _from_json
+from geodiff.io.spec import to_json as _to_json
+from geodiff.io.spec import variable_from_json as _variable_from_json
+from geodiff.io.spec import variable_names as _names
 
 if TYPE_CHECKING:
     from geodiff.io.codec import Codec
