@@ -1,6 +1,6 @@
 """The observation table: sparse in-situ / satellite observations as an ``xr.Dataset`` with dimension ``obs``.
 
-Layout (DESIGN section 4):
+Layout (this module is the one definition; readers, baselines and operators follow it):
 
 ===============  ===========  ===============================================================
 name             kind         meaning

@@ -101,8 +101,12 @@ def configure_allocator(
     Returns an :class:`AllocatorSetting`; off glibc nothing changes and ``applied`` is False. The cost is that up
     to ``trim_threshold`` bytes of freed memory stay mapped by the process.
 
-    >>> setting = configure_allocator()
-    >>> setting.applied in (True, False)
+    >>> setting = configure_allocator(mmap_threshold=1 << 20)
+    >>> setting.applied == (_libc() is not None)  # applied exactly where glibc is the C library
+    True
+    >>> setting.mmap_threshold if setting.applied else 1 << 20
+    1048576
+    >>> restore_allocator().applied == setting.applied
     True
     """
     global _CURRENT

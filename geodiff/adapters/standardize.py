@@ -1,6 +1,6 @@
 """Bring any gridded ``xr.Dataset`` to geodiff's canonical form, with a record of every change.
 
-Canonical form (DESIGN section 4): coordinates named ``time``, ``depth`` (ocean, metres, ``positive="down"``,
+Canonical form (the README, "Conventions"): coordinates named ``time``, ``depth`` (ocean, metres, ``positive="down"``,
 increasing) or ``level`` (pressure, hPa, surface first), ``lat`` (ascending) and ``lon`` (one declared
 convention, ``"-180..180"`` by default or ``"0..360"``, recorded in ``attrs["geodiff_lon_convention"]``);
 data variables ordered ``(time, depth|level, lat, lon)`` and converted to a declared unit per variable.

@@ -1,7 +1,6 @@
 """Downscaling and assimilation as batch jobs through the CLI: the zarr store equals one direct pipeline call."""
 
 import numpy as np
-import pytest
 import torch
 import xarray as xr
 import yaml
@@ -22,7 +21,6 @@ def invoke(command, tmp_path, **settings):
 
 
 def test_downscale_command_writes_a_resumable_store_equal_to_a_direct_call(tmp_path):
-    pytest.importorskip("geodiff.pipelines.downscale")
     from geodiff.pipelines.downscale import coarsen, downscale
     from tests.downscaling.conftest import FACTOR, make_bundle, make_fine_dataset
 
@@ -41,7 +39,6 @@ def test_downscale_command_writes_a_resumable_store_equal_to_a_direct_call(tmp_p
 
 
 def test_assimilate_command_writes_a_resumable_store_equal_to_a_direct_call(tmp_path):
-    pytest.importorskip("geodiff.pipelines.assimilate")
     from geodiff.dynamics import BarotropicModel
     from geodiff.pipelines.assimilate import AssimilationModel, assimilate, twin_dataset, twin_observations
 
