@@ -63,7 +63,7 @@ from geodiff.baselines._common import (
 from geodiff.baselines.climatology import climatology_values
 from geodiff.errors import ConfigError, GridError, ObservationError
 
-__all__ = ["MODELS", "correlation", "fit_covariance", "optimal_interpolation"]
+__all__ = ["MODELS", "correlation", "covariance_matrix", "fit_covariance", "optimal_interpolation"]
 
 MODELS = ("exponential", "matern32", "matern52", "gaussian")
 
@@ -277,6 +277,39 @@ def _level_params(covariance: xr.Dataset, depth: float | None, k: int) -> dict[s
             and params["time_scale"] > 0):
         raise ConfigError(f"covariance parameters at depth index {k} are invalid: {params}")
     return params
+
+
+def covariance_matrix(covariance: xr.Dataset, lat: Any, lon: Any, mask: Any = None, *,
+                      depth: float | None = None) -> np.ndarray:
+    """The prior covariance optimal interpolation uses between the cells of a ``(lat, lon)`` grid, float64 ``[P, P]``.
+
+    ``variance * rho(d / length_scale) + nugget * [d = 0]`` with ``d`` the great-circle distance between cell
+    centres (km), the parameters of ``covariance`` (:func:`fit_covariance`) at level ``depth``. ``lat [H]``,
+    ``lon [W]`` in degrees; ``mask`` bool ``[H, W]`` (True = valid) keeps ``P`` cells in row-major order (all
+    ``H * W`` without a mask). This is the covariance of one time step (no time correlation), so a Gaussian
+    prior with it (:class:`geodiff.diffusion.gaussian.GaussianDenoiser`) has the posterior OI computes with
+    ``time_correlation=False``.
+
+    Example
+    -------
+    >>> import numpy as np, xarray as xr
+    >>> from geodiff.baselines.optimal_interpolation import covariance_matrix
+    >>> cov = xr.Dataset({"variance": 2.0, "length_scale": 500.0, "time_scale": np.inf, "nugget": 0.5})
+    >>> covariance_matrix(cov, [0.0], [0.0, 1.0, 2.0], mask=[[True, False, True]]).round(3).tolist()
+    [[2.5, 0.646], [0.646, 2.5]]
+    """
+    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lon = np.asarray(lon, dtype=np.float64).reshape(-1)
+    valid = np.ones((lat.size, lon.size), bool) if mask is None else np.asarray(mask, dtype=bool)
+    if valid.shape != (lat.size, lon.size):
+        raise GridError(f"mask has shape {valid.shape}; expected (lat, lon) = {(lat.size, lon.size)}")
+    params = _level_params(covariance, depth, 0)
+    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    cell_lat, cell_lon = lat2[valid], lon2[valid]
+    distance = great_circle_km(cell_lat[:, None], cell_lon[:, None], cell_lat[None, :], cell_lon[None, :])
+    matrix = params["variance"] * correlation(str(covariance.attrs.get("model", "matern32")),
+                                              distance / params["length_scale"])
+    return matrix + params["nugget"] * (distance < 1e-3)
 
 
 def _bilinear(field: np.ndarray, lat_c: np.ndarray, lon_c: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
