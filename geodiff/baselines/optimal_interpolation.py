@@ -296,7 +296,7 @@ def covariance_matrix(covariance: xr.Dataset, lat: Any, lon: Any, mask: Any = No
     >>> from geodiff.baselines.optimal_interpolation import covariance_matrix
     >>> cov = xr.Dataset({"variance": 2.0, "length_scale": 500.0, "time_scale": np.inf, "nugget": 0.5})
     >>> covariance_matrix(cov, [0.0], [0.0, 1.0, 2.0], mask=[[True, False, True]]).round(3).tolist()
-    [[2.5, 0.646], [0.646, 2.5]]
+    [[2.5, 1.639], [1.639, 2.5]]
     """
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
     lon = np.asarray(lon, dtype=np.float64).reshape(-1)
