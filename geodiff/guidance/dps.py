@@ -14,8 +14,10 @@ Two step-size conventions (``convention=``):
 
   independent of the sampler and of the number of steps (``scale = 1`` is the plain Bayes rule under DPS's
   approximation). Because DPS ignores the uncertainty of ``x0_hat``, the step is too large at high noise when
-  ``error_std`` is small compared with the prior spread (overshoot); MMPS (:mod:`geodiff.guidance.mmps`) fixes
-  exactly this.
+  ``error_std`` is small compared with the prior spread (overshoot; MMPS, :mod:`geodiff.guidance.mmps`, fixes
+  exactly this): with ``limit_overshoot=True`` (default) a step that would leave the estimate worse than no step
+  is cut to the best step along it (:mod:`geodiff.guidance.overshoot`); ``False`` keeps DPS's raw step, which
+  runs away with small observation errors (14 degC held-out RMSE against climatology's 2.7 on a real grid).
 - ``"chung"``: Chung et al.'s Algorithm 1: after each (DDPM) step, in VP coordinates,
   ``z_next -= zeta * grad_z ||y - A x0_hat||`` -- the gradient of the residual **norm** (not squared), i.e.
   normalised by the residual norm, with ``zeta = scale`` (Chung et al. use 0.1-1). Here the residual is whitened
@@ -60,6 +62,7 @@ from torch import Tensor
 
 from geodiff.errors import ConfigError
 from geodiff.guidance.base import DenoiserFn, Guidance, apply_adjoint, sigma_column
+from geodiff.guidance.overshoot import limited_step
 
 __all__ = ["DPSGuidance"]
 
@@ -80,6 +83,7 @@ class DPSGuidance(Guidance):
         *,
         convention: str = "score",
         scale: float = 1.0,
+        limit_overshoot: bool = True,
     ):
         super().__init__(y, operator, error_std)
         if convention not in _CONVENTIONS:
@@ -88,7 +92,8 @@ class DPSGuidance(Guidance):
             raise ConfigError(f"scale must be >= 0, got {scale}")
         self.convention = convention
         self.scale = float(scale)
-        self.config = {"convention": convention, "scale": self.scale}
+        self.limit_overshoot = bool(limit_overshoot)
+        self.config = {"convention": convention, "scale": self.scale, "limit_overshoot": self.limit_overshoot}
         self._wrapped: _DPSDenoiser | None = None
 
     def gradient(self, denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any = None):
@@ -145,7 +150,13 @@ class _DPSDenoiser:
         x0, grad = self.guidance.gradient(self.denoiser, x, sigma, cond)
         if self.guidance.convention == "score":
             _, column = sigma_column(sigma, x)
-            return torch.addcmul(x0, column**2, grad, value=-self.guidance.scale)
+            if not self.guidance.limit_overshoot:
+                return torch.addcmul(x0, column**2, grad, value=-self.guidance.scale)
+            guidance = self.guidance
+            residual = guidance.observed(x) - guidance.operator(x0)
+            variance = guidance.variance(x)
+            return limited_step(x0, -(column**2) * grad, residual, residual / variance, guidance.operator, variance,
+                                guidance.scale)
         self._recent = [*self._recent[-1:], (sigma, x, cond, grad)]
         return x0
 

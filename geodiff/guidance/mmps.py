@@ -21,7 +21,11 @@ The denoiser is replaced by an estimate of ``E[x0 | x_sigma, y]``. With Tweedie'
 - ``method="diagonal"`` (SDA): ``V ~ gamma sigma^2 I``, so ``R + A V A^T`` is replaced by its diagonal
   ``error_std^2 + gamma sigma^2 diag(A A^T)``: no solve, one VJP. ``gamma = 1e-2`` by default, as in SDA
   (Rozet & Louppe use ``Sigma_y + gamma sigma^2 / mu^2 I``; ``diag(A A^T) = 1`` for grid-point observations, so
-  this is the same there, and it accounts for the shrinkage of interpolation weights otherwise).
+  this is the same there, and it accounts for the shrinkage of interpolation weights otherwise). The diagonal
+  ignores that observations within one correlation length pull the same cells: with many observations of small
+  error the step overshoots and samples run away (8 degC held-out RMSE against climatology's 2.7 on a real grid);
+  with ``limit_overshoot=True`` (default) such a step is cut to the best step along it
+  (:mod:`geodiff.guidance.overshoot`).
 
 Step-size convention: the correction is the exact posterior-mean update above (``sigma^2`` times the likelihood
 score); ``scale`` multiplies it (1 = Bayes; keep 1 unless the prior is misspecified).
@@ -48,6 +52,7 @@ from torch import Tensor
 
 from geodiff.errors import ConfigError
 from geodiff.guidance.base import DenoiserFn, Guidance, apply_adjoint, sigma_column
+from geodiff.guidance.overshoot import limited_step
 
 __all__ = ["MMPSGuidance", "SDAGuidance", "conjugate_gradient"]
 
@@ -112,6 +117,7 @@ class MMPSGuidance(Guidance):
         cg_iterations: int = 1,
         gamma: float = 1e-2,
         scale: float = 1.0,
+        limit_overshoot: bool = True,
     ):
         super().__init__(y, operator, error_std)
         if method not in ("cg", "diagonal"):
@@ -124,7 +130,10 @@ class MMPSGuidance(Guidance):
         self.cg_iterations = cg_iterations
         self.gamma = float(gamma)
         self.scale = float(scale)
+        self.limit_overshoot = bool(limit_overshoot)
         self.config = {"method": method, "cg_iterations": cg_iterations, "gamma": self.gamma, "scale": self.scale}
+        if method == "diagonal":
+            self.config["limit_overshoot"] = self.limit_overshoot
 
     def wrap(self, denoiser: DenoiserFn) -> DenoiserFn:
         return _MMPSDenoiser(self, denoiser)
@@ -169,6 +178,9 @@ class MMPSGuidance(Guidance):
         else:
             u = residual / (error_var + self.gamma * variance * self._gram_diagonal(x))
             correction = vjp(apply_adjoint(self.operator, u, x))
+            if self.limit_overshoot:
+                return limited_step(x0_value, column**2 * correction, residual, u, self.operator, error_var,
+                                    self.scale)
         return torch.addcmul(x0_value, column**2, correction, value=self.scale)
 
 
@@ -193,8 +205,10 @@ class SDAGuidance(MMPSGuidance):
         cg_iterations: int = 1,
         gamma: float = 1e-2,
         scale: float = 1.0,
+        limit_overshoot: bool = True,
     ):
-        super().__init__(y, operator, error_std, method=method, cg_iterations=cg_iterations, gamma=gamma, scale=scale)
+        super().__init__(y, operator, error_std, method=method, cg_iterations=cg_iterations, gamma=gamma, scale=scale,
+                         limit_overshoot=limit_overshoot)
 
 
 class _MMPSDenoiser:
