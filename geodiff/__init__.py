@@ -24,10 +24,12 @@ __version__ = "0.1.0"
 # public name -> "module:attribute", imported on first use
 _LAZY: dict[str, str] = {
     "train": "geodiff.training.trainer:train",
+    "fit": "geodiff.training.fit:fit",
     "load": "geodiff.io.bundle:load",
     "ModelBundle": "geodiff.io.bundle:ModelBundle",
     "Codec": "geodiff.io.codec:Codec",
     "Normalizer": "geodiff.io.normalize:Normalizer",
+    "AnomalyNormalizer": "geodiff.io.anomaly:AnomalyNormalizer",
     "Denoiser": "geodiff.diffusion.denoiser:Denoiser",
     "reconstruct": "geodiff.pipelines.reconstruct:reconstruct",
     "assimilate": "geodiff.pipelines.assimilate:assimilate",

@@ -37,6 +37,7 @@ True
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -493,6 +494,9 @@ class PointOperator(WeightedGatherOperator):
     ) -> tuple[PointOperator, Tensor, Tensor]:
         """Move observations into the normalised space of ``x = (field - mean[c]) / std[c]``.
 
+        ``mean`` and ``std`` have one entry per channel ``[C]`` or per cell ``[C, H, W]`` (anomaly statistics);
+        per cell, ``c_k`` below is the corner cell itself.
+
         With ``s_n = sum_k w_nk std[c_k]`` and ``o_n = sum_k w_nk mean[c_k]`` (``c_k`` the corner's channel),
         ``y = A field + e`` becomes ``(y - o) / s = A' x + e / s`` with ``A'`` weights ``w_nk std[c_k] / s_n``.
         For an observation on a grid level this is exactly ``(y - mean) / std``. Returns
@@ -505,14 +509,15 @@ class PointOperator(WeightedGatherOperator):
         """
         mean = torch.as_tensor(np.asarray(mean, dtype=np.float64)).reshape(-1).to(self.weight.device)
         std = torch.as_tensor(np.asarray(std, dtype=np.float64)).reshape(-1).to(self.weight.device)
-        channels = self.field_shape[0]
-        if mean.numel() != channels or std.numel() != channels:
-            raise GridError(f"mean and std must have one entry per channel ({channels})")
+        channels, cells = self.field_shape[0], math.prod(self.field_shape)
+        if mean.numel() != std.numel() or mean.numel() not in (channels, cells):
+            raise GridError(f"mean and std must have one entry per channel ({channels}) or per cell ({cells})")
         if not torch.all(std > 0):
-            raise GridError("std must be positive in every channel")
-        channel = self.index // (self.field_shape[1] * self.field_shape[2])
-        scale = (self.weight * std[channel]).sum(1)
-        offset = (self.weight * mean[channel]).sum(1)
+            raise GridError("std must be positive everywhere")
+        # per channel: the corner's channel; per cell [C, H, W]: the corner itself
+        where = self.index // (self.field_shape[1] * self.field_shape[2]) if mean.numel() == channels else self.index
+        scale = (self.weight * std[where]).sum(1)
+        offset = (self.weight * mean[where]).sum(1)
         y = torch.as_tensor(np.asarray(y, dtype=np.float64)).reshape(-1).to(scale.device)
         error_std = torch.as_tensor(np.asarray(error_std, dtype=np.float64)).reshape(-1).to(scale.device)
         if y.numel() != self.n_obs:
@@ -520,7 +525,7 @@ class PointOperator(WeightedGatherOperator):
         error_std = error_std.expand(self.n_obs) if error_std.numel() == 1 else error_std
         if error_std.numel() != self.n_obs:
             raise ObservationError(f"error_std has {error_std.numel()} values; expected {self.n_obs}")
-        weight = self.weight * std[channel] / scale[:, None]
+        weight = self.weight * std[where] / scale[:, None]
         normalized = PointOperator.from_weights(self.index, weight, self.field_shape)
         normalized.kept, normalized.dropped, normalized.periodic = self.kept, self.dropped, self.periodic
         return normalized, (y - offset) / scale, error_std / scale

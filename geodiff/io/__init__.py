@@ -7,8 +7,9 @@ Example
 Normalizer(thetao:affine)
 """
 
+from geodiff.io.anomaly import AnomalyNormalizer
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
 
-__all__ = ["Codec", "Normalizer", "ModelBundle", "load"]
+__all__ = ["Codec", "Normalizer", "AnomalyNormalizer", "ModelBundle", "load"]

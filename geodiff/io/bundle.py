@@ -5,7 +5,7 @@ Files (nothing else may be in the folder)::
     config.json        {"format", "format_version", "geodiff_version", "denoiser": Denoiser.config,
                         "denoiser_mask": "codec" | null, "metadata": {...}}
     model.safetensors  the denoiser's weights ("denoiser.<name>") and the codec mask ("codec.mask", bool [C, H, W])
-    normalizer.json    normalisation statistics (Normalizer.to_dict)
+    normalizer.json    normalisation statistics (Normalizer.to_dict or AnomalyNormalizer.to_dict)
     codec.json         codec spec (Codec.to_dict)
     manifest.json      {"files": {name: {"sha256", "size"}}} for the four files above
 
@@ -56,6 +56,7 @@ import xarray as xr
 from geodiff.config import check_json
 from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, GridError
 from geodiff.io.codec import Codec
+from geodiff.io.anomaly import ANOMALY_FORMAT, AnomalyNormalizer
 from geodiff.io.normalize import Normalizer
 
 __all__ = ["ModelBundle", "load", "BUNDLE_FORMAT", "BUNDLE_VERSION", "BUNDLE_FILES", "MAX_NORMALIZED"]
@@ -119,18 +120,20 @@ class ModelBundle:
     ``codec.mask``. ``normalizer`` must have statistics for every codec channel.
     """
 
-    def __init__(self, denoiser: Any, codec: Codec, normalizer: Normalizer, metadata: Mapping[str, Any] | None = None):
+    def __init__(self, denoiser: Any, codec: Codec, normalizer: Normalizer | AnomalyNormalizer,
+                 metadata: Mapping[str, Any] | None = None):
         from geodiff.diffusion.denoiser import Denoiser
 
         if not isinstance(denoiser, Denoiser):
             raise ConfigError(f"denoiser must be a geodiff Denoiser, got {type(denoiser).__name__}")
         if not isinstance(codec, Codec):
             raise ConfigError(f"codec must be a geodiff Codec, got {type(codec).__name__}")
-        if not isinstance(normalizer, Normalizer):
-            raise ConfigError(f"normalizer must be a geodiff Normalizer, got {type(normalizer).__name__}")
+        if not isinstance(normalizer, (Normalizer, AnomalyNormalizer)):
+            raise ConfigError(f"normalizer must be a geodiff Normalizer or AnomalyNormalizer, got "
+                              f"{type(normalizer).__name__}")
         metadata = dict(metadata or {})
         check_json(metadata, "bundle metadata")
-        normalizer.tensors(codec)  # statistics for every channel, or GridError naming the variable/level
+        normalizer.check(codec)  # statistics for every channel (and cell), or GridError naming what is missing
         mask = getattr(denoiser, "mask", None)
         if mask is not None and (tuple(mask.shape) != codec.shape or not torch.equal(mask.cpu(), codec.mask)):
             raise GridError(f"the denoiser's mask {list(mask.shape)} differs from the codec's mask {list(codec.shape)}")
@@ -343,7 +346,8 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
             f"{folder / CODEC} does not describe a valid codec (with the mask in {WEIGHTS}): {err}"
         ) from err
     try:
-        normalizer = Normalizer.from_dict(normalizer_spec)
+        anomaly = isinstance(normalizer_spec, dict) and normalizer_spec.get("format") == ANOMALY_FORMAT
+        normalizer = (AnomalyNormalizer if anomaly else Normalizer).from_dict(normalizer_spec)
     except GeodiffError as err:
         raise CheckpointError(f"{folder / NORMALIZER} does not hold valid statistics: {err}") from err
     try:

@@ -135,7 +135,7 @@ class Normalizer:
             da = ds[name]
             if da.dtype.kind not in "biuf":
                 raise GridError(f"variable {name!r} has dtype {da.dtype}; expected numbers")
-            level = _level_dim(name, da)
+            level = level_dimension(name, da)
             if level is not None and (level not in ds.coords or ds[level].dims != (level,)):
                 raise CoordinateError(f"dimension {level!r} of variable {name!r} has no coordinate values")
             reduce = [d for d in da.dims if d != level]
@@ -282,6 +282,22 @@ class Normalizer:
             torch.from_numpy(np.concatenate(stds).astype("float32")),
         )
 
+    kind = "channel"
+
+    def cell_statistics(self, codec: Codec, time: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean [C, H, W], std [C, H, W])`` float64: :meth:`tensors` broadcast over the grid (``time`` unused).
+
+        The same call as :meth:`~geodiff.io.anomaly.AnomalyNormalizer.cell_statistics`, so pipelines treat both
+        normalisers alike.
+        """
+        mean, std = (t.numpy().astype(np.float64)[:, None, None] for t in self.tensors(codec))
+        shape = codec.shape
+        return np.broadcast_to(mean, shape).copy(), np.broadcast_to(std, shape).copy()
+
+    def check(self, codec: Codec) -> None:
+        """GridError / CoordinateError unless every codec variable and level has statistics."""
+        self.tensors(codec)
+
     # -------------------------------------------------------------------------------------------------------
     # apply
 
@@ -316,7 +332,7 @@ class Normalizer:
         marked = NORMALIZED_ATTR in da.attrs
         if not inverse and marked:
             raise GridError(f"variable {name!r} is already normalised (attribute {NORMALIZED_ATTR!r})")
-        level_dim = _level_dim(name, da)
+        level_dim = level_dimension(name, da)
         stat = self._stats[name] if name in self._stats.data_vars else None
         shape: list[int] = [1] * da.ndim
         if stat is not None and stat.ndim == 1:  # one (offset, scale) for all levels
@@ -430,7 +446,7 @@ def _assemble(data_vars: Mapping[str, xr.DataArray]) -> xr.Dataset:
     return stats.assign_coords({STATISTIC: np.array(["mean", "std"])})
 
 
-def _level_dim(name: str, da: xr.DataArray) -> str | None:
+def level_dimension(name: str, da: xr.DataArray) -> str | None:
     """The vertical dimension of ``da`` (the one dim besides member, time, lat, lon), or None."""
     others = [d for d in da.dims if d not in _HORIZONTAL]
     if len(others) > 1:

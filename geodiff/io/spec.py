@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 # encoding keys that describe the storage of one file, not the field: not carried over
-DROPPED_ENCODING = frozenset({"chunks", "chunksizes", "preferred_chunks", "original_shape", "source"})
+DROPPED_ENCODING = frozenset({"chunks", "chunksizes", "preferred_chunks", "original_shape", "source", "compressor",
+                              "compressors", "filters", "serializer", "shards", "zarr_format"})
 
 
 def to_json(value: Any, where: str) -> Any:

@@ -173,8 +173,6 @@ def reconstruct(
     sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
     run_sampler = sampler_obj if max_normalized is None else ClipDenoised(sampler_obj, float(max_normalized))
     sigmas = (schedule or EDMSchedule()).sigmas(steps)
-    mean_np, std_np = (t.numpy().astype(np.float64) for t in bundle.normalizer.tensors(codec))
-    mean, std = (torch.from_numpy(t).to(device) for t in (mean_np, std_np))
     channels = len(codec.channels)
     batch = batch_size or members
     bar = tqdm(total=len(wanted) * -(-members // batch) * steps, desc="reconstruct", unit="step", disable=not progress)
@@ -183,6 +181,8 @@ def reconstruct(
         at_time = clean.isel(obs=np.flatnonzero(clean["time"].values == time))
         if at_time.sizes["obs"] == 0:
             raise ObservationError(f"no valid observation at time {time}; the report says:\n{report}")
+        mean_np, std_np = bundle.normalizer.cell_statistics(codec, time)  # [C, H, W] float64
+        mean, std = (torch.from_numpy(t).to(device) for t in (mean_np, std_np))
         operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
                                               mask=valid).to(device)
         op_n, y_n, e_n = operator.to_normalized(at_time["value"].values, at_time["error_std"].values,
@@ -208,7 +208,7 @@ def reconstruct(
             if max_normalized is not None:
                 _check_sample_range(x, codec.mask.to(x.device), float(max_normalized), time, start,
                                     f"guidance {guidance!r}, sampler {sampler!r}, {steps} steps")
-            chunks.append(x.to(torch.float64) * std[:, None, None] + mean[:, None, None])
+            chunks.append(x.to(torch.float64) * std + mean)
         fields.append(torch.cat(chunks).cpu())
     bar.close()
     stacked = torch.stack(fields, dim=1)  # [M, T, C, H, W]

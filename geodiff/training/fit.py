@@ -1,0 +1,363 @@
+"""Train a diffusion prior from a Dataset in one call: ``geodiff.fit(ds) -> ModelBundle``.
+
+:func:`fit` does what a user otherwise chains by hand (normaliser, codec, encoding, network, denoiser, training,
+bundle) and adds what a scientist needs from a training run:
+
+- **Strict input checks** before any training time is spent: canonical layout, latitude ascending and within
+  +-90, longitude increasing, units on every variable, no fill values (``|value| > 1e15``) or values far outside
+  the fitted statistics.
+- **Anomaly priors by default**: :class:`~geodiff.io.anomaly.AnomalyNormalizer` (per-cell climatology, by month
+  for monthly series, and per-cell smoothed std), so the network models variability, not the mean state.
+- **Lazy data**: a dask-backed Dataset (``xr.open_zarr`` of a long series) is never loaded whole; statistics
+  stream chunk by chunk and training reads one time at a time (:class:`FieldStream`).
+- **A validation period** (the last ``validation`` fraction of the times, by time): the EMA weights are scored
+  every ``validate_every`` steps with a deterministic denoising loss and the best ones are kept (early stopping
+  on the score, not on the training loss).
+- **Sizes from the data**: UNet depth and patch size from the grid, step count from ``time_budget`` (seconds)
+  when ``steps`` is not given; every choice is recorded in the bundle's metadata.
+- **Resume**: with ``checkpoint_dir`` a killed run continues (the training loop's exact resume plus the best
+  weights and validation history saved there).
+
+Example
+-------
+>>> import numpy as np, pandas as pd, xarray as xr, geodiff
+>>> time = pd.date_range("2000-01-01", periods=30, freq="YS")
+>>> rng = np.random.default_rng(0)
+>>> ds = xr.Dataset({"tas": (("time", "lat", "lon"), 280 + rng.normal(size=(30, 8, 8)), {"units": "K"})},
+...                 coords={"time": time, "lat": np.arange(8.0), "lon": np.arange(8.0)})
+>>> bundle = geodiff.fit(ds, steps=4, validate_every=2, progress=False)
+>>> bundle.metadata["training"]["steps"], bundle.metadata["training"]["validation_times"]
+(4, 5)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time as _time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from geodiff.errors import CheckpointError, ConfigError, CoordinateError, DataError, UnitsError
+from geodiff.io.anomaly import AnomalyNormalizer
+from geodiff.io.bundle import ModelBundle
+from geodiff.io.codec import Codec
+from geodiff.io.normalize import Normalizer
+
+__all__ = ["fit", "FieldStream", "check_training_data", "default_architecture", "validation_loss"]
+
+FILL_VALUE_LIMIT = 1e15  # a magnitude no geophysical field reaches: a fill value that was not decoded
+MAX_TRAINING_NORMALIZED = 50.0  # normalised training values beyond this: wrong units mixed in, or a fill value
+FIT_STATE = "fit_state.json"
+BEST_WEIGHTS = "best_ema.safetensors"
+VALIDATION_SIGMAS = (0.02, 0.08, 0.3, 1.0, 3.0, 10.0)
+MAX_VALIDATION_FIELDS = 16  # validation fields scored (evenly spaced over the validation period)
+
+
+def check_training_data(ds: xr.Dataset, variables: Sequence[str]) -> None:
+    """Raise a :class:`~geodiff.errors.GeodiffError` naming what is wrong with a training dataset.
+
+    Checks the layout ``(time, [level,] lat, lon)``, latitude strictly ascending within [-90, 90], longitude
+    strictly increasing, a ``units`` attribute on every variable, and floating-point data.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise ConfigError(f"fit expects an xarray.Dataset, got {type(ds).__name__}")
+    for name in ("lat", "lon", "time"):
+        if name not in ds.coords:
+            raise CoordinateError(f"the training dataset has no {name!r} coordinate")
+    lat = np.asarray(ds["lat"].values, dtype=np.float64)
+    lon = np.asarray(ds["lon"].values, dtype=np.float64)
+    if lat.ndim != 1 or lon.ndim != 1:
+        raise CoordinateError("coordinates 'lat' and 'lon' must be 1-D")
+    if not np.all(np.isfinite(lat)) or np.abs(lat).max() > 90:
+        raise CoordinateError(f"coordinate 'lat' must lie within [-90, 90]; found {lat.min():g}..{lat.max():g}")
+    if lat.size > 1 and not np.all(np.diff(lat) > 0):
+        raise CoordinateError("coordinate 'lat' must be strictly ascending (flip it with ds.sortby('lat'), or use "
+                              "geodiff.adapters.standardize)")
+    if lon.size > 1 and not (np.all(np.isfinite(lon)) and np.all(np.diff(lon) > 0)):
+        raise CoordinateError("coordinate 'lon' must be strictly increasing in one convention (e.g. 0..360 or "
+                              "-180..180; roll it with geodiff.adapters.standardize)")
+    if ds.sizes["time"] < 3:
+        raise DataError(f"fit needs at least 3 times (training and validation); the dataset has {ds.sizes['time']}")
+    for name in variables:
+        if name not in ds.data_vars:
+            raise ConfigError(f"variable {name!r} is not a data variable of the dataset; found {list(ds.data_vars)}")
+        da = ds[name]
+        if da.dtype.kind != "f":
+            raise DataError(f"variable {name!r} has dtype {da.dtype}; expected floating point (NaN on land)")
+        if da.dims[0] != "time" or da.dims[-2:] != ("lat", "lon") or da.ndim not in (3, 4):
+            raise CoordinateError(f"variable {name!r} has dims {da.dims}; expected (time, [level,] lat, lon)")
+        if not str(da.attrs.get("units", "")).strip():
+            raise UnitsError(f"variable {name!r} has no 'units' attribute; geodiff converts units, never guesses them")
+
+
+def _check_values(ds: xr.Dataset, variables: Sequence[str], normalizer: AnomalyNormalizer | Normalizer) -> None:
+    """DataError naming a variable with fill values or values far outside its own statistics (one lazy pass)."""
+    import dask
+
+    pending = []
+    for name in variables:
+        raw = abs(ds[name]).max()
+        scaled = abs(normalizer.normalize(ds[[name]])[name]).max()
+        pending.append((raw, scaled))
+    (computed,) = dask.compute(pending)
+    for name, (raw, scaled) in zip(variables, computed):
+        raw, scaled = float(raw), float(scaled)
+        if not math.isfinite(raw) or raw > FILL_VALUE_LIMIT:
+            raise DataError(f"variable {name!r} holds {raw:.3g}: a fill value that was not decoded to NaN "
+                            "(open the file with mask_and_scale=True or set them to NaN)")
+        if scaled > MAX_TRAINING_NORMALIZED:
+            raise DataError(f"variable {name!r} has values {scaled:.3g} standard deviations from its climatology: "
+                            "mixed units, a fill value or corrupt data; check the training data")
+
+
+class FieldStream(Dataset):
+    """Normalised, encoded fields ``[C, H, W]`` float32 of the times ``indices`` of a (dask-backed) dataset.
+
+    Each item reads one time from ``ds`` (a chunk of a zarr store, say), normalises and encodes it; nothing is
+    loaded ahead, so a series of any length trains within the memory of a batch.
+    """
+
+    def __init__(self, ds: xr.Dataset, codec: Codec, normalizer: AnomalyNormalizer | Normalizer,
+                 indices: Sequence[int]):
+        self.ds, self.codec, self.normalizer = ds[codec.variables], codec, normalizer
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, item: int) -> Tensor:
+        one = self.ds.isel(time=[int(self.indices[item])]).load()
+        x, _ = self.codec.encode(self.normalizer.normalize(one))
+        return x[0]
+
+
+def _in_memory(stream: FieldStream, block: int = 64) -> Tensor:
+    """All fields of ``stream`` as one tensor ``[N, C, H, W]`` float32, read and encoded ``block`` times at a time
+    (a dask-backed series is never held whole in float64)."""
+    out = torch.empty(len(stream), *stream.codec.shape)
+    for start in range(0, len(stream), block):
+        chosen = stream.ds.isel(time=stream.indices[start:start + block]).load()
+        out[start:start + block] = stream.codec.encode(stream.normalizer.normalize(chosen))[0]
+    return out
+
+
+def default_architecture(field_shape: tuple[int, int, int], *, base_channels: int = 32) -> dict[str, Any]:
+    """UNet settings for fields ``(C, H, W)``: as many halvings (up to 3) as keep the coarsest grid >= 4 cells,
+    attention at the bottom, mask-aware; and the training patch: the whole field up to 64 x 64 cells, else 64x64.
+
+    >>> default_architecture((1, 28, 49))["channel_mults"], default_architecture((1, 28, 49))["patch_size"]
+    ([1, 2, 2], None)
+    """
+    channels, height, width = field_shape
+    patch = None if max(height, width) <= 64 else (min(height, 64), min(width, 64))
+    smallest = min(patch or (height, width))
+    halvings = max(0, min(3, int(math.log2(max(smallest, 1) / 4))))
+    return {"in_channels": channels, "base_channels": base_channels, "channel_mults": [1] + [2] * halvings,
+            "num_res_blocks": 1, "attention_levels": [], "mid_attention": True, "mask_aware": True,
+            "patch_size": None if patch is None else list(patch)}
+
+
+def validation_loss(denoiser: torch.nn.Module, fields: Tensor, mask: Tensor, *, seed: int = 0,
+                    sigma_data: float = 1.0) -> float:
+    """EDM-weighted denoising error of ``denoiser`` on ``fields [N, C, H, W]`` over valid cells, averaged over the
+    fixed noise levels :data:`VALIDATION_SIGMAS` with fixed noise (``seed``): deterministic, comparable across
+    steps. An exact denoiser of unit-variance Gaussian data scores 1."""
+    generator = torch.Generator().manual_seed(seed)
+    total, valid = 0.0, mask.to(fields.device)
+    was_training = denoiser.training
+    denoiser.eval()
+    with torch.no_grad():
+        for sigma in VALIDATION_SIGMAS:
+            noise = torch.randn(fields.shape, generator=generator).to(fields.device)
+            x0 = denoiser(fields + sigma * noise, sigma)
+            weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+            error = ((x0 - fields) ** 2)[:, valid].mean()
+            total += weight * float(error)
+    denoiser.train(was_training)
+    return total / len(VALIDATION_SIGMAS)
+
+
+def fit(
+    ds: xr.Dataset,
+    *,
+    variables: str | Sequence[str] | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    validation: float = 0.15,
+    validate_every: int | None = None,
+    anomaly: Literal["auto", "month", "season", "none", "off"] = "auto",
+    base_channels: int = 32,
+    batch_size: int = 8,
+    lr: float = 5e-4,
+    ema_decay: float = 0.999,
+    patch_size: tuple[int, int] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    max_memory: float | None = 2e9,
+    progress: bool = True,
+) -> ModelBundle:
+    """Train a diffusion prior of the variables of ``ds`` and return its :class:`~geodiff.io.ModelBundle`.
+
+    Parameters
+    ----------
+    ds: canonical dataset ``(time, [level,] lat, lon)``, NaN on land (numpy- or dask-backed; never loaded whole
+        when dask-backed).
+    variables: variables to model (default: every data variable with a time dimension).
+    steps: optimizer steps; default from ``time_budget`` (measured speed), else 2000.
+    time_budget: seconds of training (used to choose ``steps`` when it is not given).
+    validation: fraction of the times, the last ones, held out for validation and early stopping (at least one).
+    validate_every: steps between validations (default: ``steps / 10``).
+    anomaly: ``"auto"`` (per-cell anomalies with a monthly climatology for monthly series of >= 2 years, else a
+        per-cell mean), ``"month"``, ``"season"``, ``"none"`` (per-cell mean and std, no climatology) or ``"off"``
+        (one mean and std per variable and level: :class:`~geodiff.io.Normalizer`).
+    base_channels, batch_size, lr, ema_decay, patch_size: network width, global batch, AdamW learning rate, EMA
+        decay, training crop (default from :func:`default_architecture`).
+    checkpoint_dir, resume: where the run keeps its checkpoints; an interrupted run continues from them.
+    seed: seed of the initial weights and every random draw of training.
+    max_memory: bytes the encoded training fields may take in memory (float32); a longer series is streamed from
+        ``ds`` one time per sample (:class:`FieldStream`: slower, memory of a batch). None: always in memory.
+
+    Returns the bundle with the EMA weights of the best validation score; ``bundle.metadata["training"]`` records
+    every choice (architecture, steps, seconds, validation history).
+    """
+    from geodiff.backbones.unet import UNet
+    from geodiff.diffusion.denoiser import Denoiser
+    from geodiff.diffusion.losses import EDMLoss
+    from geodiff.training.checkpoint import latest_checkpoint
+    from geodiff.training.trainer import train
+
+    names = [variables] if isinstance(variables, str) else list(variables or [
+        str(n) for n, v in ds.data_vars.items() if "time" in v.dims])
+    check_training_data(ds, names)
+    if not 0 < validation < 0.5:
+        raise ConfigError(f"validation must be a fraction in (0, 0.5), got {validation}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    if time_budget is not None and not time_budget > 0:
+        raise ConfigError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    if anomaly not in ("auto", "month", "season", "none", "off"):
+        raise ConfigError(f"anomaly must be 'auto', 'month', 'season', 'none' or 'off', got {anomaly!r}")
+    ds = ds[names]
+    n_times = ds.sizes["time"]
+    n_validation = max(1, math.ceil(validation * n_times))
+    train_ds = ds.isel(time=slice(0, n_times - n_validation))
+    if anomaly == "off":
+        normalizer: AnomalyNormalizer | Normalizer = Normalizer.fit(train_ds, progress=progress)
+    else:
+        normalizer = AnomalyNormalizer.fit(train_ds, climatology=anomaly, progress=progress)
+    _check_values(train_ds, names, normalizer)
+    codec = Codec.from_dataset(ds.isel(time=[0]))
+    training_codec = Codec.from_dataset(train_ds, varying_nan="raise")
+    if not torch.equal(training_codec.mask, codec.mask):
+        raise DataError("the land mask of the first time differs from the training period's")
+    mask = codec.mask
+    stream = FieldStream(ds, codec, normalizer, range(n_times - n_validation))
+    encoded_bytes = len(stream) * 4 * math.prod(codec.shape)
+    streaming = max_memory is not None and encoded_bytes > max_memory
+    data: Tensor | Dataset = stream if streaming else _in_memory(stream)
+    held_out = np.arange(n_times - n_validation, n_times)
+    held_out = held_out[np.linspace(0, held_out.size - 1, min(held_out.size, MAX_VALIDATION_FIELDS)).astype(int)]
+    validation_fields = _in_memory(FieldStream(ds, codec, normalizer, np.unique(held_out)))
+
+    arch = default_architecture(codec.shape, base_channels=base_channels)
+    patch = patch_size if patch_size is not None else arch.pop("patch_size")
+    arch.pop("patch_size", None)
+    torch.manual_seed(seed)
+    denoiser = Denoiser(UNet(**arch), sigma_data=1.0)
+    loss = EDMLoss(P_mean=-0.4, P_std=1.6, sigma_data=1.0)
+
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="geodiff-fit-"))
+    state_path = folder / FIT_STATE
+    state: dict[str, Any] = {"history": [], "best": None, "steps": steps, "seconds": 0.0}
+    if resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if steps is not None and state.get("steps") not in (None, steps):
+            raise CheckpointError(f"{state_path} is a run of {state['steps']} steps; now steps={steps}: pass the "
+                                  "same steps, resume=False or another checkpoint_dir")
+    elif not resume and latest_checkpoint(folder) is not None:
+        raise CheckpointError(f"{folder} holds checkpoints of an earlier run and resume=False; use another folder")
+    options = dict(batch_size=batch_size, lr=lr, warmup_steps=100, ema_decay=ema_decay, loss=loss,
+                   patch_size=None if patch is None else tuple(patch), checkpoint_dir=folder, resume=True,
+                   seed=seed, device=device, progress=False, mask=mask)
+
+    total = state.get("steps")
+    done = state["history"][-1]["step"] if state["history"] else 0
+    started = _time.perf_counter()
+    if total is None:  # measure the speed on a first segment, then size the run to the budget
+        probe = 20
+        train(denoiser, data, steps=probe, checkpoint_every=probe, **options)
+        per_step = (_time.perf_counter() - started) / probe
+        total = 2000 if time_budget is None else max(probe, int(time_budget / (per_step * 1.08)))
+        state["steps"], state["seconds_per_step"] = total, per_step
+    every = validate_every or max(1, total // 10)
+    bar = tqdm(total=total, initial=done, desc="fit", unit="step", disable=not progress)
+    best_score = None if state["best"] is None else state["best"]["score"]
+    result = None
+    while done < total:
+        target = min(total, done + every)
+        result = train(denoiser, data, steps=target, checkpoint_every=every, **options)
+        score = validation_loss(result.ema, validation_fields, mask, seed=seed)
+        recent = result.losses[done:target]
+        state["history"].append({"step": target, "validation": score,
+                                 "training_loss": float(np.mean(recent)) if recent else None})
+        if best_score is None or score < best_score:
+            best_score = score
+            state["best"] = {"step": target, "score": score}
+            _save_weights(result.ema, folder / BEST_WEIGHTS)
+        state["seconds"] = float(state.get("seconds", 0.0)) + (_time.perf_counter() - started)
+        started = _time.perf_counter()
+        state_path.write_text(json.dumps(state, indent=1))
+        bar.update(target - done)
+        bar.set_postfix(loss=f"{state['history'][-1]['training_loss']:.4f}", val=f"{score:.4f}",
+                        best=f"{best_score:.4f}")
+        done = target
+    bar.close()
+    best = Denoiser(UNet(**arch), sigma_data=1.0)
+    _load_weights(best, folder / BEST_WEIGHTS)
+    best.set_mask(codec.mask)
+    best.eval()
+    metadata = {
+        "name": f"prior of {', '.join(names)}",
+        "trained_by": "geodiff.fit",
+        "training": {
+            "steps": int(total), "best_step": state["best"]["step"], "best_validation": state["best"]["score"],
+            "history": state["history"], "seconds": round(float(state["seconds"]), 1),
+            "architecture": arch, "patch_size": None if patch is None else list(patch), "batch_size": batch_size,
+            "lr": lr, "ema_decay": ema_decay, "loss": loss.config, "seed": seed,
+            "normalizer": normalizer.kind if anomaly != "off" else "channel",
+            "climatology": getattr(normalizer, "climatology", None),
+            "training_times": int(n_times - n_validation), "validation_times": int(n_validation),
+            "training_period": [str(ds["time"].values[0]), str(ds["time"].values[n_times - n_validation - 1])],
+            "validation_period": [str(ds["time"].values[n_times - n_validation]), str(ds["time"].values[-1])],
+            "torch": torch.__version__,
+        },
+    }
+    return ModelBundle(best, codec, normalizer, metadata=metadata)
+
+
+def _save_weights(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the best weights of this run were not saved")
+    module.load_state_dict(load_file(str(path)), strict=True)
