@@ -83,7 +83,7 @@ from geodiff.adapters import woa
 from geodiff.adapters.standardize import record, standardize
 from geodiff.baselines import climatology, eof_projection, optimal_interpolation
 from geodiff.baselines.optimal_interpolation import MODELS, fit_covariance
-from geodiff.errors import ConfigError, DataError
+from geodiff.errors import ConfigError, DataError, SamplingError
 
 COVERAGES = (0.02, 0.05, 0.10)
 #: observation error as a fraction of the training anomaly std of each level
@@ -491,7 +491,8 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
             if fit is None:
                 raise ConfigError("geodiff.fit is not available in this version; pass trained bundles with --priors")
             start = time.perf_counter()
-            bundle = fit(train, variables=[name], time_budget=time_budget,
+            plain = train.drop_vars([c for c in train.coords if c not in train.dims])  # labels such as realization
+            bundle = fit(plain, variables=[name], time_budget=time_budget,
                          validation=meta["split"]["n_validation"] / meta["split"]["n_train"],
                          checkpoint_dir=cache / key / "checkpoints", seed=seed, progress=False)
             bundle.save(folder, overwrite=True)
@@ -503,7 +504,14 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
         for coverage, table in tables.items():
             where = heldout_mask(test, name, table)
             start = time.perf_counter()
-            ensemble = geodiff.reconstruct(bundle, table, members=members, seed=seed, progress=False)
+            try:
+                ensemble = geodiff.reconstruct(bundle, table, members=members, seed=seed, progress=False)
+            except SamplingError as err:
+                rows.append({"method": "geodiff", "coverage": coverage, "rmse": None, "crps": None, "mae": None,
+                             "spread_skill": None, "coverage90": None, "seconds_per_field": None,
+                             "diverged": str(err)})
+                print(f"{key} {100 * coverage:g} %: geodiff diverged: {err}", flush=True)
+                continue
             seconds = (time.perf_counter() - start) / test.sizes["time"]
             field = ensemble[name].transpose("member", *test[name].dims)
             scores = ensemble_scores(test[name], field, where)
@@ -511,6 +519,7 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
                 test[name], field.mean("member"), where=where)), "seconds_per_field": seconds,
                 "members": members, "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum())})
             print(f"{key} {100 * coverage:g} %: geodiff RMSE {scores['rmse']:.4f}", flush=True)
+        training_note["metadata"] = {k: v for k, v in bundle.metadata.items() if isinstance(v, (int, float, str, bool))}
         rows.append({"method": "prior", **training_note})
         write_scores(cache, key, "geodiff", rows)
 
@@ -528,17 +537,19 @@ def table(cache: Path, names: list[str]) -> None:
                           f"{torch.__version__}, {torch.get_num_threads()} threads", "data_sets": {}}
     for key in names:
         meta = json.loads((cache / key / "meta.json").read_text())
-        rows = []
+        rows, notes = [], []
         for group in ("baselines", "geodiff"):
             path = cache / key / f"scores_{group}.json"
             if path.is_file():
-                rows += [r for r in json.loads(path.read_text()) if "coverage" in r]
+                scores = json.loads(path.read_text())
+                rows += [r for r in scores if "coverage" in r]
+                notes += [r for r in scores if "coverage" not in r]
         oi = {r["coverage"]: r for r in rows if r["method"] == "optimal interpolation"}
         for r in rows:
             ref = oi.get(r["coverage"])
-            r["rmse_vs_oi"] = r["rmse"] / ref["rmse"] if ref else None
+            r["rmse_vs_oi"] = r["rmse"] / ref["rmse"] if ref and r["rmse"] is not None else None
             r["crps_vs_oi"] = r["crps"] / ref["crps"] if ref and r["crps"] is not None else None
-        results["data_sets"][key] = {"meta": meta, "rows": rows}
+        results["data_sets"][key] = {"meta": meta, "rows": rows, "notes": notes}
         shape = " x ".join(f"{s} {d}" for d, s in meta["shape"].items())
         split = meta["split"]
         day = [t[:10] for t in (*split["train"], *split["test"])]
@@ -551,10 +562,17 @@ def table(cache: Path, names: list[str]) -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         order = ("geodiff", "optimal interpolation", "EOF projection", "climatology")
         for r in sorted(rows, key=lambda r: (r["coverage"], order.index(r["method"]))):
+            if r.get("diverged"):
+                print(f"| {100 * r['coverage']:g} % | {r['method']} | diverged: {r['diverged']} |||||||")
+                continue
             crps = fmt(r["crps"]) if r["crps"] is not None else f"({fmt(r['mae'])})"
             print(f"| {100 * r['coverage']:g} % | {r['method']} | {fmt(r['rmse'])} | {crps} | "
                   f"{fmt(r['spread_skill'], 2)} | {fmt(r['coverage90'], 2)} | {fmt(r['seconds_per_field'], 3)} | "
                   f"{fmt(r['rmse_vs_oi'], 2)} | {fmt(r['crps_vs_oi'], 2)} |")
+        for note in notes:
+            if note["method"] == "prior":
+                print(f"\ngeodiff prior {note.get('prior')} (sha256 {str(note.get('sha256'))[:12]}): trained "
+                      f"{fmt(note.get('train_seconds'), 0)} s; metadata {json.dumps(note.get('metadata', {}))}")
     (cache / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\n(all numbers in {cache / 'results.json'})")
 
