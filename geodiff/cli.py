@@ -99,7 +99,7 @@ def _train(config: Any, line: str) -> Path | None:
     from geodiff.diffusion.denoiser import Denoiser
     from geodiff.io import Codec, ModelBundle, Normalizer
     from geodiff.jobconfig import open_input
-    from geodiff.pipelines.reconstruct import append_history
+    from geodiff.provenance import append_history
 
     ds = open_input(config.data)
     if not isinstance(ds, xr.Dataset):
@@ -192,7 +192,7 @@ def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
     """Run a pipeline configuration; returns a one-line summary."""
     from geodiff.batch import parse_part, run_batch, status
     from geodiff.batch import finalise as finalise_store
-    from geodiff.pipelines.reconstruct import append_history
+    from geodiff.provenance import append_history
 
     parse_part(part)
     job = _pipeline_job(kind, config)
@@ -318,7 +318,7 @@ def _evaluate(config: Any, line: str) -> dict[str, Any]:
     import numpy as np
 
     from geodiff import metrics
-    from geodiff.pipelines.reconstruct import append_history
+    from geodiff.provenance import append_history
 
     prediction, truth = _open_output(config.prediction), _open_output(config.truth)
     names = config.variables or [name for name in prediction.data_vars if name in truth.data_vars]

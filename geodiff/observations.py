@@ -45,7 +45,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from geodiff.errors import CoordinateError, GridError, ObservationError
+from geodiff.errors import GridError, ObservationError
+from geodiff.grid import channel_layout, channel_mask, point_stencil
 
 __all__ = ["ObservationReport", "as_observations", "validate_observations", "OBSERVATION_COLUMNS"]
 
@@ -287,66 +288,30 @@ class ObservationReport:
         return "\n".join(lines)
 
 
-def _layout(
+def _channels_of(
     variables: Sequence[str] | Mapping[str, Any] | None, grid_depth: Any, channels: Sequence[tuple[Any, Any]] | None
-) -> tuple[dict[Any, np.ndarray | None], list[Any]]:
-    """``({variable or None: depth levels or None}, channel variable of each channel)``."""
+) -> Sequence[tuple[Any, Any]] | None:
+    """The field's ``(variable, level)`` channel list from ``channels``, or from ``variables`` (names each on
+    ``grid_depth``, or ``{name: levels or None}``); None for a single unnamed variable (on ``grid_depth``)."""
     if channels is not None:
         if variables is not None or grid_depth is not None:
             raise GridError("give channels (the codec's (variable, level) list) or variables/grid_depth, not both")
-        pairs = [tuple(item) for item in channels]
-    elif isinstance(variables, Mapping):
-        pairs = []
+        return [tuple(item) for item in channels]
+    if isinstance(variables, Mapping):
+        pairs: list[tuple[Any, Any]] = []
         for name, levels in variables.items():
             pairs += [(name, None)] if levels is None else [(name, float(level)) for level in np.atleast_1d(levels)]
-    elif variables is not None:
-        if isinstance(variables, str):
-            variables = [variables]
-        levels = None if grid_depth is None else np.asarray(grid_depth, dtype=np.float64)
-        pairs = [(name, level) for name in variables for level in ([None] if levels is None else levels.tolist())]
-    else:
-        levels = None if grid_depth is None else np.asarray(grid_depth, dtype=np.float64)
-        pairs = [(None, level) for level in ([None] if levels is None else levels.tolist())]
-    layout: dict[Any, list[Any]] = {}
-    order: list[Any] = []
-    for name, level in pairs:
-        layout.setdefault(name, []).append(level)
-        order.append(name)
-    result: dict[Any, np.ndarray | None] = {}
-    for name, levels in layout.items():
-        if all(level is None for level in levels) and len(levels) == 1:
-            result[name] = None
-        elif any(level is None for level in levels):
-            raise GridError(f"variable {name!r} mixes channels with and without a depth level")
-        else:
-            result[name] = _ascending(levels, f"depth levels of {name!r}")
-    return result, order
+        return pairs
+    if variables is None:
+        return None
+    names = [variables] if isinstance(variables, str) else list(variables)
+    levels = [None] if grid_depth is None else np.asarray(grid_depth, dtype=np.float64).reshape(-1).tolist()
+    return [(name, level) for name in names for level in levels]
 
 
-def _ascending(values: Any, name: str) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
-    if array.size == 0 or not np.all(np.isfinite(array)):
-        raise CoordinateError(f"coordinate {name!r} must be a non-empty array of finite values")
-    if array.size > 1 and not np.all(np.diff(array) > 0):
-        raise CoordinateError(f"coordinate {name!r} must be strictly ascending")
-    return array
-
-
-def _neighbours(grid: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(i0, i1, t, inside)`` on an ascending grid (the same rule as :mod:`geodiff.operators`)."""
-    if grid.size == 1:
-        zero = np.zeros(values.shape, dtype=np.int64)
-        return zero, zero, np.zeros(values.shape), np.isclose(values, grid[0], rtol=0, atol=1e-9)
-    i0 = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, grid.size - 2)
-    t = np.clip((values - grid[i0]) / (grid[i0 + 1] - grid[i0]), 0.0, 1.0)
-    return i0, i0 + 1, t, (values >= grid[0]) & (values <= grid[-1])
-
-
-def _is_periodic(lon: np.ndarray) -> bool:
-    if lon.size < 2:
-        return False
-    gap = lon[0] + 360.0 - lon[-1]
-    return bool(0 < gap <= 1.5 * np.diff(lon).max() + 1e-9)
+def _ocean_mask(ocean_mask: Any, layout: dict, grid_lat: Any, grid_lon: Any) -> np.ndarray:
+    shape = (sum(chans.size for chans, _ in layout.values()), np.size(grid_lat), np.size(grid_lon))
+    return channel_mask(ocean_mask, shape, "ocean_mask")
 
 
 def validate_observations(
@@ -404,12 +369,8 @@ def validate_observations(
     if duplicates not in _DUPLICATE_POLICIES:
         raise ObservationError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {duplicates!r}")
     table = as_observations(obs, default_error_std=default_error_std)
-    layout, channel_vars = _layout(variables, grid_depth, channels)
-    lat_grid = _ascending(grid_lat, "lat")
-    lon_grid = _ascending(grid_lon, "lon")
-    if lon_grid[-1] - lon_grid[0] >= 360:
-        raise CoordinateError("coordinate 'lon' spans 360 degrees or more; drop the repeated seam column")
-    periodic = _is_periodic(lon_grid) if periodic is None else bool(periodic)
+    pairs = _channels_of(variables, grid_depth, channels)
+    layout = channel_layout(pairs, None if pairs is not None else grid_depth)
     size = table.sizes["obs"]
     report = ObservationReport(total=size, duplicate_policy=duplicates)
     report.error_std_filled = int(table.attrs.get("error_std_filled", 0))
@@ -435,84 +396,34 @@ def validate_observations(
         for name in pd.unique(variable[~known]):
             report.unknown_variable[str(name)] = int(np.sum(variable[~known] == name))
         reason[~known] = "unknown_variable"
-        levels_of = [layout.get(v) for v in variable]
+        three_d = np.array([layout[v][1] is not None if k else False for v, k in zip(variable, known)], dtype=bool)
     else:
         if variable is not None and len(pd.unique(variable)) > 1:
             raise ObservationError(
                 f"the table has variables {sorted(map(str, pd.unique(variable)))}; pass variables= (the field's names)"
             )
-        levels_of = [layout[None]] * size
-    three_d = np.array([levels is not None for levels in levels_of], dtype=bool)
+        three_d = np.full(size, layout[None][1] is not None)
     if three_d.any() and "depth" not in table.coords:
         raise ObservationError("observations of 3-D variables need a 'depth' column (metres, positive down)")
 
-    # missing values, positions, errors
-    value = table["value"].to_numpy()
-    lat = table["lat"].to_numpy()
+    # where each record sits on the grid: bilinear in lat/lon, linear in depth, land-aware (geodiff.grid)
+    stencil = point_stencil(
+        grid_lat, grid_lon, layout, table["lat"].to_numpy(), table["lon"].to_numpy(),
+        table["depth"].to_numpy() if "depth" in table.coords else None, variable if named else None,
+        mask=None if ocean_mask is None else _ocean_mask(ocean_mask, layout, grid_lat, grid_lon),
+        periodic=periodic, extrapolate_above=extrapolate_above,
+    )  # fmt: skip
+
+    # each record is dropped for the first reason that applies
     lon = table["lon"].to_numpy()
-    depth = table["depth"].to_numpy() if "depth" in table.coords else np.full(size, np.nan)
-    error_std = table["error_std"].to_numpy()
-    reason[(reason == "") & np.isnan(value)] = "missing_value"
-    no_position = np.isnan(lat) | np.isnan(lon) | pd.isnull(table["time"].to_numpy()) | (three_d & np.isnan(depth))
+    no_position = (stencil.reason == "missing") | pd.isnull(table["time"].to_numpy())
+    reason[(reason == "") & np.isnan(table["value"].to_numpy())] = "missing_value"
     reason[(reason == "") & no_position] = "missing_position"
-    reason[(reason == "") & np.isnan(error_std)] = "missing_error_std"
-
-    # position on the grid
-    safe_lat = np.where(np.isnan(lat), lat_grid[0], lat)
-    safe_lon = np.where(np.isnan(lon), lon_grid[0], lon)
-    wrapped = lon_grid[0] + np.mod(safe_lon - lon_grid[0], 360.0)
-    wrapped = np.where(np.abs(wrapped - safe_lon) <= 1e-9, safe_lon, wrapped)  # rounding must not move the east edge
-    wrapped = np.where((wrapped > lon_grid[-1]) & (wrapped - lon_grid[-1] <= 1e-9), lon_grid[-1], wrapped)
-    converted = ~np.isnan(lon) & ~np.isclose(wrapped, lon, rtol=0, atol=1e-12)
-    j0, j1, ty, in_lat = _neighbours(lat_grid, safe_lat)
-    if periodic:
-        i0 = np.clip(np.searchsorted(lon_grid, wrapped, side="right") - 1, 0, lon_grid.size - 1)
-        last = i0 == lon_grid.size - 1
-        i1 = np.where(last, 0, i0 + 1)
-        right = np.where(last, lon_grid[0] + 360.0, lon_grid[np.minimum(i0 + 1, lon_grid.size - 1)])
-        tx = np.clip((wrapped - lon_grid[i0]) / (right - lon_grid[i0]), 0.0, 1.0)
-        in_lon = np.ones(size, dtype=bool)
-    else:
-        i0, i1, tx, in_lon = _neighbours(lon_grid, wrapped)
-    c0 = np.zeros(size, dtype=np.int64)  # channels of the two levels around each observation
-    c1 = np.zeros(size, dtype=np.int64)
-    tz = np.zeros(size)
-    in_depth = np.ones(size, dtype=bool)
-    above = np.zeros(size, dtype=bool)
-    for name, levels in layout.items():
-        chans = np.array([index for index, owner in enumerate(channel_vars) if owner == name])
-        selected = np.ones(size, dtype=bool) if not named else np.asarray(variable == name, dtype=bool)
-        if levels is None:
-            c0[selected] = c1[selected] = chans[0]
-            continue
-        selected &= reason == ""
-        d = depth[selected]
-        k0, k1, t, inside = _neighbours(levels, d)
-        shallow = d < levels[0]
-        if extrapolate_above:
-            k0, k1 = np.where(shallow, 0, k0), np.where(shallow, 0, k1)
-            t, inside = np.where(shallow, 0.0, t), inside | shallow
-            above[selected] = shallow
-        c0[selected], c1[selected], tz[selected], in_depth[selected] = chans[k0], chans[k1], t, inside
-    reason[(reason == "") & ~(in_lat & in_lon & in_depth)] = "outside_grid"
-
-    # land: every corner with a positive weight is masked out
-    if ocean_mask is not None:
-        mask = np.asarray(ocean_mask).astype(bool)
-        height, width = lat_grid.size, lon_grid.size
-        if mask.shape == (height, width):
-            mask = np.broadcast_to(mask, (len(channel_vars), height, width))
-        if mask.shape != (len(channel_vars), height, width):
-            raise GridError(
-                f"ocean_mask must be [H, W] = {[height, width]} or [C, H, W] = {[len(channel_vars), height, width]}, "
-                f"got {list(mask.shape)}"
-            )
-        valid_weight = np.zeros(size)
-        for cz, wz in ((c0, 1 - tz), (c1, tz)):
-            for jy, wy in ((j0, 1 - ty), (j1, ty)):
-                for ix, wx in ((i0, 1 - tx), (i1, tx)):
-                    valid_weight += wz * wy * wx * mask[cz, jy, ix]
-        reason[(reason == "") & (valid_weight <= 1e-12)] = "on_land"
+    reason[(reason == "") & np.isnan(table["error_std"].to_numpy())] = "missing_error_std"
+    reason[(reason == "") & (stencil.reason == "outside")] = "outside_grid"
+    reason[(reason == "") & (stencil.reason == "land")] = "on_land"
+    converted = ~np.isnan(lon) & ~np.isclose(stencil.lon, lon, rtol=0, atol=1e-12)
+    above = stencil.above
 
     for key in ("missing_value", "missing_position", "missing_error_std", "outside_grid", "on_land"):
         setattr(report, key, int(np.sum(reason == key)))
@@ -522,7 +433,7 @@ def validate_observations(
     if keep.size == 0:
         raise ObservationError(f"no usable observation on this grid\n{report}")
     clean = table.isel(obs=keep)
-    clean = clean.assign_coords(lon=clean["lon"].copy(data=wrapped[keep]))
+    clean = clean.assign_coords(lon=clean["lon"].copy(data=stencil.lon[keep]))
     clean, report = _merge_duplicates(clean, report, duplicates)
     report.kept = clean.sizes["obs"]
     clean.attrs["geodiff_validation"] = str(report)

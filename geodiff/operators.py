@@ -46,7 +46,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from geodiff.errors import CoordinateError, GridError, ObservationError
+from geodiff.errors import GridError, ObservationError
+from geodiff.grid import (
+    EMPTY_WEIGHT,
+    STENCIL_REASONS,
+    ascending,
+    channel_layout,
+    channel_mask,
+    is_periodic,
+    point_stencil,
+)
 
 __all__ = [
     "LinearOperator",
@@ -58,9 +67,6 @@ __all__ = [
     "is_periodic",
 ]
 
-#: weight sum below which an observation has no valid (ocean) corner
-_EMPTY = 1e-12
-_REASONS = ("variable", "missing", "outside", "land")
 _REASON_TEXT = {
     "variable": "with a variable that is not a channel of the field",
     "missing": "with a missing (NaN) position",
@@ -70,122 +76,7 @@ _REASON_TEXT = {
 
 
 # --------------------------------------------------------------------------------------------------------------
-# grid helpers (numpy)
-
-
-def _ascending(values: Any, name: str) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1 or array.size == 0:
-        raise CoordinateError(f"coordinate {name!r} must be a non-empty 1-D array, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise CoordinateError(f"coordinate {name!r} has non-finite values")
-    if array.size > 1 and not np.all(np.diff(array) > 0):
-        raise CoordinateError(f"coordinate {name!r} must be strictly ascending")
-    return array
-
-
-def is_periodic(grid_lon: Any) -> bool:
-    """True when longitudes ``[W]`` (ascending, degrees) cover the globe: the gap closing the circle, from the
-    last longitude back to the first + 360, is positive and no wider than 1.5 grid spacings.
-
-    >>> is_periodic(np.arange(0.0, 360.0, 2.5)), is_periodic(np.arange(-30.0, 30.0, 1.0))
-    (True, False)
-    """
-    lon = _ascending(grid_lon, "lon")
-    if lon.size < 2:
-        return False
-    gap = lon[0] + 360.0 - lon[-1]
-    return bool(0 < gap <= 1.5 * np.diff(lon).max() + 1e-9)
-
-
-def channel_layout(
-    channels: Sequence[tuple[Any, Any]] | None = None, grid_depth: Any = None
-) -> dict[Any, tuple[np.ndarray, np.ndarray | None]]:
-    """``{variable: (channel indices [L], depth levels [L] or None)}`` from a codec's ``channels`` list.
-
-    Without ``channels`` the field is a single variable (key ``None``): 2-D, or 3-D on ``grid_depth``.
-    A 3-D variable's levels must be strictly ascending (depth positive down).
-
-    >>> layout = channel_layout([("tos", None), ("thetao", 5.0), ("thetao", 15.0)])
-    >>> layout["thetao"][0].tolist(), layout["thetao"][1].tolist(), layout["tos"][1]
-    ([1, 2], [5.0, 15.0], None)
-    """
-    if channels is None:
-        if grid_depth is None:
-            return {None: (np.array([0]), None)}
-        levels = _ascending(grid_depth, "depth")
-        return {None: (np.arange(levels.size), levels)}
-    if grid_depth is not None:
-        raise GridError("give either channels (the codec's (variable, level) list) or grid_depth, not both")
-    grouped: dict[Any, list[tuple[int, Any]]] = {}
-    for index, item in enumerate(channels):
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise GridError(f"channels[{index}] must be a (variable, level) pair, got {item!r}")
-        grouped.setdefault(item[0], []).append((index, item[1]))
-    layout: dict[Any, tuple[np.ndarray, np.ndarray | None]] = {}
-    for variable, entries in grouped.items():
-        indices = np.array([i for i, _ in entries])
-        levels = [level for _, level in entries]
-        if all(level is None for level in levels):
-            if len(entries) > 1:
-                raise GridError(f"variable {variable!r} appears in {len(entries)} channels without levels")
-            layout[variable] = (indices, None)
-        elif any(level is None for level in levels):
-            raise GridError(f"variable {variable!r} mixes channels with and without a depth level")
-        else:
-            layout[variable] = (indices, _ascending(levels, f"depth levels of {variable!r}"))
-    return layout
-
-
-def _bracket(grid: np.ndarray, values: np.ndarray, *, extrapolate_below: bool = False):
-    """Neighbours ``(i0, i1, t, inside)`` with ``value = (1 - t) grid[i0] + t grid[i1]`` on an ascending grid.
-
-    ``extrapolate_below`` keeps values below ``grid[0]`` at the first entry (``t = 0``)."""
-    n = grid.size
-    finite = np.isfinite(values)
-    safe = np.where(finite, values, grid[0])
-    if n == 1:
-        i0 = np.zeros(values.shape, dtype=np.int64)
-        t = np.zeros(values.shape)
-        inside = finite & np.isclose(safe, grid[0], rtol=0, atol=1e-9)
-        if extrapolate_below:
-            inside |= finite & (safe < grid[0])
-        return i0, i0, t, inside
-    i0 = np.clip(np.searchsorted(grid, safe, side="right") - 1, 0, n - 2).astype(np.int64)
-    i1 = i0 + 1
-    t = (safe - grid[i0]) / (grid[i1] - grid[i0])
-    inside = finite & (safe >= grid[0]) & (safe <= grid[-1])
-    if extrapolate_below:
-        above = finite & (safe < grid[0])
-        t = np.where(above, 0.0, t)
-        inside |= above
-    return i0, i1, np.clip(t, 0.0, 1.0), inside
-
-
-def _wrap_into(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``values`` taken into ``[grid[0], grid[0] + 360)``; values already there (or within 1e-9 degrees of the last
-    column after wrapping) are kept exactly, so that rounding never moves a point on the east edge outside."""
-    wrapped = grid[0] + np.mod(values - grid[0], 360.0)
-    wrapped = np.where(np.abs(wrapped - values) <= 1e-9, values, wrapped)
-    return np.where((wrapped > grid[-1]) & (wrapped - grid[-1] <= 1e-9), grid[-1], wrapped)
-
-
-def _bracket_lon(grid: np.ndarray, values: np.ndarray, periodic: bool):
-    """Longitude neighbours ``(i0, i1, t, inside, converted)``: values are first taken into the grid's convention
-    ``[lon0, lon0 + 360)``; with ``periodic`` the last and first columns are neighbours across the seam."""
-    finite = np.isfinite(values)
-    safe = np.where(finite, values, grid[0])
-    wrapped = _wrap_into(grid, safe)
-    if not periodic:
-        i0, i1, t, inside = _bracket(grid, wrapped)
-        return i0, i1, t, inside & finite, wrapped
-    n = grid.size
-    i0 = np.clip(np.searchsorted(grid, wrapped, side="right") - 1, 0, n - 1).astype(np.int64)
-    last = i0 == n - 1
-    i1 = np.where(last, 0, i0 + 1)
-    right = np.where(last, grid[0] + 360.0, grid[np.minimum(i0 + 1, n - 1)])
-    t = np.clip((wrapped - grid[i0]) / (right - grid[i0]), 0.0, 1.0)
-    return i0, i1, t, finite, wrapped
+# inputs
 
 
 def _positions(values: Any, name: str, n: int | None = None) -> np.ndarray:
@@ -198,89 +89,9 @@ def _positions(values: Any, name: str, n: int | None = None) -> np.ndarray:
     return array
 
 
-def _stencil(
-    grid_lat: np.ndarray,
-    grid_lon: np.ndarray,
-    layout: dict[Any, tuple[np.ndarray, np.ndarray | None]],
-    lat: np.ndarray,
-    lon: np.ndarray,
-    depth: np.ndarray | None,
-    variable: np.ndarray | None,
-    *,
-    periodic: bool,
-    extrapolate_above: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Corner flat indices ``[N, 8]``, weights ``[N, 8]`` (float64) and a reason code per observation
-    (``""`` when interpolable, else one of ``_REASONS``) -- before land is taken into account."""
-    height, width = grid_lat.size, grid_lon.size
-    n = lat.size
-    j0, j1, ty, in_lat = _bracket(grid_lat, lat)
-    i0, i1, tx, in_lon, _ = _bracket_lon(grid_lon, lon, periodic)
-    c0 = np.zeros(n, dtype=np.int64)
-    c1 = np.zeros(n, dtype=np.int64)
-    tz = np.zeros(n)
-    reason = np.full(n, "", dtype=object)
-    reason[~(np.isfinite(lat) & np.isfinite(lon))] = "missing"
-    known = np.zeros(n, dtype=bool)
-    named = not (len(layout) == 1 and None in layout)
-    if named and variable is None:
-        if len(layout) > 1:
-            raise ObservationError(
-                f"the field has variables {sorted(map(str, layout))}: observations need a 'variable' column"
-            )
-        variable = np.full(n, next(iter(layout)), dtype=object)
-    for key, (chans, levels) in layout.items():
-        selected = np.ones(n, dtype=bool) if key is None else np.asarray(variable == key, dtype=bool)
-        known |= selected
-        if not selected.any():
-            continue
-        if levels is None:
-            c0[selected] = c1[selected] = chans[0]
-            continue
-        if depth is None:
-            raise ObservationError(
-                f"observations of 3-D variable {key!r} need a 'depth' column (metres, positive down)"
-            )
-        d = depth[selected]
-        if np.any(d[np.isfinite(d)] < 0):
-            raise ObservationError("observation column 'depth' has negative values; depth is in metres, positive down")
-        k0, k1, t, inside = _bracket(levels, d, extrapolate_below=extrapolate_above)
-        c0[selected], c1[selected], tz[selected] = chans[k0], chans[k1], t
-        where = np.flatnonzero(selected)
-        reason[where[~np.isfinite(d) & (reason[where] == "")]] = "missing"
-        reason[where[~inside & (reason[where] == "")]] = "outside"
-    if named:
-        reason[~known] = "variable"
-    reason[(reason == "") & ~(in_lat & in_lon)] = "outside"
-    plane = height * width
-    index = np.empty((n, 8), dtype=np.int64)
-    weight = np.empty((n, 8))
-    k = 0
-    for cz, wz in ((c0, 1 - tz), (c1, tz)):
-        for jy, wy in ((j0, 1 - ty), (j1, ty)):
-            for ix, wx in ((i0, 1 - tx), (i1, tx)):
-                index[:, k] = cz * plane + jy * width + ix
-                weight[:, k] = wz * wy * wx
-                k += 1
-    bad = reason != ""
-    index[bad], weight[bad] = 0, 0.0
-    return index, weight, reason
-
-
-def _mask_array(mask: Any, shape: tuple[int, int, int]) -> np.ndarray | None:
-    if mask is None:
-        return None
-    if isinstance(mask, Tensor):
-        mask = mask.detach().cpu().numpy()
-    array = np.asarray(mask).astype(bool)
-    channels, height, width = shape
-    if array.shape == (height, width):
-        array = np.broadcast_to(array, shape)
-    if array.shape != shape:
-        raise GridError(
-            f"mask must be [C, H, W] = {list(shape)} or [H, W] = {[height, width]}, got {list(array.shape)}"
-        )
-    return array.reshape(-1)
+def _mask_numpy(mask: Any) -> Any:
+    """A mask given as a tensor as a numpy array (the grid rules are numpy); anything else as it is."""
+    return mask.detach().cpu().numpy() if isinstance(mask, Tensor) else mask
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -391,14 +202,7 @@ class PointOperator(WeightedGatherOperator):
         super().__init__()
         if on_invalid not in ("raise", "drop"):
             raise ObservationError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
-        grid_lat = _ascending(grid_lat, "lat")
-        grid_lon = _ascending(grid_lon, "lon")
-        if grid_lon[-1] - grid_lon[0] >= 360:
-            raise CoordinateError("coordinate 'lon' spans 360 degrees or more; drop the repeated seam column")
         layout = channel_layout(channels, grid_depth)
-        n_channels = sum(chans.size for chans, _ in layout.values())
-        self.field_shape = (n_channels, grid_lat.size, grid_lon.size)
-        self.periodic = is_periodic(grid_lon) if periodic is None else bool(periodic)
         lat = _positions(lat, "lat")
         lon = _positions(lon, "lon", lat.size)
         if np.any(np.abs(lat[np.isfinite(lat)]) > 90):
@@ -410,18 +214,14 @@ class PointOperator(WeightedGatherOperator):
                 raise ObservationError(
                     f"observation column 'variable' has {variable.size} entries, expected {lat.size}"
                 )
-        index, weight, reason = _stencil(
+        stencil = point_stencil(
             grid_lat, grid_lon, layout, lat, lon, depth, variable,
-            periodic=self.periodic, extrapolate_above=extrapolate_above,
+            mask=_mask_numpy(mask), periodic=periodic, extrapolate_above=extrapolate_above,
         )  # fmt: skip
-        valid = _mask_array(mask, self.field_shape)
-        if valid is not None:
-            weight = weight * valid[index]
-            total = weight.sum(axis=1)
-            reason[(reason == "") & (total <= _EMPTY)] = "land"
-            weight = np.divide(weight, total[:, None], out=np.zeros_like(weight), where=total[:, None] > _EMPTY)
+        self.field_shape, self.periodic = stencil.field_shape, stencil.periodic
+        index, weight, reason = stencil.index, stencil.weight, stencil.reason
         bad = reason != ""
-        self.dropped = {key: np.flatnonzero(reason == key) for key in _REASONS if np.any(reason == key)}
+        self.dropped = {key: np.flatnonzero(reason == key) for key in STENCIL_REASONS if np.any(reason == key)}
         if bad.any() and on_invalid == "raise":
             parts = [f"{idx.size} {_REASON_TEXT[key]} (indices {idx[:5].tolist()}{'...' if idx.size > 5 else ''})"
                      for key, idx in self.dropped.items()]  # fmt: skip
@@ -728,13 +528,13 @@ class CoarsenOperator(WeightedGatherOperator):
         self.coarse_shape = (channels, height // fy, width // fx)
         weight = np.ones((height, width))
         if grid_lat is not None:
-            lat = _ascending(grid_lat, "lat")
+            lat = ascending(grid_lat, "lat")
             if lat.size != height:
                 raise GridError(f"grid_lat has {lat.size} values; the field has {height} rows")
             weight = weight * np.clip(np.cos(np.deg2rad(lat)), 0.0, None)[:, None]
         weight = np.broadcast_to(weight, self.field_shape).reshape(-1)
-        valid = _mask_array(mask, self.field_shape)
-        if valid is not None:
+        if mask is not None:
+            valid = channel_mask(_mask_numpy(mask), self.field_shape).reshape(-1)
             weight = weight * valid
         _, hc, wc = self.coarse_shape
         # flat fine index of every (coarse cell, block member): [C, Hc, Wc, fy, fx] -> [N_all, fy * fx]
@@ -744,7 +544,7 @@ class CoarsenOperator(WeightedGatherOperator):
         index = (c * height * width + rows * width + cols).reshape(channels * hc * wc, fy * fx)
         block = weight[index]
         total = block.sum(axis=1)
-        keep = total > _EMPTY
+        keep = total > EMPTY_WEIGHT
         if not keep.any():
             raise GridError("every coarse cell is on land: the mask leaves no valid fine cell")
         self.kept = np.flatnonzero(keep)

@@ -35,7 +35,6 @@ Example
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -47,6 +46,8 @@ import xarray as xr
 
 from geodiff.adapters.files import check_netcdf
 from geodiff.errors import CalendarError, CoordinateError, DataError, GeodiffWarning, UnitsError
+from geodiff.grid import LON_CONVENTIONS, wrap_longitude
+from geodiff.provenance import append_history
 
 __all__ = [
     "CANONICAL_UNITS",
@@ -82,8 +83,6 @@ CANONICAL_UNITS: dict[str, str] = {
     "height_above_reference_ellipsoid": "m",
     "sea_floor_depth_below_geoid": "m",
 }
-
-LON_CONVENTIONS: tuple[str, ...] = ("-180..180", "0..360")
 
 #: Values at or beyond this magnitude in a coordinate are fill values (CMIP's 1e20), not positions.
 SENTINEL = 1e19
@@ -148,11 +147,7 @@ def record(ds: xr.Dataset, changes: Sequence[str], *, step: str = "standardize")
     if not changes:
         return ds
     ds = ds.copy()
-    attrs = dict(ds.attrs)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    line = f"{stamp} geodiff {_version()} {step}: " + "; ".join(changes)
-    old = attrs.get("history")
-    attrs["history"] = f"{old}\n{line}" if old else line
+    attrs = append_history(ds.attrs, f"geodiff {_version()} {step}: " + "; ".join(changes))
     try:
         previous = json.loads(attrs.get("geodiff_standardize", "[]"))
         if not isinstance(previous, list):
@@ -617,21 +612,6 @@ def check_calendars(*objs: xr.Dataset | xr.DataArray, names: Sequence[str] | Non
 # longitude
 
 
-def wrap_longitude(lon: Any, convention: str = "-180..180") -> Any:
-    """Longitudes wrapped into ``[-180, 180)`` or ``[0, 360)``; works on numbers, arrays and DataArrays.
-
-    >>> wrap_longitude(np.array([0.0, 180.0, 359.5]), "-180..180").tolist()
-    [0.0, -180.0, -0.5]
-    >>> wrap_longitude(-90.0, "0..360")
-    270.0
-    """
-    if convention not in LON_CONVENTIONS:
-        raise CoordinateError(f"unknown longitude convention {convention!r}; expected one of {LON_CONVENTIONS}")
-    if convention == "-180..180":
-        return ((lon + 180.0) % 360.0) - 180.0
-    return lon % 360.0
-
-
 def _lon_convention_of(values: np.ndarray) -> str:
     """"0..360" when some longitude exceeds 180, else "-180..180" (both agree on 0..180)."""
     return "0..360" if np.nanmax(values) > 180.0 else "-180..180"
@@ -756,7 +736,7 @@ def _cyclic_order(name: Hashable, values: np.ndarray) -> None:
     """Longitudes must increase (or decrease) around the circle, crossing the seam at most once, without repeats."""
     if values.size < 2:
         return
-    wrapped = np.round(values % 360.0, 9)
+    wrapped = np.round(wrap_longitude(values, "0..360"), 9)
     uniq, counts = np.unique(wrapped, return_counts=True)
     if np.any(counts > 1):
         raise CoordinateError(

@@ -53,6 +53,8 @@ import xarray as xr
 
 from geodiff.adapters.files import INCOMPLETE, check_netcdf
 from geodiff.errors import CalendarError, ConfigError, CoordinateError, DataError, GridError, UnitsError
+from geodiff.grid import wrap_longitude
+from geodiff.provenance import append_history
 from geodiff.tutorial import WOA_SAMPLE, file_sha256, load_manifest, manifest_path, sample_path
 from geodiff.tutorial import open_dataset as open_sample
 
@@ -206,7 +208,7 @@ def open_ferret_woa(path: str | Path, *, variable: str = "TEMP") -> xr.Dataset:
 
     temp = src[variable].transpose(names["T"], names["Z"], names["Y"], names["X"])
     temp, units_note = _temperature_in_degc(temp, path)
-    lon = (np.asarray(src[names["X"]].values, dtype=np.float64) + 180.0) % 360.0 - 180.0
+    lon = wrap_longitude(np.asarray(src[names["X"]].values, dtype=np.float64), "-180..180")
     if np.unique(lon).size != lon.size:
         raise CoordinateError(
             f"{str(path)!r}: longitude {names['X']!r} has duplicate points after wrapping to [-180, 180)")
@@ -253,11 +255,11 @@ def open_ferret_woa(path: str | Path, *, variable: str = "TEMP") -> xr.Dataset:
     ds.lat.attrs = {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"}
     ds.lon.attrs = {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X",
                     "comment": "convention [-180, 180); the Ferret source axis runs 20.5..380 E"}
-    previous = str(src.attrs.get("history", "")).strip()
     step = (f"geodiff.adapters.woa.open_ferret_woa: {path.name} (sha256 {source_sha}) -> canonical "
             "(time, depth, lat, lon), lon rolled to [-180, 180), lat ascending, climatological months -> "
             f"mid-months of placeholder year {_PLACEHOLDER_YEAR}, units degC")
-    ds.attrs = {
+    previous = str(src.attrs.get("history", "")).strip()
+    ds.attrs = append_history({
         "title": "World Ocean Atlas monthly sea water temperature climatology, 0-1000 m, 2 degree",
         "Conventions": "CF-1.8",
         "source": WOA_SOURCE,
@@ -268,8 +270,8 @@ def open_ferret_woa(path: str | Path, *, variable: str = "TEMP") -> xr.Dataset:
         "source_file_sha256": source_sha,
         "geodiff_lon_convention": "-180..180",
         "time_note": TIME_NOTE,
-        "history": f"{previous}\n{step}" if previous else step,
-    }
+        **({"history": previous} if previous else {}),
+    }, step)
     return ds
 
 
@@ -277,11 +279,11 @@ def open_ferret_woa(path: str | Path, *, variable: str = "TEMP") -> xr.Dataset:
 def _box_indices(coord: np.ndarray, bounds: tuple[float, float], name: str, periodic: bool) -> np.ndarray:
     lo, hi = (float(b) for b in bounds)
     if periodic:
-        lo_w, hi_w = (lo + 180.0) % 360.0 - 180.0, (hi + 180.0) % 360.0 - 180.0
+        lo_w, hi_w = wrap_longitude(lo, "-180..180"), wrap_longitude(hi, "-180..180")
         inside = (coord >= lo_w) & (coord < hi_w) if lo_w < hi_w else (coord >= lo_w) | (coord < hi_w)
         index = np.flatnonzero(inside)
         # order eastwards from the western edge so a box across the date line stays contiguous
-        index = index[np.argsort((coord[index] - lo_w) % 360.0)]
+        index = index[np.argsort(wrap_longitude(coord[index] - lo_w, "0..360"))]
     else:
         if not lo < hi:
             raise ConfigError(f"box {name} bounds {bounds} must be (south, north) with south < north")
@@ -389,7 +391,7 @@ class HoldoutSplit:
             columns = np.arange(j, j + cols) % nlon
             data[n] = values[:, :, i : i + rows][..., columns]
             lats[n] = lat[i : i + rows]
-            lons[n] = lon[columns] if np.all(np.diff(lon[columns]) > 0) else lon[columns] % 360.0
+            lons[n] = lon[columns] if np.all(np.diff(lon[columns]) > 0) else wrap_longitude(lon[columns], "0..360")
         attrs = dict(field.attrs) if not anomalies else {
             **{k: v for k, v in self.train[variable].attrs.items() if k in ("units", "long_name")},
             "long_name": f"anomaly from the zonal training mean of {variable}",
@@ -402,7 +404,7 @@ class HoldoutSplit:
                 "row": ("patch", np.array([w[0] for w in windows])),
                 "column": ("patch", np.array([w[1] for w in windows])),
             },
-            attrs={"history": f"HoldoutSplit.training_patches(stride={tuple(stride)}, anomalies={anomalies})"},
+            attrs=append_history({}, f"HoldoutSplit.training_patches(stride={tuple(stride)}, anomalies={anomalies})"),
         )
         return out
 
@@ -436,7 +438,7 @@ def holdout_split(
     box_lon = heldout.lon.values
     crosses = bool(np.any(np.diff(box_lon) < 0))
     if crosses:  # a box across the date line gets the continuous [0, 360) convention
-        heldout = heldout.assign_coords(lon=heldout.lon % 360.0)
+        heldout = heldout.assign_coords(lon=wrap_longitude(heldout.lon, "0..360"))
         heldout.lon.attrs = {**ds.lon.attrs, "comment": "convention [0, 360): the held-out box crosses 180"}
     box_cells = np.zeros((ds.sizes["lat"], ds.sizes["lon"]), dtype=bool)
     box_cells[np.ix_(lat_index, lon_index)] = True
@@ -502,8 +504,8 @@ def holdout_observations(
          "error_std": ("obs", np.full(n, float(error_std)), {"units": truth.attrs.get("units", "")})},
         coords={**coords, "variable": ("obs", np.full(n, variable)),
                 "source": ("obs", np.full(n, "woa_holdout")), "obs_id": ("obs", np.arange(n))},
-        attrs={"history": f"geodiff.adapters.woa.holdout_observations(fraction={fraction}, seed={seed}, "
-                          f"error_std={error_std})"},
+        attrs=append_history({}, f"geodiff.adapters.woa.holdout_observations(fraction={fraction}, seed={seed}, "
+                                 f"error_std={error_std})"),
     )
     return table, mask
 

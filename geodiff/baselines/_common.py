@@ -10,6 +10,8 @@ import numpy as np
 import xarray as xr
 
 from geodiff.errors import CoordinateError, GridError, ObservationError
+from geodiff.grid import wrap_longitude
+from geodiff.provenance import append_history, provenance_attrs
 
 EARTH_RADIUS_KM = 6371.0
 CANONICAL = ("time", "depth", "lat", "lon")
@@ -165,7 +167,7 @@ def _nearest(coord: np.ndarray, points: np.ndarray, periodic: bool) -> tuple[np.
     """Index of the nearest coordinate value and the absolute offset (degrees, or days)."""
     diff = points[:, None] - coord[None, :]
     if periodic:
-        diff = (diff + 180.0) % 360.0 - 180.0
+        diff = wrap_longitude(diff, "-180..180")
     index = np.argmin(np.abs(diff), axis=1)
     return index, np.abs(diff[np.arange(points.size), index])
 
@@ -175,13 +177,8 @@ def _spacing(coord: np.ndarray, periodic: bool) -> float:
         return np.inf
     steps = np.abs(np.diff(coord))
     if periodic:
-        steps = (steps + 180.0) % 360.0 - 180.0
+        steps = wrap_longitude(steps, "-180..180")
     return float(np.max(np.abs(steps)))
-
-
-def is_global_lon(lon: np.ndarray) -> bool:
-    step = _spacing(lon, periodic=True)
-    return bool(np.isfinite(step) and abs(lon.size * step - 360.0) < 1e-6 * 360.0 + 1e-9)
 
 
 @dataclass
@@ -264,7 +261,8 @@ def output_dataset(
     history: str,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
-    """Dataset on ``grid`` (coords and dims kept) with NaN on land; ``history`` appended to the source's."""
+    """Dataset on ``grid`` (coords and dims kept) with NaN on land; ``history`` (a line, time-stamped) appended to
+    the source's, ``attrs`` and the provenance attributes added."""
     ocean = ocean_of(grid)
     data = {}
     for name, (array, var_attrs) in values.items():
@@ -273,12 +271,12 @@ def output_dataset(
     coords = {k: v for k, v in grid.coords.items()}
     ds = xr.Dataset(data, coords=coords)
     previous = str(source_attrs.get("history", "")).strip()
-    from geodiff import __version__
-
-    ds.attrs = {k: v for k, v in source_attrs.items() if k != "history"}
-    ds.attrs.update(attrs)
-    ds.attrs["geodiff_version"] = __version__
-    ds.attrs["history"] = f"{previous}\n{history}" if previous else history
+    kept = {k: v for k, v in source_attrs.items() if k != "history"}
+    kept.update(attrs)
+    kept.update(provenance_attrs())
+    if previous:
+        kept["history"] = previous
+    ds.attrs = append_history(kept, history)
     return ds
 
 

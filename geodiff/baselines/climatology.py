@@ -30,6 +30,7 @@ import xarray as xr
 
 from geodiff.baselines._common import as_4d, ocean_of, output_dataset, select_field, to_days, variable_attrs
 from geodiff.errors import ConfigError, CoordinateError, GridError
+from geodiff.grid import wrap_longitude
 
 __all__ = ["climatology"]
 
@@ -52,7 +53,7 @@ def _match(target: np.ndarray, source: np.ndarray, periodic: bool, tol: float) -
     """Index in ``source`` of each target value, -1 where there is none within ``tol``."""
     diff = target[:, None] - source[None, :]
     if periodic:
-        diff = (diff + 180.0) % 360.0 - 180.0
+        diff = wrap_longitude(diff, "-180..180")
     index = np.argmin(np.abs(diff), axis=1)
     ok = np.abs(diff[np.arange(target.size), index]) <= tol
     return np.where(ok, index, -1)

@@ -1,6 +1,6 @@
 """Interpolation baselines for downscaling: bilinear and bicubic (cubic B-spline) refinement of a coarse field.
 
-The coarse grid is refined by an integer factor exactly as :func:`geodiff.pipelines.downscale.refine_coords`
+The coarse grid is refined by an integer factor exactly as :func:`geodiff.grid.refine_coords`
 (each coarse cell split into ``factor x factor`` cells) and the coarse values, taken at the coarse cell centres,
 are interpolated with :class:`scipy.interpolate.RegularGridInterpolator` (``order=1``: bilinear; ``order=3``:
 bicubic, a tensor-product cubic spline with not-a-knot ends, so polynomials up to cubic are reproduced exactly;
@@ -27,6 +27,8 @@ from scipy import ndimage
 from scipy.interpolate import RegularGridInterpolator
 
 from geodiff.errors import ConfigError, GridError
+from geodiff.grid import refine_coords
+from geodiff.provenance import append_history
 
 __all__ = ["bilinear", "bicubic", "interpolate"]
 
@@ -47,8 +49,6 @@ def _fill_nearest(values: np.ndarray) -> np.ndarray:
 def interpolate(coarse: xr.Dataset | xr.DataArray, factor: int, order: int,
                 mask: xr.DataArray | None = None) -> xr.Dataset | xr.DataArray:
     """Refine ``coarse`` (dims ``(..., lat, lon)``) by ``factor`` with spline ``order`` (1 bilinear, 3 bicubic)."""
-    from geodiff.pipelines.downscale import append_history, refine_coords
-
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ConfigError(f"factor must be a positive integer, got {factor!r}")
     if isinstance(coarse, xr.DataArray):

@@ -49,10 +49,10 @@ from scipy import linalg, optimize
 
 from geodiff.baselines._common import (
     CANONICAL,
+    GridIndex,
     estimate_outputs,
     as_4d,
     great_circle_km,
-    is_global_lon,
     locate,
     ocean_of,
     output_dataset,
@@ -62,6 +62,7 @@ from geodiff.baselines._common import (
 )
 from geodiff.baselines.climatology import climatology_values
 from geodiff.errors import ConfigError, GridError, ObservationError
+from geodiff.grid import channel_layout, point_stencil
 
 __all__ = ["MODELS", "correlation", "covariance_matrix", "fit_covariance", "optimal_interpolation"]
 
@@ -312,39 +313,17 @@ def covariance_matrix(covariance: xr.Dataset, lat: Any, lon: Any, mask: Any = No
     return matrix + params["nugget"] * (distance < 1e-3)
 
 
-def _bilinear(field: np.ndarray, lat_c: np.ndarray, lon_c: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """NaN-aware bilinear interpolation of ``field [N, lat, lon]`` (row n for point n) at points (lat, lon)."""
-    ny, nx = lat_c.size, lon_c.size
-    periodic = is_global_lon(lon_c)
-    if ny > 1:
-        i0 = np.clip(np.searchsorted(lat_c, lat) - 1, 0, ny - 2)
-        wy = np.clip((lat - lat_c[i0]) / (lat_c[i0 + 1] - lat_c[i0]), 0.0, 1.0)
-        i1 = i0 + 1
-    else:
-        i0 = i1 = np.zeros(lat.size, int)
-        wy = np.zeros(lat.size)
-    if nx > 1:
-        x = lon_c[0] + np.mod(lon - lon_c[0], 360.0)  # point longitude in the grid's continuous range
-        if periodic:
-            step = 360.0 / nx
-            pos = (x - lon_c[0]) / step
-            j0 = np.floor(pos).astype(int) % nx
-            wx = pos - np.floor(pos)
-            j1 = (j0 + 1) % nx
-        else:
-            j0 = np.clip(np.searchsorted(lon_c, x) - 1, 0, nx - 2)
-            wx = np.clip((x - lon_c[j0]) / (lon_c[j0 + 1] - lon_c[j0]), 0.0, 1.0)
-            j1 = j0 + 1
-    else:
-        j0 = j1 = np.zeros(lon.size, int)
-        wx = np.zeros(lon.size)
-    n = np.arange(lat.size)
-    corners = np.stack([field[n, i0, j0], field[n, i0, j1], field[n, i1, j0], field[n, i1, j1]])
-    weights = np.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx])
-    weights = np.where(np.isfinite(corners), weights, 0.0)
-    total = weights.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 1e-12, (weights * np.nan_to_num(corners)).sum(0) / total, np.nan)
+def _background_at(background: np.ndarray, index: GridIndex, lat: np.ndarray, lon: np.ndarray,
+                   grid_lat: np.ndarray, grid_lon: np.ndarray) -> np.ndarray:
+    """The background ``[T, D, H, W]`` at each observation ``[N]``: bilinear (:func:`geodiff.grid.point_stencil`) on
+    the observation's (time, depth) slice, land (NaN) corners left out; NaN where every corner is land."""
+    times, depths, height, width = background.shape
+    slices = background.reshape(times * depths, height, width)
+    layout = channel_layout([(k, None) for k in range(times * depths)])
+    stencil = point_stencil(grid_lat, grid_lon, layout, lat, lon, variable=index.time * depths + index.depth,
+                            mask=np.isfinite(slices))
+    values = (stencil.weight * np.nan_to_num(slices).reshape(-1)[stencil.index]).sum(axis=1)
+    return np.where(stencil.reason == "", values, np.nan)
 
 
 def _anomaly_mode(train: xr.DataArray, grid: xr.DataArray, by: str | None) -> str:
@@ -446,7 +425,7 @@ def optimal_interpolation(
     ocean = ocean_of(grid).reshape(shape4)
     lat_c = np.asarray(grid.lat.values, dtype=float)
     lon_c = np.asarray(grid.lon.values, dtype=float)
-    bg_at_obs = _bilinear(bg[index.time, index.depth], lat_c, lon_c, used.lat, used.lon)
+    bg_at_obs = _background_at(bg, index, used.lat, used.lon, lat_c, lon_c)
     bad = ~np.isfinite(bg_at_obs)
     notes = list(index.notes)
     if bad.any():

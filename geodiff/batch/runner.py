@@ -73,7 +73,7 @@ def parse_part(part: str | tuple[int, int] | None) -> tuple[int, int] | None:
 def make_template(job: BatchJob, time_chunk: int, chunks: Mapping[str, int] | None = None,
                   history: str | None = None) -> xr.Dataset:
     """The lazy template of ``job``'s output with attributes: ``history`` appended, provenance."""
-    from geodiff.pipelines.reconstruct import append_history
+    from geodiff.provenance import append_history
 
     described = job.describe()
     template = build_template(job.sample(), job.times(), time_chunk, chunks)

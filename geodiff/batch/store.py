@@ -339,7 +339,7 @@ class OutputStore:
         """Append ``history_line`` to the dataset's ``history`` and consolidate the metadata."""
         root = zarr.open_group(self.path, mode="r+", zarr_format=3)
         if history_line:
-            from geodiff.pipelines.reconstruct import append_history
+            from geodiff.provenance import append_history
 
             root.attrs.update(append_history(dict(root.attrs), history_line))
         with warnings.catch_warnings():

@@ -65,8 +65,9 @@ from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
-from geodiff.pipelines.reconstruct import append_history, time_generator_seed
+from geodiff.pipelines.reconstruct import time_generator_seed
 from geodiff.pipelines.units import model_units, to_model_units
+from geodiff.provenance import append_history
 
 __all__ = [
     "AssimilationModel",

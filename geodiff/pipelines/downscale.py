@@ -55,13 +55,15 @@ from geodiff.backbones.conditional import ClassifierFreeDenoiser
 from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, CoordinateError, GridError, SamplingError
+from geodiff.grid import coarse_coords, refine_coords
 from geodiff.guidance.base import combine
 from geodiff.guidance.coarse import CoarseGuidance
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import CoarsenOperator, PointOperator
-from geodiff.pipelines.reconstruct import append_history, time_generator_seed
+from geodiff.pipelines.reconstruct import time_generator_seed
 from geodiff.pipelines.units import model_units, to_model_units
+from geodiff.provenance import append_history
 
 __all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscaling_metadata", "open_sample",
            "sample_paths", "COARSE"]
@@ -72,38 +74,6 @@ LAT, LON, TIME, MEMBER = "lat", "lon", "time", "member"
 
 # ---------------------------------------------------------------------------------------------------------------
 # grids
-
-
-def _spacing(values: np.ndarray, name: str) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or values.size < 2:
-        raise CoordinateError(f"coordinate {name!r} needs at least two values to define a grid spacing")
-    steps = np.diff(values)
-    if not np.all(steps > 0) or not np.allclose(steps, steps[0], rtol=1e-4, atol=0):
-        raise CoordinateError(f"coordinate {name!r} must be ascending with a constant spacing (a regular grid)")
-    return float(steps.mean())
-
-
-def refine_coords(values: Any, factor: int, name: str = "coordinate") -> np.ndarray:
-    """Cell centres of a regular grid refined by an integer ``factor`` (each cell split into ``factor`` equal
-    cells): ``[n] -> [n factor]``."""
-    values = np.asarray(values, dtype=np.float64)
-    step = _spacing(values, name)
-    offsets = ((np.arange(factor) + 0.5) / factor - 0.5) * step
-    return (values[:, None] + offsets[None, :]).reshape(-1)
-
-
-def coarse_coords(values: Any, factor: int, name: str = "coordinate") -> np.ndarray:
-    """Cell centres of a regular grid coarsened by an integer ``factor``: ``[n factor] -> [n]`` (block means).
-
-    >>> coarse_coords(np.array([0.5, 1.5, 2.5, 3.5]), 2).tolist()
-    [1.0, 3.0]
-    """
-    values = np.asarray(values, dtype=np.float64)
-    _spacing(values, name)
-    if values.size % factor:
-        raise GridError(f"coordinate {name!r} has {values.size} cells, not a multiple of the factor {factor}")
-    return values.reshape(-1, factor).mean(axis=1)
 
 
 def _grid_for_ratio(values: np.ndarray, ratio: Fraction, name: str) -> np.ndarray:

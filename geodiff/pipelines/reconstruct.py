@@ -44,9 +44,10 @@ from geodiff.errors import ConfigError, ObservationError, SamplingError
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
+from geodiff.provenance import append_history
 from geodiff.runtime import optimize, precision_context
 
-__all__ = ["reconstruct", "time_generator_seed", "append_history"]
+__all__ = ["reconstruct", "time_generator_seed"]
 
 
 def time_generator_seed(seed: int, time: Any) -> int:
@@ -57,13 +58,6 @@ def time_generator_seed(seed: int, time: Any) -> int:
 
 def _is_datetime(value: Any) -> bool:
     return isinstance(value, (np.datetime64, _dt.datetime, pd.Timestamp))
-
-
-def append_history(attrs: dict[str, Any], line: str) -> dict[str, Any]:
-    """``attrs`` with ``line`` (prefixed by a UTC timestamp) appended to ``history``; never overwrites it."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    previous = attrs.get("history")
-    return {**attrs, "history": f"{previous}\n{stamp} {line}" if previous else f"{stamp} {line}"}
 
 
 def _check_observation_range(table: xr.Dataset, y_normalized: torch.Tensor, bound: float) -> None:
