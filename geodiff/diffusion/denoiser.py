@@ -96,7 +96,8 @@ class Denoiser(Configurable, nn.Module):
     parameterization: what the backbone predicts: ``edm``, ``eps``, ``v`` or ``x0`` (module docstring).
     noise_label: ``edm`` (ln sigma / 4), ``vp_timestep`` (fractional DDPM step) or ``sigma``.
     schedule: the training schedule (needed for ``vp_timestep``), an instance or ``{"name", "config"}``.
-    mask: ``[C, H, W]`` bool, True where the field is valid; masked-out cells of ``x0_hat`` are 0.
+    mask: ``[C, H, W]`` bool, True where the field is valid; masked-out cells of ``x0_hat`` are 0. A call may
+        pass its own mask instead (``denoiser(x, sigma, cond, mask=...)``, e.g. the mask of a batch of crops).
     """
 
     def __init__(
@@ -136,13 +137,11 @@ class Denoiser(Configurable, nn.Module):
         #: run the network on channels-last (NHWC) inputs (see :func:`geodiff.runtime.optimize`)
         self.channels_last = False
         self._coefficient_cache: dict[tuple[Any, ...], tuple[float, float, float, float]] = {}
-        self._mask_cache: dict[Any, tuple[Any, int | None, Tensor]] = {}
         object.__setattr__(self, "_compiled", None)
 
     def set_mask(self, mask: Tensor | None) -> None:
         """Set the validity mask ``[C, H, W]`` (bool, True = valid); ``None`` removes it."""
         self.mask = None if mask is None else torch.as_tensor(mask, dtype=torch.bool, device=self._device())
-        self._mask_cache.clear()
 
     def _device(self) -> torch.device:
         for tensor in self.parameters():
@@ -173,19 +172,28 @@ class Denoiser(Configurable, nn.Module):
             c_noise = sigma
         return c_in, c_skip, c_out, c_noise
 
-    def forward(self, x: Tensor, sigma: float | Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, sigma: float | Tensor, cond: dict[str, Tensor] | None = None, *, mask: Tensor | None = None
+    ) -> Tensor:
         """Denoised estimate ``x0_hat [B,C,H,W]`` of ``x [B,C,H,W]`` at noise level ``sigma``.
 
-        A scalar ``sigma`` (what the samplers pass) takes the fused path: the coefficients are computed once per
-        noise level in float64 and cached as Python floats, and the preconditioning is two or three fused
-        element-wise operations; a ``[B]`` tensor of noise levels takes the general path. Both give the same
-        values up to float rounding.
+        ``mask``: ``[C, H, W]`` or ``[B, C, H, W]`` bool (True = valid) for this call instead of the stored
+        :attr:`mask` (which stays as it is). A scalar ``sigma`` (what the samplers pass) takes the fused path: the
+        coefficients are computed once per noise level in float64 and cached as Python floats, and the
+        preconditioning is two or three fused element-wise operations; a ``[B]`` tensor of noise levels takes the
+        general path. Both give the same values up to float rounding.
         """
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=x.device)
+            if mask.dtype != torch.bool or tuple(mask.shape) not in (tuple(x.shape[1:]), tuple(x.shape)):
+                raise GridError(f"mask must be a bool tensor [C, H, W] = {list(x.shape[1:])} or [B, C, H, W], got "
+                                f"{mask.dtype} {list(mask.shape)}")
         if isinstance(sigma, Tensor) and sigma.ndim > 0:
-            return self._forward_batched(x, sigma, cond)
+            return self._forward_batched(x, sigma, cond, self.mask if mask is None else mask)
         c_in, c_skip, c_out, c_noise = self._scalar_coefficients(float(sigma))
-        mask = self.mask
-        x_in = x * c_in if mask is None else x * self._mask_times(c_in, x)
+        mask = self.mask if mask is None else mask
+        valid = None if mask is None else mask.to(device=x.device, dtype=x.dtype)
+        x_in = x * c_in if valid is None else x * (valid * c_in)
         if self.channels_last and x_in.ndim == 4:
             x_in = x_in.contiguous(memory_format=torch.channels_last)
         label = torch.full((x.shape[0],), c_noise, dtype=torch.float32, device=x.device)
@@ -196,12 +204,13 @@ class Denoiser(Configurable, nn.Module):
             x0 = out * c_out
         else:
             x0 = torch.add(x, out, alpha=c_out / c_skip).mul_(c_skip) if c_out != 0.0 else x * c_skip
-        return x0 if mask is None else x0.mul_(self._mask_times(1.0, x))
+        return x0 if valid is None else x0.mul_(valid)
 
-    def _forward_batched(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor] | None) -> Tensor:
+    def _forward_batched(
+        self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor] | None, mask: Tensor | None
+    ) -> Tensor:
         sigma = sigma_tensor(sigma, x.shape[0], x.device)
         c_in, c_skip, c_out, c_noise = self.coefficients(sigma)
-        mask = self.mask
         x_in = _column(c_in, x) * x
         if mask is not None:
             x_in = x_in * mask
@@ -222,21 +231,6 @@ class Denoiser(Configurable, nn.Module):
                 self._coefficient_cache.clear()
             self._coefficient_cache[key] = cached  # type: ignore[assignment]
         return cached  # type: ignore[return-value]
-
-    def _mask_times(self, factor: float, like: Tensor) -> Tensor:
-        """``mask * factor`` as ``[C, H, W]`` in ``like``'s dtype and device (the float mask is cached while the
-        mask tensor is the same object, unmodified)."""
-        mask = self.mask
-        try:
-            version = mask._version  # type: ignore[union-attr]
-        except RuntimeError:  # an inference tensor has no version counter: convert every time
-            version = None
-        key = (like.dtype, like.device)
-        entry = self._mask_cache.get(key)
-        if entry is None or entry[0] is not mask or version is None or entry[1] != version:
-            entry = (mask, version, mask.to(device=like.device, dtype=like.dtype))  # type: ignore[union-attr]
-            self._mask_cache[key] = entry
-        return entry[2] if factor == 1.0 else entry[2] * factor
 
     def _backbone_call(self) -> Any:
         return self._compiled if self._compiled is not None else self.backbone

@@ -3,7 +3,8 @@
 A checkpoint of step ``s`` is the folder ``<checkpoint_dir>/step-<s:08d>``::
 
     model/config.json, model/model.safetensors   the trained denoiser (loadable with ``Denoiser.from_pretrained``)
-    ema/config.json,   ema/model.safetensors     its exponential moving average (idem)
+    ema/config.json,   ema/model.safetensors     its exponential moving average (idem; without EMA: absent)
+    best/config.json,  best/model.safetensors    with validation: the weights of the best validation step
     optimizer.safetensors                        optimizer state tensors, flattened as ``state.<param>.<key>``
     trainer.json                                 step, loss history, training settings, RNG/sampler state,
                                                  optimizer param groups and the index of optimizer.safetensors
@@ -62,6 +63,7 @@ _GROUP_FILES = {
     "model": "model/model.safetensors",
     "ema": "ema/model.safetensors",
     "optimizer": "optimizer.safetensors",
+    "best": "best/model.safetensors",
 }
 
 
@@ -95,7 +97,7 @@ def write_checkpoint(
 ) -> Path:
     """Write the checkpoint of ``step`` atomically and remove every other one; returns its folder.
 
-    ``tensors``: group (``model``, ``ema``, ``optimizer``) -> name -> tensor; ``meta``: JSON for ``trainer.json``;
+    ``tensors``: group (``model``, ``ema``, ``optimizer``, ``best``) -> name -> tensor; ``meta``: JSON for ``trainer.json``;
     ``configs``: group -> JSON written as ``<group>/config.json`` (so the folder loads with ``from_pretrained``).
     """
     from safetensors.torch import save_file

@@ -1,7 +1,9 @@
 """The training loop: AdamW with linear warm-up, EMA, gradient clipping, AMP, checkpoints, exact resume, DDP.
 
-:func:`train` fits a :class:`~geodiff.diffusion.denoiser.Denoiser` to normalised fields (land = 0) with a denoising
-loss (:mod:`geodiff.diffusion.losses`). What it guarantees:
+:func:`train` is the one loop of geodiff. By default it fits a :class:`~geodiff.diffusion.denoiser.Denoiser` to
+normalised fields (land = 0) with a denoising loss (:mod:`geodiff.diffusion.losses`); with ``objective=`` it fits
+any model to what an :class:`~geodiff.training.objectives.Objective` says (an autoencoder, a regression, a
+preference objective such as Diffusion-DPO). What it guarantees, for every objective:
 
 - **Determinism.** Everything random in step ``s`` (the batch, the crops, the noise levels and noise, and torch's
   global generator for e.g. dropout) is drawn from generators seeded by ``(seed, s)``, so a run is a pure function of
@@ -11,14 +13,16 @@ loss (:mod:`geodiff.diffusion.losses`). What it guarantees:
   ``checkpoint_every`` steps and at the end; with ``resume=True`` a later call with the same settings continues from
   the newest checkpoint. Training ``N`` steps equals training ``k``, stopping or being killed, and resuming to
   ``N``: bitwise on CPU. Settings that change the problem (batch size, learning rate, loss, seed, data shape,
-  mask, denoiser configuration, ...) must match the checkpoint's, else :class:`~geodiff.errors.CheckpointError`.
+  mask, objective, model configuration, ...) must match the checkpoint's, else
+  :class:`~geodiff.errors.CheckpointError`. Validation losses and the best weights so far are part of the state.
 - **Data parallel.** Under ``torchrun --nproc_per_node=K`` the same call trains with DDP (gloo on CPU, nccl on
   GPU); ``batch_size`` is the global batch (divisible by ``K``); the gradient is the one of the global batch's loss;
   rank 0 writes checkpoints.
 
-The loss of a step is the weighted squared error summed over the valid cells of the global batch divided by their
-number (:meth:`~geodiff.diffusion.losses.DenoisingLoss.terms`); the learning rate of step ``s`` (0-based) is
-``lr * min(1, (s + 1) / warmup_steps)``.
+The loss of a step is the objective's terms summed over the global batch divided by the number of its valid cells
+(denoising: :meth:`~geodiff.diffusion.losses.DenoisingLoss.terms`) or of its samples; the learning rate of step
+``s`` (0-based) is ``lr * min(1, (s + 1) / warmup_steps)``, times ``(1 + cos(pi s / cosine_steps)) / 2`` with a
+cosine decay. The validity mask of a batch (cropped with the fields) is passed to the model with each call.
 
 Example
 -------
@@ -35,23 +39,22 @@ Example
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
-import inspect
 import json
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from geodiff.config import check_json
-from geodiff.diffusion.losses import DDPMLoss, DenoisingLoss, EDMLoss
-from geodiff.diffusion.schedules import VPSchedule
+from geodiff.diffusion.losses import DenoisingLoss
 from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, GridError
 from geodiff.training import distributed
 from geodiff.training.checkpoint import (
@@ -63,28 +66,41 @@ from geodiff.training.checkpoint import (
 )
 from geodiff.training.data import BatchPlan, LocalBatchSampler, crop_batch, derive_seed, split_item, stack_items
 from geodiff.training.ema import EMA
+from geodiff.training.objectives import DenoisingObjective, Objective
 
 __all__ = ["train", "TrainResult"]
 
 FORMAT = "geodiff.training/1"
+
+#: a validation function: the model (eval mode, no gradients) -> a loss, lower is better
+Validation = Callable[[nn.Module], float]
 
 
 @dataclass
 class TrainResult:
     """What :func:`train` returns.
 
-    ``ema``: the EMA denoiser (use it for sampling; eval mode, no gradients); ``denoiser``: the trained denoiser
-    itself (the object passed in); ``losses``: loss of every step from step 1 (including steps of resumed runs);
-    ``step``: steps done; ``checkpoint``: the newest checkpoint folder (None without ``checkpoint_dir``);
-    ``steps_per_second``: training speed of this call (None when no step ran).
+    ``ema``: the EMA model (use it for sampling; eval mode, no gradients; None with ``ema_decay=None``);
+    ``denoiser``: the trained model itself (the object passed in; also :attr:`model`); ``losses``: loss of every
+    step from step 1 (including steps of resumed runs); ``step``: steps done; ``checkpoint``: the newest checkpoint
+    folder (None without ``checkpoint_dir``); ``steps_per_second``: training speed of this call (None when no step
+    ran); with ``validation``: ``validation_losses`` at steps ``0, eval_every, ..., steps`` and ``best_step``, the
+    step whose weights the model holds at the end.
     """
 
-    ema: nn.Module
+    ema: nn.Module | None
     denoiser: nn.Module
     losses: list[float] = field(default_factory=list)
     step: int = 0
     checkpoint: Path | None = None
     steps_per_second: float | None = None
+    validation_losses: list[float] = field(default_factory=list)
+    best_step: int | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained model (the object passed to :func:`train`)."""
+        return self.denoiser
 
 
 def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
@@ -102,17 +118,6 @@ def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | No
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
-
-
-def _make_loss(loss: str | DenoisingLoss, denoiser: nn.Module) -> DenoisingLoss:
-    if isinstance(loss, DenoisingLoss):
-        return loss
-    if loss == "edm":
-        return EDMLoss(sigma_data=float(getattr(denoiser, "sigma_data", 0.5)))
-    if loss == "ddpm":
-        schedule = getattr(denoiser, "schedule", None)
-        return DDPMLoss(schedule if isinstance(schedule, VPSchedule) else None)
-    raise ConfigError(f"loss must be 'edm', 'ddpm' or a DenoisingLoss, got {loss!r}")
 
 
 def _positive(name: str, value: Any, minimum: int = 1) -> int:
@@ -138,21 +143,21 @@ def _check_cond(cond: dict[str, Tensor] | None, data: Tensor | Dataset) -> dict[
     return cond
 
 
-def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, int, int]]:
-    """Number of samples and field shape ``(C, H, W)`` of ``data``, checked."""
+def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, ...]]:
+    """Number of samples and item shape of ``data``, checked (the objective checks the item shape)."""
     if isinstance(data, Tensor):
-        if data.ndim != 4:
+        if data.ndim < 2:
             raise GridError(f"data must be a [N, C, H, W] tensor, got shape {list(data.shape)}")
         if data.dtype != torch.float32:
             raise DataError(f"data must be float32 (normalised fields, land = 0), got dtype {data.dtype}")
         bad = int((~torch.isfinite(data)).sum())
         if bad:
             raise DataError(f"data holds {bad} NaN/inf values; land cells must be 0 in normalised data (see mask)")
-        return data.shape[0], tuple(data.shape[1:])  # type: ignore[return-value]
+        return data.shape[0], tuple(data.shape[1:])
     if isinstance(data, IterableDataset) or not isinstance(data, Dataset) or not hasattr(data, "__len__"):
         raise DataError(f"data must be a [N, C, H, W] tensor or a map-style Dataset with __len__, got {type(data)}")
     first, _ = split_item(data[0])
-    return len(data), tuple(first.shape)  # type: ignore[arg-type,return-value]
+    return len(data), tuple(first.shape)
 
 
 def _mask_digest(mask: Tensor | None) -> str | None:
@@ -170,20 +175,6 @@ def _json_config(module: nn.Module) -> dict[str, Any] | None:
     except GeodiffError:
         return None
     return json.loads(json.dumps(config))  # as a checkpoint stores it: tuples become lists
-
-
-@contextlib.contextmanager
-def _batch_mask(module: nn.Module, mask: Tensor | None) -> Iterator[None]:
-    """Give the denoiser the mask of this batch of crops ``[B, C, h, w]`` for one forward pass."""
-    if mask is None or not hasattr(module, "mask"):
-        yield
-        return
-    previous = module.mask
-    module.mask = mask
-    try:
-        yield
-    finally:
-        module.mask = previous
 
 
 def _seed_global(seed: int, device: torch.device) -> None:
@@ -231,7 +222,7 @@ def train(
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
     grad_clip: float | None = 1.0,
-    ema_decay: float = 0.999,
+    ema_decay: float | None = 0.999,
     loss: str | DenoisingLoss = "edm",
     patch_size: tuple[int, int] | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -242,24 +233,31 @@ def train(
     amp: str | bool = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    objective: Objective | None = None,
+    cosine_steps: int | None = None,
+    validation: Validation | None = None,
+    eval_every: int = 100,
 ) -> TrainResult:
     """Train ``denoiser`` (in place) on normalised fields; returns a :class:`TrainResult`.
 
     Parameters
     ----------
-    denoiser: a :class:`~geodiff.diffusion.denoiser.Denoiser` (or any ``nn.Module`` ``(x, sigma, cond) -> x0_hat``).
+    denoiser: a :class:`~geodiff.diffusion.denoiser.Denoiser` (or any ``nn.Module`` ``(x, sigma, cond) -> x0_hat``);
+        with ``objective``, the model that objective trains.
     data: float32 ``[N, C, H, W]`` tensor (normalised, land = 0) or a map-style ``Dataset`` whose items are
-        ``[C, H, W]`` tensors or ``(x [C, H, W], cond {name: tensor})`` pairs (conditional models).
+        ``[C, H, W]`` tensors or ``(x [C, H, W], cond {name: tensor})`` pairs (conditional models); the objective
+        may ask for other item shapes (preference pairs: ``[N, 2, C, H, W]``).
     cond: with a data tensor, per-sample conditioning ``{name: [N, ...]}`` passed to the denoiser as
         ``denoiser(x, sigma, cond)`` for the batch (only ``x`` is cropped by ``patch_size``: crop conditioning on
         other grids in a Dataset instead).
     mask: ``[C, H, W]`` bool, True = valid (ocean); the loss averages over valid cells only. It becomes the
-        denoiser's mask (``denoiser.mask``); None uses the denoiser's mask, if any.
+        denoiser's mask (``denoiser.set_mask``); None uses the denoiser's mask, if any. With crops, each call
+        gets the mask of its crops (``denoiser(x, sigma, cond, mask=...)``).
     steps: optimizer steps to reach (counting steps of the run resumed from).
     batch_size: global batch (all ranks together; divisible by the number of ranks).
     lr, weight_decay, warmup_steps: AdamW learning rate, decoupled weight decay, linear warm-up length (steps).
     grad_clip: maximum global gradient norm (None or 0: no clipping).
-    ema_decay: EMA decay (with the warm-up of :class:`~geodiff.training.ema.EMA`).
+    ema_decay: EMA decay (with the warm-up of :class:`~geodiff.training.ema.EMA`); None: no EMA.
     loss: ``"edm"`` (:class:`EDMLoss` with the denoiser's ``sigma_data``), ``"ddpm"`` (:class:`DDPMLoss` with the
         denoiser's VP schedule) or a :class:`~geodiff.diffusion.losses.DenoisingLoss`.
     patch_size: ``(h, w)``: train on random crops of that size (large domains); None: whole fields.
@@ -270,6 +268,11 @@ def train(
     amp: ``"auto"`` (bf16, else fp16, autocast on GPU; off on CPU), ``"bf16"``, ``"fp16"`` (GPU only) or ``"off"``.
     num_workers: DataLoader worker processes for a ``Dataset`` (a tensor is indexed directly).
     progress: show a tqdm progress bar with the loss (rank 0).
+    objective: what to minimise (:mod:`geodiff.training.objectives`); None: the denoising ``loss``.
+    cosine_steps: decay the learning rate along a half cosine to 0 over that many steps; None: constant.
+    validation, eval_every: a function ``model -> loss`` measured (eval mode, no gradients) before the first step
+        and every ``eval_every`` steps and at the last; the model ends with the weights of the best measurement
+        (early stopping).
     """
     _positive("steps", steps, 0)
     _positive("batch_size", batch_size)
@@ -277,25 +280,41 @@ def train(
     _positive("warmup_steps", warmup_steps, 0)
     _positive("num_workers", num_workers, 0)
     _positive("seed", seed, 0)
+    _positive("eval_every", eval_every)
+    if cosine_steps is not None:
+        _positive("cosine_steps", cosine_steps)
     if not isinstance(denoiser, nn.Module):
         raise ConfigError(f"denoiser must be an nn.Module (a geodiff Denoiser), got {type(denoiser).__name__}")
     if not lr > 0 or weight_decay < 0:
         raise ConfigError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
-    num_samples, field_shape = _check_data(data)
+    if ema_decay is not None and not 0 <= ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
+    if objective is None:
+        objective = DenoisingObjective.for_denoiser(loss, denoiser)
+    elif not isinstance(objective, Objective):
+        raise ConfigError(f"objective must be a geodiff.training.objectives.Objective, got {type(objective).__name__}")
+    elif loss != "edm":
+        raise ConfigError("pass either loss= (denoising) or objective=, not both")
+    num_samples, item_shape = _check_data(data)
+    field_shape = objective.field_shape(item_shape)
     cond = _check_cond(cond, data)
     if patch_size is not None:
+        if not objective.crops:
+            raise ConfigError(f"the {type(objective).__name__} does not train on crops; leave patch_size=None")
         patch_size = (int(patch_size[0]), int(patch_size[1]))
     plan = BatchPlan(num_samples, batch_size, seed, field_shape, patch_size)
 
     mask = _resolve_mask(denoiser, mask, field_shape)
     info = distributed.setup(device)
     return _train(
-        denoiser, data, cond, plan, mask, info,
+        denoiser, data, cond, plan, mask, info, item_shape=item_shape,
         steps=steps, lr=float(lr), weight_decay=float(weight_decay), warmup_steps=warmup_steps,
-        grad_clip=float(grad_clip) if grad_clip else None, ema_decay=float(ema_decay),
-        loss=_make_loss(loss, denoiser), amp_dtype=_amp_dtype(amp, info.device),
+        cosine_steps=cosine_steps, grad_clip=float(grad_clip) if grad_clip else None,
+        ema_decay=None if ema_decay is None else float(ema_decay),
+        objective=objective, amp_dtype=_amp_dtype(amp, info.device),
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         checkpoint_every=checkpoint_every, resume=resume, num_workers=num_workers, progress=progress,
+        validation=validation, eval_every=eval_every,
     )
 
 
@@ -314,6 +333,34 @@ def _resolve_mask(denoiser: nn.Module, mask: Tensor | None, field_shape: tuple[i
     return mask
 
 
+def _learning_rate(lr: float, step: int, warmup_steps: int, cosine_steps: int | None) -> float:
+    """Learning rate of step ``step`` (0-based): linear warm-up, then constant or a half cosine to 0."""
+    rate = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+    if cosine_steps is not None:
+        rate *= (1 + math.cos(math.pi * min(step, cosine_steps) / cosine_steps)) / 2
+    return rate
+
+
+@dataclass
+class _Validated:
+    """Validation losses so far and the best weights (kept on the CPU)."""
+
+    losses: list[float] = field(default_factory=list)
+    best_step: int | None = None
+    best_state: dict[str, Tensor] | None = None
+
+    def measure(self, step: int, model: nn.Module, validation: Validation) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            value = float(validation(model))
+        model.train(was_training)
+        self.losses.append(value)
+        if self.best_step is None or value < min(self.losses[:-1]):
+            self.best_step = step
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def _train(
     denoiser: nn.Module,
     data: Tensor | Dataset,
@@ -322,19 +369,23 @@ def _train(
     mask: Tensor | None,
     info: distributed.DistInfo,
     *,
+    item_shape: tuple[int, ...],
     steps: int,
     lr: float,
     weight_decay: float,
     warmup_steps: int,
+    cosine_steps: int | None,
     grad_clip: float | None,
-    ema_decay: float,
-    loss: DenoisingLoss,
+    ema_decay: float | None,
+    objective: Objective,
     amp_dtype: torch.dtype | None,
     checkpoint_dir: Path | None,
     checkpoint_every: int,
     resume: bool,
     num_workers: int,
     progress: bool,
+    validation: Validation | None,
+    eval_every: int,
 ) -> TrainResult:
     device = info.device
     if plan.batch_size % info.world_size:
@@ -345,8 +396,9 @@ def _train(
         mask = mask.to(device)
         if hasattr(denoiser, "set_mask"):
             denoiser.set_mask(mask)
+    objective.setup(denoiser)
     denoiser.train()
-    ema = EMA(denoiser, decay=ema_decay)
+    ema = None if ema_decay is None else EMA(denoiser, decay=ema_decay)
     params = [p for p in denoiser.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the denoiser has no trainable parameter")
@@ -355,21 +407,26 @@ def _train(
 
     settings = {
         "batch_size": plan.batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-        "grad_clip": grad_clip, "ema_decay": ema_decay, "loss": loss.config,
+        "grad_clip": grad_clip, "ema_decay": ema_decay, "loss": objective.config,
         "patch_size": None if plan.patch_size is None else list(plan.patch_size), "seed": plan.seed,
-        "data_shape": [plan.num_samples, *plan.field_shape], "mask_sha256": _mask_digest(mask),
-        "denoiser": _json_config(denoiser),
+        "data_shape": [plan.num_samples, *item_shape],
+        "mask_sha256": _mask_digest(mask), "denoiser": _json_config(denoiser),
     }
     if cond is not None:
         settings["cond_shapes"] = {name: list(value.shape[1:]) for name, value in cond.items()}
+    if cosine_steps is not None:
+        settings["cosine_steps"] = cosine_steps
+    if validation is not None:
+        settings["eval_every"] = eval_every
     losses: list[float] = []
+    validated = _Validated()
     start = 0
     checkpoint = None
     if checkpoint_dir is not None and resume:
         distributed.barrier(info)  # nobody reads while rank 0 might still be writing
         checkpoint = latest_checkpoint(checkpoint_dir)
         if checkpoint is not None:
-            start, losses = _restore(checkpoint, settings, denoiser, ema, optimizer, scaler)
+            start, losses = _restore(checkpoint, settings, denoiser, ema, optimizer, scaler, validated)
             if start > steps:
                 raise CheckpointError(
                     f"checkpoint {checkpoint} is at step {start}, beyond steps={steps}; pass a larger steps, "
@@ -380,19 +437,15 @@ def _train(
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        # buffers are not synchronised in forward: the denoiser's mask is swapped per batch of crops on each rank
-        buffer_sync = {"forward_sync_buffers": False}
-        if "forward_sync_buffers" not in inspect.signature(DistributedDataParallel.__init__).parameters:
-            buffer_sync = {"broadcast_buffers": False}
-        model = DistributedDataParallel(
-            denoiser, device_ids=[device.index] if device.type == "cuda" else None, **buffer_sync
-        )
+        model = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
 
-    # number of valid cells in each global batch (the same on every rank), for the loss normalisation
+    # size of each global batch in the objective's unit (the same on every rank), for the loss normalisation
     mask_cpu = None if mask is None else mask.cpu()
     mask_cells = None if mask is None else int(mask_cpu.sum())
 
-    def valid_cells(corners: Tensor | None) -> float:
+    def batch_count(corners: Tensor | None) -> float:
+        if objective.per == "sample":
+            return float(plan.batch_size)
         if mask_cpu is None:
             h, w = plan.patch_size or plan.field_shape[1:]
             return float(plan.batch_size * plan.field_shape[0] * h * w)
@@ -400,6 +453,8 @@ def _train(
             return float(plan.batch_size * mask_cells)
         return float(crop_batch(mask_cpu, corners, plan.patch_size).sum())
 
+    if validation is not None and start == 0 and not validated.losses:
+        validated.measure(0, denoiser, validation)
     bar = None
     if progress and info.is_main:
         from tqdm.auto import tqdm
@@ -414,30 +469,27 @@ def _train(
             corners = plan.crops(step)
             local_corners = None if corners is None else corners[info.rank * local : (info.rank + 1) * local]
             x0 = crop_batch(batch, local_corners, plan.patch_size).to(device, non_blocking=True)
-            batch_mask = None
-            if mask is not None and local_corners is not None:
-                batch_mask = crop_batch(mask, local_corners, plan.patch_size)
-            elif mask is not None:
-                batch_mask = mask
-            count = max(valid_cells(corners), 1.0)  # crops that are all land give a zero loss
+            batch_mask = mask if mask is None or local_corners is None else crop_batch(mask, local_corners,
+                                                                                        plan.patch_size)  # fmt: skip
+            count = max(batch_count(corners), 1.0)  # crops that are all land give a zero loss
 
             generator = torch.Generator(device).manual_seed(derive_seed(plan.seed, "noise", step))
-            draw = loss.draw((plan.batch_size, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
-            draw = draw[info.rank * local : (info.rank + 1) * local]
+            draw = objective.draw((plan.batch_size, *x0.shape[1:]), generator, x0.dtype)
+            if draw is not None:
+                draw = draw[info.rank * local : (info.rank + 1) * local]
 
             for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+                group["lr"] = _learning_rate(lr, step, warmup_steps, cosine_steps)
             optimizer.zero_grad(set_to_none=True)
             with torch.random.fork_rng(devices=rng_devices):
                 _seed_global(derive_seed(plan.seed, "torch", step, info.rank), device)
                 autocast = (
                     torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
                 )
-                swap = _batch_mask(denoiser, batch_mask) if local_corners is not None else contextlib.nullcontext()
-                with autocast, swap:
-                    total, _ = loss.terms(model, x0, draw, mask=batch_mask, cond=_to_device(batch_cond, device))
-                objective = total * (info.world_size / count)
-                (scaler.scale(objective) if scaler is not None else objective).backward()
+                with autocast:
+                    total = objective.terms(model, x0, _to_device(batch_cond, device), draw, batch_mask)
+                scaled = total * (info.world_size / count)
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             if grad_clip:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
@@ -447,33 +499,43 @@ def _train(
                 scaler.update()
             else:
                 optimizer.step()
-            ema.update(denoiser)
+            if ema is not None:
+                ema.update(denoiser)
 
             value = float(distributed.all_reduce_sum(total.detach(), info)) / count
+            if not math.isfinite(value):
+                raise ConfigError(f"the loss became non-finite at step {step + 1}; lower lr (or the objective's "
+                                  "scale) or clip the gradients")
             losses.append(value)
             ran += 1
             done = step + 1
+            if validation is not None and (done % eval_every == 0 or done == steps):
+                validated.measure(done, denoiser, validation)
             if bar is not None:
-                shown = value if shown is None or not math.isfinite(shown) else 0.9 * shown + 0.1 * value
+                shown = value if shown is None else 0.9 * shown + 0.1 * value
                 bar.set_postfix(loss=f"{shown:.4g}", refresh=False)
                 bar.update(1)
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps):
                 if info.is_main:
                     checkpoint = _save(checkpoint_dir, done, settings, plan, losses, denoiser, ema, optimizer, scaler,
-                                       info)
+                                       info, validated)
                 distributed.barrier(info)
                 checkpoint = latest_checkpoint(checkpoint_dir)
     finally:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
+    if validated.best_state is not None:
+        denoiser.load_state_dict(validated.best_state)
     return TrainResult(
-        ema=ema.model,
+        ema=None if ema is None else ema.model,
         denoiser=denoiser,
         losses=losses,
         step=start + ran,
         checkpoint=checkpoint,
         steps_per_second=ran / elapsed if ran and elapsed > 0 else None,
+        validation_losses=list(validated.losses),
+        best_step=validated.best_step,
     )
 
 
@@ -488,10 +550,11 @@ def _save(
     plan: BatchPlan,
     losses: list[float],
     denoiser: nn.Module,
-    ema: EMA,
+    ema: EMA | None,
     optimizer: torch.optim.Optimizer,
     scaler: Any,
     info: distributed.DistInfo,
+    validated: _Validated,
 ) -> Path:
     from geodiff import __version__
 
@@ -506,27 +569,31 @@ def _save(
         "rng": {"scheme": "per-step generators seeded by (seed, stream, step[, rank])", "seed": plan.seed,
                 "next_step": step},
         "world_size": info.world_size,
-        "ema": ema.config,
+        "ema": None if ema is None else ema.config,
         "optimizer": opt_index,
         "grad_scaler": None if scaler is None else scaler.state_dict(),
     }
+    tensors = {"model": denoiser.state_dict(), "optimizer": opt_tensors}
     config = settings["denoiser"]
-    return write_checkpoint(
-        checkpoint_dir,
-        step,
-        tensors={"model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": opt_tensors},
-        meta=meta,
-        configs=None if config is None else {"model": config, "ema": config},
-    )
+    configs = None if config is None else {"model": config}
+    if ema is not None:
+        tensors["ema"] = ema.state_dict()
+        configs = None if configs is None else {**configs, "ema": config}
+    if validated.losses:
+        meta["validation"] = {"losses": validated.losses, "best_step": validated.best_step}
+        tensors["best"] = validated.best_state  # type: ignore[assignment]
+        configs = None if configs is None else {**configs, "best": config}
+    return write_checkpoint(checkpoint_dir, step, tensors=tensors, meta=meta, configs=configs)
 
 
 def _restore(
     path: Path,
     settings: dict[str, Any],
     denoiser: nn.Module,
-    ema: EMA,
+    ema: EMA | None,
     optimizer: torch.optim.Optimizer,
     scaler: Any,
+    validated: _Validated,
 ) -> tuple[int, list[float]]:
     tensors, meta = read_checkpoint(path)
     if meta.get("format") != FORMAT:
@@ -539,20 +606,26 @@ def _restore(
             f"cannot resume from {path}: settings differ ({details}); use the same settings, resume=False or "
             "another checkpoint_dir"
         )
-    for group in ("model", "ema", "optimizer"):
+    groups = ("model", "optimizer") + (() if ema is None else ("ema",)) + (("best",) if meta.get("validation") else ())
+    for group in groups:
         if group not in tensors:
             raise CheckpointError(f"{path} has no {group} tensors")
     try:
         denoiser.load_state_dict(tensors["model"], strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"model weights in {path} do not fit the denoiser: {err}") from err
-    ema.load_state_dict(tensors["ema"], int(meta["ema"]["num_updates"]))
+    if ema is not None:
+        ema.load_state_dict(tensors["ema"], int(meta["ema"]["num_updates"]))
     try:
         optimizer.load_state_dict(unflatten_optimizer_state(tensors["optimizer"], meta["optimizer"]))
     except (ValueError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
     if scaler is not None and meta.get("grad_scaler"):
         scaler.load_state_dict(meta["grad_scaler"])
+    if meta.get("validation"):
+        validated.losses = [float(v) for v in meta["validation"]["losses"]]
+        validated.best_step = int(meta["validation"]["best_step"])
+        validated.best_state = dict(tensors["best"])
     step = int(meta["step"])
     losses = [float(v) for v in meta["losses"]]
     if len(losses) != step:
