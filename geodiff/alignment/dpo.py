@@ -16,6 +16,8 @@ sets how far it may move from the reference (the KL regularisation of DPO, impli
 winners. ``sigma`` is drawn from EDM's log-normal (``p_mean``, ``p_std``). With ``validation`` pairs the loss
 on them (fixed ``sigma`` and noise draws) is measured every ``eval_every`` steps and the weights with the lowest
 validation loss are kept (early stopping); the first measurement is at step 0, where it is ``log 2``.
+:func:`dpo_finetune` runs the training loop :func:`geodiff.train` with :class:`DPOObjective`, so it resumes from
+checkpoints and is deterministic like any training.
 
 Example
 -------
@@ -33,17 +35,18 @@ Example
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from geodiff.diffusion.losses import EDMLoss
 from geodiff.errors import ConfigError, GridError
+from geodiff.training.objectives import Objective
 
-__all__ = ["dpo_loss", "dpo_finetune", "DPOResult", "denoising_error"]
+__all__ = ["dpo_loss", "dpo_finetune", "DPOObjective", "DPOResult", "denoising_error"]
 
 
 def _weight(sigma: Tensor, sigma_data: float) -> Tensor:
@@ -62,6 +65,30 @@ def denoising_error(
     return weight * (x0_hat - x0).pow(2).flatten(1).mean(1)
 
 
+def _dpo_terms(
+    policy: nn.Module,
+    reference: nn.Module,
+    winner: Tensor,
+    loser: Tensor,
+    sigma: Tensor,
+    noise: Tensor,
+    cond: dict[str, Tensor] | None,
+    beta: float,
+) -> tuple[Tensor, Tensor]:
+    """Per-pair DPO loss ``[B]`` and the policy's denoising error of the winners ``[B]`` (module docstring)."""
+    if winner.shape != loser.shape or noise.shape != winner.shape:
+        raise GridError(f"winner, loser and noise must have one shape; got {list(winner.shape)}, "
+                        f"{list(loser.shape)}, {list(noise.shape)}")
+    sigma_data = float(getattr(reference, "sigma_data", 0.5))
+    with torch.no_grad():
+        ref_w = denoising_error(reference, winner, sigma, noise, cond, sigma_data=sigma_data)
+        ref_l = denoising_error(reference, loser, sigma, noise, cond, sigma_data=sigma_data)
+    pol_w = denoising_error(policy, winner, sigma, noise, cond, sigma_data=sigma_data)
+    pol_l = denoising_error(policy, loser, sigma, noise, cond, sigma_data=sigma_data)
+    margin = (pol_w - ref_w) - (pol_l - ref_l)
+    return -nn.functional.logsigmoid(-beta * margin), pol_w
+
+
 def dpo_loss(
     policy: nn.Module,
     reference: nn.Module,
@@ -74,23 +101,72 @@ def dpo_loss(
     beta: float = 100.0,
 ) -> Tensor:
     """Diffusion-DPO loss (scalar, mean over the batch) of pairs ``winner, loser [B, C, H, W]`` (module docstring)."""
-    if winner.shape != loser.shape or noise.shape != winner.shape:
-        raise GridError(f"winner, loser and noise must have one shape; got {list(winner.shape)}, "
-                        f"{list(loser.shape)}, {list(noise.shape)}")
-    sigma_data = float(getattr(reference, "sigma_data", 0.5))
-    with torch.no_grad():
-        ref_w = denoising_error(reference, winner, sigma, noise, cond, sigma_data=sigma_data)
-        ref_l = denoising_error(reference, loser, sigma, noise, cond, sigma_data=sigma_data)
-    pol_w = denoising_error(policy, winner, sigma, noise, cond, sigma_data=sigma_data)
-    pol_l = denoising_error(policy, loser, sigma, noise, cond, sigma_data=sigma_data)
-    margin = (pol_w - ref_w) - (pol_l - ref_l)
-    return -nn.functional.logsigmoid(-beta * margin).mean()
+    return _dpo_terms(policy, reference, winner, loser, sigma, noise, cond, beta)[0].mean()
+
+
+class DPOObjective(Objective):
+    """Diffusion-DPO as an objective of :func:`geodiff.train` (module docstring): data items are pairs
+    ``[2, C, H, W]`` (winner, loser), the reference is a frozen copy of the model as training starts, ``sigma`` and
+    the noise (shared by winner and loser) are drawn per step for the global batch; mean over pairs.
+
+    Parameters
+    ----------
+    beta: how far the policy may move from the reference.
+    sft_weight: weight of the plain denoising error of the winners added to the loss.
+    p_mean, p_std: EDM's log-normal of ``sigma``.
+    """
+
+    per = "sample"
+    crops = False
+    distributed = False  # two calls of the policy per step
+
+    def __init__(self, beta: float = 100.0, *, sft_weight: float = 0.0, p_mean: float = -1.2, p_std: float = 1.2):
+        if not beta > 0 or not sft_weight >= 0 or not p_std > 0:
+            raise ConfigError(f"need beta > 0, sft_weight >= 0 and p_std > 0; got {beta}, {sft_weight}, {p_std}")
+        self.beta, self.sft_weight = float(beta), float(sft_weight)
+        self.noise = EDMLoss(P_mean=p_mean, P_std=p_std)
+        self.reference: nn.Module | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": "dpo", "beta": self.beta, "sft_weight": self.sft_weight, "p_mean": self.noise.P_mean,
+                "p_std": self.noise.P_std}  # fmt: skip
+
+    def field_shape(self, item_shape):
+        if len(item_shape) != 4 or item_shape[0] != 2:
+            raise GridError(f"preference data must be pairs [N, 2, C, H, W] (winner, loser), got items of shape "
+                            f"{list(item_shape)}")
+        return tuple(int(n) for n in item_shape[1:])
+
+    def setup(self, model):
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def state_dict(self):
+        return {} if self.reference is None else self.reference.state_dict()
+
+    def load_state_dict(self, tensors):
+        if self.reference is None:
+            raise ConfigError("DPOObjective.setup(model) makes the reference before its weights can be loaded")
+        self.reference.load_state_dict(tensors, strict=True)
+
+    def draw(self, shape, generator, dtype):
+        return self.noise.draw((shape[0], *shape[2:]), generator=generator, dtype=dtype)
+
+    def terms(self, model, x, cond, draw, mask):
+        if self.reference is None:
+            raise ConfigError("DPOObjective.setup(model) makes the reference; the training loop calls it")
+        losses, winner_error = _dpo_terms(model, self.reference, x[:, 0], x[:, 1], draw.sigma, draw.noise, cond,
+                                          self.beta)  # fmt: skip
+        if self.sft_weight:
+            losses = losses + self.sft_weight * winner_error
+        return losses.sum()
 
 
 @dataclass
 class DPOResult:
     """``denoiser`` (fine-tuned in place), frozen ``reference``, per-step ``losses``, ``seconds``; with validation
-    pairs ``validation_losses`` at steps ``0, eval_every, ...`` and ``best_step`` (the weights kept)."""
+    pairs ``validation_losses`` at steps ``0, eval_every, 2 eval_every, ...`` and ``best_step`` (the weights
+    kept)."""
 
     denoiser: nn.Module
     reference: nn.Module
@@ -118,11 +194,16 @@ def dpo_finetune(
     eval_every: int = 10,
     validation_draws: int = 4,
     progress: bool = True,
+    **options: Any,
 ) -> DPOResult:
     """Fine-tune ``denoiser`` on preference pairs ``winners, losers [P, C, H, W]`` with per-pair ``cond``
-    ``{name: [P, ...]}``; the reference is a frozen copy of ``denoiser`` as passed (module docstring).
+    ``{name: [P, ...]}`` with :func:`geodiff.train` and the :class:`DPOObjective` (AdamW, no gradient clipping, no
+    EMA); the reference is a frozen copy of ``denoiser`` as passed (module docstring).
     ``validation = (winners, losers, cond)`` held-out pairs ``[V, C, H, W]``: early stopping on their DPO loss
-    (``validation_draws`` fixed ``(sigma, noise)`` draws per pair, every ``eval_every`` steps)."""
+    (``validation_draws`` fixed ``(sigma, noise)`` draws per pair, every ``eval_every`` steps). ``options`` go to
+    :func:`geodiff.train` (``checkpoint_dir``, ``resume``, ``device``, ...)."""
+    from geodiff.training.trainer import train
+
     _check_pairs(winners, losers, cond, "")
     if validation is not None:
         _check_pairs(*validation, "validation ")
@@ -133,51 +214,24 @@ def dpo_finetune(
         raise ConfigError(f"need steps, batch_size >= 1 and beta, lr > 0; got {steps}, {batch_size}, {beta}, {lr}")
     if eval_every < 1 or validation_draws < 1:
         raise ConfigError(f"need eval_every, validation_draws >= 1; got {eval_every}, {validation_draws}")
-    reference = copy.deepcopy(denoiser).eval().requires_grad_(False)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW([p for p in denoiser.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    denoiser.train()
-    losses: list[float] = []
+    objective = DPOObjective(beta, sft_weight=sft_weight, p_mean=p_mean, p_std=p_std)
+    check = None
+    if validation is not None:
+        held_out = _Validation(*validation, draws=validation_draws, beta=beta, p_mean=p_mean, p_std=p_std,
+                               seed=seed + 1)  # fmt: skip
+
+        def check(model: nn.Module) -> float:
+            return held_out(model, objective.reference)
+
     start = time.perf_counter()
-    pairs = winners.shape[0]
-    check = None if validation is None else _Validation(*validation, draws=validation_draws, beta=beta,
-                                                        p_mean=p_mean, p_std=p_std, seed=seed + 1)  # fmt: skip
-    best: tuple[float, int, dict[str, Tensor]] | None = None
-    validation_losses: list[float] = []
-
-    def validate(step: int) -> None:
-        nonlocal best
-        validation_losses.append(check(denoiser, reference))
-        if best is None or validation_losses[-1] < best[0]:
-            best = (validation_losses[-1], step, copy.deepcopy(denoiser.state_dict()))
-        denoiser.train()
-
-    if check is not None:
-        validate(0)
-    for step in tqdm(range(1, steps + 1), desc="dpo", disable=not progress):
-        index = torch.randint(pairs, (min(batch_size, pairs),), generator=generator)
-        w, l = winners[index], losers[index]
-        batch_cond = None if cond is None else {k: v[index] for k, v in cond.items()}
-        sigma = (p_mean + p_std * torch.randn(w.shape[0], generator=generator, dtype=torch.float64)).exp()
-        noise = torch.randn(w.shape, generator=generator, dtype=w.dtype)
-        loss = dpo_loss(denoiser, reference, w, l, sigma, noise, batch_cond, beta=beta)
-        if sft_weight:
-            loss = loss + sft_weight * denoising_error(denoiser, w, sigma, noise, batch_cond).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if not math.isfinite(losses[-1]):
-            raise ConfigError(f"DPO loss became non-finite at step {len(losses)}; lower lr or beta")
-        if check is not None and (step % eval_every == 0 or step == steps):
-            validate(step)
-    best_step = None
-    if best is not None:
-        denoiser.load_state_dict(best[2])
-        best_step = best[1]
+    options = {"grad_clip": None, "ema_decay": None, **options}
+    result = train(denoiser, torch.stack([winners, losers], 1), cond=cond, objective=objective, steps=steps,
+                   batch_size=min(batch_size, winners.shape[0]), lr=lr, seed=seed, progress=progress,
+                   validation=check, eval_every=eval_every, **options)  # fmt: skip
     denoiser.eval()
-    return DPOResult(denoiser=denoiser, reference=reference, losses=losses, seconds=time.perf_counter() - start,
-                     validation_losses=validation_losses, best_step=best_step)
+    return DPOResult(denoiser=denoiser, reference=objective.reference, losses=result.losses,
+                     seconds=time.perf_counter() - start, validation_losses=result.validation_losses,
+                     best_step=result.best_step)  # fmt: skip
 
 
 def _check_pairs(winners: Tensor, losers: Tensor, cond: dict[str, Tensor] | None, what: str) -> None:
@@ -203,7 +257,6 @@ class _Validation:
         self.beta, self.batch_size = beta, batch_size
 
     def __call__(self, policy: nn.Module, reference: nn.Module) -> float:
-        policy.eval()
         total, n = 0.0, self.winners.shape[0]
         with torch.no_grad():
             for start in range(0, n, self.batch_size):

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from geodiff.config import Configurable
-from geodiff.errors import ConfigError, DataError, GridError
+from geodiff.errors import ConfigError, GridError
 
 __all__ = ["Autoencoder", "AutoencoderTrainResult", "train_autoencoder"]
 
@@ -137,14 +137,16 @@ class Autoencoder(Configurable, nn.Module):
             raise GridError(f"z must be [B, {self.latent_channels}, h, w]; got {list(z.shape)}")
         return self.decoder(z)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Reconstruction ``decode(encode(x))`` ``[B, C, H, W]``."""
-        return self.decode(self.encode(x))
+    def forward(self, x: Tensor, *, with_latent: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Reconstruction ``decode(encode(x))`` ``[B, C, H, W]``; with ``with_latent``, ``(reconstruction, z)``."""
+        z = self.encode(x)
+        return (self.decoder(z), z) if with_latent else self.decoder(z)
 
 
 @dataclass
 class AutoencoderTrainResult:
-    """``autoencoder`` (trained, in place), ``losses`` per step (reconstruction MSE), ``seconds``."""
+    """``autoencoder`` (trained, in place, eval mode), ``losses`` per step (:class:`AutoencoderObjective`: mean
+    squared reconstruction error plus the latent penalty), ``seconds``."""
 
     autoencoder: Autoencoder
     losses: list[float] = field(default_factory=list)
@@ -161,34 +163,23 @@ def train_autoencoder(
     latent_weight: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    **options: Any,
 ) -> AutoencoderTrainResult:
-    """Fit ``autoencoder`` to normalised states ``data [N, C, H, W]`` (mean squared reconstruction error +
-    ``latent_weight * mean(z^2)``), AdamW with cosine decay; batches drawn from a generator seeded by ``seed``."""
+    """Fit ``autoencoder`` to normalised states ``data [N, C, H, W]`` with :func:`geodiff.train` and the
+    :class:`~geodiff.training.objectives.AutoencoderObjective` (mean squared reconstruction error +
+    ``latent_weight * mean(z^2)``): AdamW with a cosine decay over ``steps``, no gradient clipping, no EMA.
+    ``options`` go to :func:`geodiff.train` (``checkpoint_dir``, ``resume``, ``device``, ...): resume and
+    determinism are those of the training loop (to stop early and resume to more steps, fix the decay's length
+    with ``cosine_steps=``)."""
+    from geodiff.training.objectives import AutoencoderObjective
+    from geodiff.training.trainer import train
+
     if data.ndim != 4 or data.shape[1] != autoencoder.in_channels:
         raise GridError(f"data must be [N, {autoencoder.in_channels}, H, W]; got {list(data.shape)}")
-    if not torch.isfinite(data).all():
-        raise DataError("autoencoder training data hold NaN/inf values (fill invalid cells first)")
-    if steps < 1 or batch_size < 1:
-        raise ConfigError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    autoencoder.train()
-    losses: list[float] = []
+    autoencoder.latent_shape(*data.shape[-2:])
     start = time.perf_counter()
-    for _ in tqdm(range(steps), desc="autoencoder", disable=not progress):
-        index = torch.randint(data.shape[0], (min(batch_size, data.shape[0]),), generator=generator)
-        batch = data[index]
-        z = autoencoder.encode(batch)
-        reconstruction = autoencoder.decode(z)
-        mse = (reconstruction - batch).pow(2).mean()
-        loss = mse + latent_weight * z.pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(float(mse.detach()))
+    options = {"grad_clip": None, "ema_decay": None, "cosine_steps": steps, **options}
+    result = train(autoencoder, data, objective=AutoencoderObjective(latent_weight), steps=steps,
+                   batch_size=min(batch_size, data.shape[0]), lr=lr, seed=seed, progress=progress, **options)
     autoencoder.eval()
-    return AutoencoderTrainResult(autoencoder=autoencoder, losses=losses, seconds=time.perf_counter() - start)
-
+    return AutoencoderTrainResult(autoencoder=autoencoder, losses=result.losses, seconds=time.perf_counter() - start)

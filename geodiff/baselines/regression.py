@@ -6,7 +6,7 @@ sources: ``prediction = backbone(0, noise_label=0, cond=sources)`` (the field in
 from the conditioning). It has the denoiser call signature ``(x, sigma, cond) -> [B, C, H, W]`` (``x`` gives only
 the shape, ``sigma`` is ignored), so :class:`~geodiff.diffusion.patches.PatchDenoiser` predicts large domains with
 the same blended windows. :func:`train_regression` fits it on :class:`~geodiff.training.pairs.DownscalingPairs`
-with AdamW on the mean squared error. The regression estimates the conditional mean: it is smooth (low
+with the training loop and the mean squared error. The regression estimates the conditional mean: it is smooth (low
 high-wavenumber power) and has no spread.
 
 Example
@@ -30,13 +30,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from geodiff.config import Configurable
-from geodiff.diffusion.denoiser import _build, _describe
-from geodiff.errors import ConfigError
-from geodiff.training.data import stack_items
+from geodiff.diffusion.denoiser import build_plugin, describe_plugin
 
 __all__ = ["RegressionModel", "train_regression"]
 
@@ -50,9 +47,9 @@ class RegressionModel(Configurable, nn.Module):
     def __init__(self, backbone: nn.Module | dict[str, Any]):
         super().__init__()
         if isinstance(backbone, dict):
-            backbone = _build("backbone", backbone)
+            backbone = build_plugin("backbone", backbone)
         self.backbone = backbone
-        self.config = {"backbone": _describe("backbone", backbone)}
+        self.config = {"backbone": describe_plugin("backbone", backbone)}
 
     def forward(self, x: Tensor, sigma: Any = None, cond: dict[str, Tensor] | None = None) -> Tensor:
         zeros = torch.zeros_like(x)
@@ -69,24 +66,16 @@ def train_regression(
     grad_clip: float | None = 1.0,
     seed: int = 0,
     progress: bool = True,
+    **options: Any,
 ) -> list[float]:
-    """Fit ``model`` in place on ``(x, cond)`` items with the MSE loss; returns the loss of every step."""
-    if steps < 1 or batch_size < 1:
-        raise ConfigError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    sampler = RandomSampler(data, replacement=True, num_samples=steps * batch_size, generator=generator)
-    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=stack_items, drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for x, cond in tqdm(loader, total=steps, desc="regression", disable=not progress):
-        loss = ((model(x, None, cond) - x) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    """Fit ``model`` in place on ``(x, cond)`` items with :func:`geodiff.train` and the mean squared error
+    (:class:`~geodiff.training.objectives.RegressionObjective`; AdamW with weight decay 0.01, no EMA); returns the
+    loss of every step. ``options`` go to :func:`geodiff.train` (``checkpoint_dir``, ``resume``, ``mask``, ...)."""
+    from geodiff.training.objectives import RegressionObjective
+    from geodiff.training.trainer import train
+
+    options = {"weight_decay": 0.01, "ema_decay": None, **options}
+    result = train(model, data, objective=RegressionObjective(), steps=steps, batch_size=batch_size, lr=lr,
+                   grad_clip=grad_clip, seed=seed, progress=progress, **options)
     model.eval()
-    return losses
+    return result.losses

@@ -43,7 +43,9 @@ from geodiff.config import Configurable
 from geodiff.diffusion.schedules import Schedule, VPSchedule
 from geodiff.errors import ConfigError, GridError, PluginError
 
-__all__ = ["Denoiser", "x0_to_eps", "eps_to_x0", "x0_to_v", "v_to_x0", "sigma_tensor"]
+__all__ = [
+    "Denoiser", "x0_to_eps", "eps_to_x0", "x0_to_v", "v_to_x0", "sigma_tensor", "build_plugin", "describe_plugin",
+]
 
 PARAMETERIZATIONS = ("edm", "eps", "v", "x0")
 NOISE_LABELS = ("edm", "vp_timestep", "sigma")
@@ -116,9 +118,9 @@ class Denoiser(Configurable, nn.Module):
         if noise_label not in NOISE_LABELS:
             raise ConfigError(f"noise_label must be one of {NOISE_LABELS}, got {noise_label!r}")
         if isinstance(backbone, dict):
-            backbone = _build("backbone", backbone)
+            backbone = build_plugin("backbone", backbone)
         if isinstance(schedule, dict):
-            schedule = _build("schedule", schedule)
+            schedule = build_plugin("schedule", schedule)
         if noise_label == "vp_timestep" and not isinstance(schedule, VPSchedule):
             raise ConfigError("noise_label='vp_timestep' needs schedule=VPSchedule(...)")
         self.backbone = backbone
@@ -128,11 +130,11 @@ class Denoiser(Configurable, nn.Module):
         self.schedule = schedule
         self.register_buffer("mask", None if mask is None else torch.as_tensor(mask, dtype=torch.bool), persistent=False)
         self.config = {
-            "backbone": _describe("backbone", backbone),
+            "backbone": describe_plugin("backbone", backbone),
             "sigma_data": self.sigma_data,
             "parameterization": parameterization,
             "noise_label": noise_label,
-            "schedule": None if schedule is None else _describe("schedule", schedule),
+            "schedule": None if schedule is None else describe_plugin("schedule", schedule),
         }
         #: run the network on channels-last (NHWC) inputs (see :func:`geodiff.runtime.optimize`)
         self.channels_last = False
@@ -256,8 +258,14 @@ class Denoiser(Configurable, nn.Module):
         return (self(x, sigma, cond) - x) / _column(sigma**2, x)
 
 
-def _describe(kind: str, obj: Any) -> dict[str, Any]:
-    """``{"name", "config"}`` of a plugin; an unregistered one gets ``name=None`` (usable, but not saveable)."""
+def describe_plugin(kind: str, obj: Any) -> dict[str, Any]:
+    """``{"name", "config"}`` of a plugin; an unregistered one gets ``name=None`` (usable, but not saveable).
+
+    >>> from geodiff.diffusion.schedules import VPSchedule
+    >>> spec = describe_plugin("schedule", VPSchedule(num_train_timesteps=10))
+    >>> build_plugin("schedule", spec).config == spec["config"], spec["name"]
+    (True, 'vp')
+    """
     try:
         name: str | None = registry.name_of(kind, obj)
     except PluginError:
@@ -265,7 +273,8 @@ def _describe(kind: str, obj: Any) -> dict[str, Any]:
     return {"name": name, "config": getattr(obj, "config", None)}
 
 
-def _build(kind: str, spec: dict[str, Any]) -> Any:
+def build_plugin(kind: str, spec: dict[str, Any]) -> Any:
+    """The plugin of ``kind`` described by ``{"name", "config"}`` (:func:`describe_plugin`), built from its config."""
     if set(spec) != {"name", "config"}:
         raise ConfigError(f"a {kind} spec needs exactly the keys 'name' and 'config', got {sorted(spec)}")
     if spec["name"] is None:

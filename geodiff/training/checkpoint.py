@@ -5,6 +5,7 @@ A checkpoint of step ``s`` is the folder ``<checkpoint_dir>/step-<s:08d>``::
     model/config.json, model/model.safetensors   the trained denoiser (loadable with ``Denoiser.from_pretrained``)
     ema/config.json,   ema/model.safetensors     its exponential moving average (idem; without EMA: absent)
     best/config.json,  best/model.safetensors    with validation: the weights of the best validation step
+    objective.safetensors                        the objective's own state, if any (e.g. DPO's reference model)
     optimizer.safetensors                        optimizer state tensors, flattened as ``state.<param>.<key>``
     trainer.json                                 step, loss history, training settings, RNG/sampler state,
                                                  optimizer param groups and the index of optimizer.safetensors
@@ -64,6 +65,7 @@ _GROUP_FILES = {
     "ema": "ema/model.safetensors",
     "optimizer": "optimizer.safetensors",
     "best": "best/model.safetensors",
+    "objective": "objective.safetensors",
 }
 
 
@@ -97,7 +99,7 @@ def write_checkpoint(
 ) -> Path:
     """Write the checkpoint of ``step`` atomically and remove every other one; returns its folder.
 
-    ``tensors``: group (``model``, ``ema``, ``optimizer``, ``best``) -> name -> tensor; ``meta``: JSON for ``trainer.json``;
+    ``tensors``: group (``model``, ``ema``, ``optimizer``, ``best``, ``objective``) -> name -> tensor; ``meta``: JSON for ``trainer.json``;
     ``configs``: group -> JSON written as ``<group>/config.json`` (so the folder loads with ``from_pretrained``).
     """
     from safetensors.torch import save_file

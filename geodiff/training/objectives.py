@@ -69,6 +69,8 @@ class Objective(ABC):
     per: ClassVar[str] = "cell"
     #: whether random crops (``patch_size``) of the items make sense for this objective
     crops: ClassVar[bool] = True
+    #: whether it trains under torchrun (data parallel: one call of the model per step)
+    distributed: ClassVar[bool] = True
 
     @property
     @abstractmethod
@@ -84,6 +86,13 @@ class Objective(ABC):
 
     def setup(self, model: nn.Module) -> None:
         """Called once before training starts (after the model is on its device, before a checkpoint is loaded)."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors of the objective's own state (saved in checkpoints; e.g. a frozen reference model)."""
+        return {}
+
+    def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict` (on resume, after :meth:`setup`)."""
 
     def draw(self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Any:
         """The random part of a step for the global batch of items ``shape = (B, ...)``, drawn from ``generator``;

@@ -22,7 +22,8 @@ preference objective such as Diffusion-DPO). What it guarantees, for every objec
 The loss of a step is the objective's terms summed over the global batch divided by the number of its valid cells
 (denoising: :meth:`~geodiff.diffusion.losses.DenoisingLoss.terms`) or of its samples; the learning rate of step
 ``s`` (0-based) is ``lr * min(1, (s + 1) / warmup_steps)``, times ``(1 + cos(pi s / cosine_steps)) / 2`` with a
-cosine decay. The validity mask of a batch (cropped with the fields) is passed to the model with each call.
+cosine decay. A non-finite loss stops training with :class:`~geodiff.errors.ConfigError` (except with fp16
+autocast, whose gradient scaler skips such steps). The validity mask of a batch (cropped with the fields) is passed to the model with each call.
 
 Example
 -------
@@ -84,8 +85,8 @@ class TrainResult:
     ``denoiser``: the trained model itself (the object passed in; also :attr:`model`); ``losses``: loss of every
     step from step 1 (including steps of resumed runs); ``step``: steps done; ``checkpoint``: the newest checkpoint
     folder (None without ``checkpoint_dir``); ``steps_per_second``: training speed of this call (None when no step
-    ran); with ``validation``: ``validation_losses`` at steps ``0, eval_every, ..., steps`` and ``best_step``, the
-    step whose weights the model holds at the end.
+    ran); with ``validation``: ``validation_losses`` at steps ``0, eval_every, 2 eval_every, ...`` and
+    ``best_step``, the step whose weights the model holds at the end.
     """
 
     ema: nn.Module | None
@@ -271,8 +272,8 @@ def train(
     objective: what to minimise (:mod:`geodiff.training.objectives`); None: the denoising ``loss``.
     cosine_steps: decay the learning rate along a half cosine to 0 over that many steps; None: constant.
     validation, eval_every: a function ``model -> loss`` measured (eval mode, no gradients) before the first step
-        and every ``eval_every`` steps and at the last; the model ends with the weights of the best measurement
-        (early stopping).
+        and after every ``eval_every`` steps (steps ``0, eval_every, 2 eval_every, ...``, wherever calls stop, so
+        that resuming changes nothing); the model ends with the weights of the best measurement (early stopping).
     """
     _positive("steps", steps, 0)
     _positive("batch_size", batch_size)
@@ -388,6 +389,8 @@ def _train(
     eval_every: int,
 ) -> TrainResult:
     device = info.device
+    if info.distributed and not objective.distributed:
+        raise ConfigError(f"the {type(objective).__name__} trains in one process; run it without torchrun")
     if plan.batch_size % info.world_size:
         raise ConfigError(f"batch_size={plan.batch_size} must be divisible by the number of ranks {info.world_size}")
     local = plan.batch_size // info.world_size
@@ -426,7 +429,7 @@ def _train(
         distributed.barrier(info)  # nobody reads while rank 0 might still be writing
         checkpoint = latest_checkpoint(checkpoint_dir)
         if checkpoint is not None:
-            start, losses = _restore(checkpoint, settings, denoiser, ema, optimizer, scaler, validated)
+            start, losses = _restore(checkpoint, settings, denoiser, ema, optimizer, scaler, validated, objective)
             if start > steps:
                 raise CheckpointError(
                     f"checkpoint {checkpoint} is at step {start}, beyond steps={steps}; pass a larger steps, "
@@ -503,22 +506,22 @@ def _train(
                 ema.update(denoiser)
 
             value = float(distributed.all_reduce_sum(total.detach(), info)) / count
-            if not math.isfinite(value):
+            if not math.isfinite(value) and scaler is None:  # (fp16: the gradient scaler skips such steps)
                 raise ConfigError(f"the loss became non-finite at step {step + 1}; lower lr (or the objective's "
                                   "scale) or clip the gradients")
             losses.append(value)
             ran += 1
             done = step + 1
-            if validation is not None and (done % eval_every == 0 or done == steps):
+            if validation is not None and done % eval_every == 0:
                 validated.measure(done, denoiser, validation)
             if bar is not None:
-                shown = value if shown is None else 0.9 * shown + 0.1 * value
+                shown = value if shown is None or not math.isfinite(shown) else 0.9 * shown + 0.1 * value
                 bar.set_postfix(loss=f"{shown:.4g}", refresh=False)
                 bar.update(1)
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps):
                 if info.is_main:
                     checkpoint = _save(checkpoint_dir, done, settings, plan, losses, denoiser, ema, optimizer, scaler,
-                                       info, validated)
+                                       info, validated, objective)
                 distributed.barrier(info)
                 checkpoint = latest_checkpoint(checkpoint_dir)
     finally:
@@ -555,6 +558,7 @@ def _save(
     scaler: Any,
     info: distributed.DistInfo,
     validated: _Validated,
+    objective: Objective,
 ) -> Path:
     from geodiff import __version__
 
@@ -583,6 +587,10 @@ def _save(
         meta["validation"] = {"losses": validated.losses, "best_step": validated.best_step}
         tensors["best"] = validated.best_state  # type: ignore[assignment]
         configs = None if configs is None else {**configs, "best": config}
+    objective_state = objective.state_dict()
+    if objective_state:
+        tensors["objective"] = objective_state
+        meta["objective_state"] = True
     return write_checkpoint(checkpoint_dir, step, tensors=tensors, meta=meta, configs=configs)
 
 
@@ -594,6 +602,7 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scaler: Any,
     validated: _Validated,
+    objective: Objective,
 ) -> tuple[int, list[float]]:
     tensors, meta = read_checkpoint(path)
     if meta.get("format") != FORMAT:
@@ -607,6 +616,7 @@ def _restore(
             "another checkpoint_dir"
         )
     groups = ("model", "optimizer") + (() if ema is None else ("ema",)) + (("best",) if meta.get("validation") else ())
+    groups += ("objective",) if meta.get("objective_state") else ()
     for group in groups:
         if group not in tensors:
             raise CheckpointError(f"{path} has no {group} tensors")
@@ -622,6 +632,11 @@ def _restore(
         raise CheckpointError(f"optimizer state in {path} does not fit: {err}") from err
     if scaler is not None and meta.get("grad_scaler"):
         scaler.load_state_dict(meta["grad_scaler"])
+    if meta.get("objective_state"):
+        try:
+            objective.load_state_dict(tensors["objective"])
+        except RuntimeError as err:
+            raise CheckpointError(f"the objective's state in {path} does not fit: {err}") from err
     if meta.get("validation"):
         validated.losses = [float(v) for v in meta["validation"]["losses"]]
         validated.best_step = int(meta["validation"]["best_step"])
