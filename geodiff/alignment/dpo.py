@@ -65,30 +65,6 @@ def denoising_error(
     return weight * (x0_hat - x0).pow(2).flatten(1).mean(1)
 
 
-def _dpo_terms(
-    policy: nn.Module,
-    reference: nn.Module,
-    winner: Tensor,
-    loser: Tensor,
-    sigma: Tensor,
-    noise: Tensor,
-    cond: dict[str, Tensor] | None,
-    beta: float,
-) -> tuple[Tensor, Tensor]:
-    """Per-pair DPO loss ``[B]`` and the policy's denoising error of the winners ``[B]`` (module docstring)."""
-    if winner.shape != loser.shape or noise.shape != winner.shape:
-        raise GridError(f"winner, loser and noise must have one shape; got {list(winner.shape)}, "
-                        f"{list(loser.shape)}, {list(noise.shape)}")
-    sigma_data = float(getattr(reference, "sigma_data", 0.5))
-    with torch.no_grad():
-        ref_w = denoising_error(reference, winner, sigma, noise, cond, sigma_data=sigma_data)
-        ref_l = denoising_error(reference, loser, sigma, noise, cond, sigma_data=sigma_data)
-    pol_w = denoising_error(policy, winner, sigma, noise, cond, sigma_data=sigma_data)
-    pol_l = denoising_error(policy, loser, sigma, noise, cond, sigma_data=sigma_data)
-    margin = (pol_w - ref_w) - (pol_l - ref_l)
-    return -nn.functional.logsigmoid(-beta * margin), pol_w
-
-
 def dpo_loss(
     policy: nn.Module,
     reference: nn.Module,
@@ -99,9 +75,22 @@ def dpo_loss(
     cond: dict[str, Tensor] | None = None,
     *,
     beta: float = 100.0,
+    per_pair: bool = False,
 ) -> Tensor:
-    """Diffusion-DPO loss (scalar, mean over the batch) of pairs ``winner, loser [B, C, H, W]`` (module docstring)."""
-    return _dpo_terms(policy, reference, winner, loser, sigma, noise, cond, beta)[0].mean()
+    """Diffusion-DPO loss of pairs ``winner, loser [B, C, H, W]`` (module docstring): the mean over the batch, or
+    with ``per_pair`` the loss of each pair ``[B]``."""
+    if winner.shape != loser.shape or noise.shape != winner.shape:
+        raise GridError(f"winner, loser and noise must have one shape; got {list(winner.shape)}, "
+                        f"{list(loser.shape)}, {list(noise.shape)}")
+    sigma_data = float(getattr(reference, "sigma_data", 0.5))
+    with torch.no_grad():
+        ref_w = denoising_error(reference, winner, sigma, noise, cond, sigma_data=sigma_data)
+        ref_l = denoising_error(reference, loser, sigma, noise, cond, sigma_data=sigma_data)
+    pol_w = denoising_error(policy, winner, sigma, noise, cond, sigma_data=sigma_data)
+    pol_l = denoising_error(policy, loser, sigma, noise, cond, sigma_data=sigma_data)
+    margin = (pol_w - ref_w) - (pol_l - ref_l)
+    losses = -nn.functional.logsigmoid(-beta * margin)
+    return losses if per_pair else losses.mean()
 
 
 class DPOObjective(Objective):
@@ -118,7 +107,7 @@ class DPOObjective(Objective):
 
     per = "sample"
     crops = False
-    distributed = False  # two calls of the policy per step
+    distributed = False  # several calls of the policy per step
 
     def __init__(self, beta: float = 100.0, *, sft_weight: float = 0.0, p_mean: float = -1.2, p_std: float = 1.2):
         if not beta > 0 or not sft_weight >= 0 or not p_std > 0:
@@ -155,10 +144,11 @@ class DPOObjective(Objective):
     def terms(self, model, x, cond, draw, mask):
         if self.reference is None:
             raise ConfigError("DPOObjective.setup(model) makes the reference; the training loop calls it")
-        losses, winner_error = _dpo_terms(model, self.reference, x[:, 0], x[:, 1], draw.sigma, draw.noise, cond,
-                                          self.beta)  # fmt: skip
+        winner, loser = x[:, 0], x[:, 1]
+        losses = dpo_loss(model, self.reference, winner, loser, draw.sigma, draw.noise, cond, beta=self.beta,
+                          per_pair=True)  # fmt: skip
         if self.sft_weight:
-            losses = losses + self.sft_weight * winner_error
+            losses = losses + self.sft_weight * denoising_error(model, winner, draw.sigma, draw.noise, cond)
         return losses.sum()
 
 
