@@ -123,10 +123,17 @@ class JobKind:
     keyword_inputs: tuple[str, ...] = ()
     passes_times: bool = False  # the pipeline takes ``times=`` (reconstruct does)
     loader: str = "geodiff.io.bundle:load"  # reads the model from a folder: ``loader(path, device=)``
+    #: ``"module:function"`` giving the output layout ``template(model, *inputs, members=)`` from the inputs at one
+    #: time, for pipelines whose grid depends on their input (downscale); None: the model's codec grid
+    template: str | None = None
 
     def load(self) -> Callable[..., xr.Dataset]:
         """The pipeline function (imported now); ConfigError when its module is not available."""
         return _import(self.pipeline, "pipeline")
+
+    def load_template(self) -> Callable[..., xr.Dataset] | None:
+        """The output-template function (imported now), or None for the model's codec grid."""
+        return None if self.template is None else _import(self.template, "output template")
 
     def load_model(self, path: str, device: str) -> Any:
         """The model of this pipeline read from ``path``."""
@@ -151,7 +158,7 @@ JOB_KINDS: dict[str, JobKind] = {
     "reconstruct": JobKind("geodiff.pipelines.reconstruct:reconstruct", ("observations",), "observations",
                            passes_times=True),
     "downscale": JobKind("geodiff.pipelines.downscale:downscale", ("coarse",), "coarse",
-                         keyword_inputs=("sources", "stations")),
+                         keyword_inputs=("sources", "stations"), template="geodiff.pipelines.downscale:output_template"),
     "assimilate": JobKind("geodiff.pipelines.assimilate:assimilate", ("background", "observations"), "background",
                           loader="geodiff.pipelines.assimilate:AssimilationModel.load"),
 }
@@ -230,7 +237,8 @@ class PipelineJob:
         return xr.Variable(("time",), values, attrs=first["time"].attrs, encoding=dict(first["time"].encoding))
 
     def sample(self) -> xr.Dataset:
-        """The output layout for the first time, decoded from zeros on the model grid (no sampling)."""
+        """The output layout for the first time (no sampling): the kind's output template on the inputs at that
+        time, or zeros decoded on the model's codec grid."""
         import torch
 
         spec = JOB_KINDS[self.kind]
@@ -238,6 +246,10 @@ class PipelineJob:
             first = np.atleast_1d(np.asarray(self.times_wanted))[:1]
         else:
             first = time_axis(self.inputs[spec.time_input], spec.time_input)[:1]
+        template = spec.load_template()
+        if template is not None:
+            inputs = [select_times(self.inputs[name], first) for name in spec.inputs]
+            return template(self.bundle, *inputs, members=self.members)
         layout = getattr(self.bundle, "prior", self.bundle)  # a model bundle, or a model holding one as ``prior``
         zeros = torch.zeros(self.members, 1, *layout.codec.shape)
         return layout.decode(zeros, member=True, time=first)

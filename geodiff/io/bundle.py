@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import xarray as xr
 
@@ -77,6 +78,7 @@ MASK_KEY = "codec.mask"
 PREFIX = "denoiser."
 #: largest magnitude of a normalised value accepted by ``encode`` and ``reconstruct`` (see ``ModelBundle.encode``)
 MAX_NORMALIZED = 10.0
+_OMITTED: Any = object()  # ``time`` not given to ``decode``: the codec's own time axis
 # file names that usually hold pickles: reported as such
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".dill"})
 
@@ -179,9 +181,53 @@ class ModelBundle:
             _check_normalized_range(self.codec, x, mask, float(max_normalized))
         return x, mask
 
-    def decode(self, x: torch.Tensor, **kwargs: Any) -> xr.Dataset:
-        """Dataset in physical units from normalised tensors (``kwargs``: ``member``, ``time`` of ``Codec.decode``)."""
-        return self.normalizer.denormalize(self.codec.decode(x, **kwargs))
+    def statistics(self, time: Any = None, codec: Codec | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean [C, H, W], std [C, H, W])`` float64 of the normaliser at ``time`` on ``codec``'s grid (default
+        the bundle's; a model that samples any domain passes the codec of that domain). The last result is kept,
+        so asking again for the same time and grid costs nothing."""
+        codec = codec or self.codec
+        key = (self.normalizer, codec, None if time is None else str(time))
+        cached = getattr(self, "_statistics", None)
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] is not key[1] or cached[0][2] != key[2]:
+            cached = self._statistics = (key, self.normalizer.cell_statistics(codec, time))
+        return cached[1]
+
+    def normalize_tensor(self, x: torch.Tensor, *, time: Any = None, codec: Codec | None = None) -> torch.Tensor:
+        """Physical ``[..., C, H, W]`` -> normalised ``(x - mean) / std`` at ``time`` on ``codec``'s grid
+        (:meth:`statistics`), computed in ``x``'s dtype."""
+        mean, std = self._fields(x, time, codec)
+        return (x - mean) / std
+
+    def denormalize_tensor(self, x: torch.Tensor, *, time: Any = None, codec: Codec | None = None) -> torch.Tensor:
+        """Normalised ``[..., C, H, W]`` -> physical ``x * std + mean`` at ``time`` on ``codec``'s grid, computed in
+        ``x``'s dtype (pass float64 for the exactly rounded float32 result of float32 variables)."""
+        mean, std = self._fields(x, time, codec)
+        return x * std + mean
+
+    def _fields(self, x: torch.Tensor, time: Any, codec: Codec | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statistics as ``[C, H, W]`` tensors in ``x``'s dtype and device."""
+        shape = (codec or self.codec).shape
+        if x.ndim < 3 or tuple(x.shape[-3:]) != shape:
+            raise GridError(f"x has shape {list(x.shape)}; expected [..., {', '.join(map(str, shape))}]")
+        return tuple(torch.from_numpy(s).to(device=x.device, dtype=x.dtype) for s in self.statistics(time, codec))
+
+    def decode(self, x: torch.Tensor, *, codec: Codec | None = None, member: bool = False,
+               time: Any = _OMITTED) -> xr.Dataset:
+        """Dataset in physical units from normalised tensors ``x`` (as :meth:`Codec.decode`: ``[B, C, H, W]`` along
+        time, ``[M, B, C, H, W]`` with ``member=True``, or one field): un-normalised in float64 with the statistics
+        of each field's time, then decoded by ``codec`` (default: the bundle's; a model that samples any domain
+        passes the codec of that domain)."""
+        values = torch.as_tensor(x).detach().cpu().to(torch.float64)
+        axis = 1 if member else 0
+        along_time = values.ndim == axis + 4
+        times = None if time is _OMITTED or time is None else np.atleast_1d(np.asarray(time))
+        if along_time and times is not None and times.size == values.shape[axis]:
+            values = torch.stack([self.denormalize_tensor(values.select(axis, k), time=times[k], codec=codec)
+                                  for k in range(times.size)], dim=axis)
+        else:
+            values = self.denormalize_tensor(values, time=None if times is None else times[0], codec=codec)
+        kwargs = {} if time is _OMITTED else {"time": time}
+        return (codec or self.codec).decode(values, member=member, **kwargs)
 
     # -------------------------------------------------------------------------------------------------------
 

@@ -48,24 +48,23 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-import geodiff
 from geodiff import registry
 from geodiff.alignment.latent_guidance import DecodedOperator, LatentMMPSGuidance
 from geodiff.alignment.reward_guidance import RewardGuidance
 from geodiff.backbones.autoencoder import Autoencoder
 from geodiff.backbones.unet import UNet
-from geodiff.diffusion.clipping import ClipDenoised
 from geodiff.diffusion.denoiser import Denoiser
+from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
-from geodiff.errors import CheckpointError, ConfigError, GridError, ObservationError, SamplingError
+from geodiff.errors import CheckpointError, ConfigError, GridError, ObservationError
 from geodiff.guidance import DPSGuidance
 from geodiff.guidance.base import combine
-from geodiff.io.bundle import ModelBundle, load
+from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
-from geodiff.pipelines.reconstruct import time_generator_seed
+from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.units import model_units, to_model_units
 from geodiff.provenance import append_history
 
@@ -180,8 +179,6 @@ class AssimilationModel:
         autoencoder.latent_shape(*codec.shape[1:])
         self.autoencoder = autoencoder.eval()
         self.prior = ModelBundle(denoiser, codec, normalizer, metadata)
-        mean, std = normalizer.tensors(codec)
-        self.mean, self.std = mean.to(torch.float32), std.to(torch.float32)
 
     @classmethod
     def untrained(cls, ds: xr.Dataset, *, latent_channels: int = 4, base_channels: int = 16,
@@ -294,18 +291,17 @@ class AssimilationModel:
     def to(self, device: str | torch.device) -> AssimilationModel:
         self.autoencoder.to(device)
         self.prior.to(device)
-        self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self
 
     # tensors
 
     def normalize(self, x: Tensor) -> Tensor:
-        """Physical ``[B, C, H, W]`` -> normalised."""
-        return (x - self.mean[:, None, None].to(x)) / self.std[:, None, None].to(x)
+        """Physical ``[B, C, H, W]`` -> normalised (the prior bundle's statistics, in ``x``'s dtype)."""
+        return self.prior.normalize_tensor(x)
 
     def physical(self, x: Tensor) -> Tensor:
-        """Normalised ``[B, C, H, W]`` -> physical units."""
-        return x * self.std[:, None, None].to(x) + self.mean[:, None, None].to(x)
+        """Normalised ``[B, C, H, W]`` -> physical units (the prior bundle's statistics, in ``x``'s dtype)."""
+        return self.prior.denormalize_tensor(x)
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent ``[B, Z, h, w]`` of physical states ``[B, C, H, W]``."""
@@ -355,6 +351,9 @@ def sample_analysis(
     denoiser: Denoiser | None = None,
     callback: Callable[..., None] | None = None,
     clip_latent: float | str | None = "auto",
+    max_normalized: float | None = MAX_NORMALIZED,
+    on_runaway: str = "resample",
+    runaway_factor: float | None = RUNAWAY_FACTOR,
 ) -> tuple[Tensor, Tensor]:
     """Analysis members for one background (tensors): ``(states [M, C, H, W] physical, latents [M, Z, h, w])``.
 
@@ -366,40 +365,61 @@ def sample_analysis(
     ``[-clip_latent, clip_latent]`` (:class:`~geodiff.diffusion.clipping.ClipDenoised`), above the largest ``|z|``
     of the training latents so that only members leaving the training range are touched (guided members that do
     run away otherwise dominate ensemble means); ``"auto"``: :attr:`AssimilationModel.latent_bound` (no clipping
-    for a model that did not record its latent range); None: no clipping.
+    for a model that did not record its latent range); None: no clipping. ``max_normalized``, ``on_runaway``,
+    ``runaway_factor``: the runaway checks of :mod:`geodiff.diffusion.engine` on the decoded states in normalised
+    units (as :func:`geodiff.reconstruct`; :func:`assimilate` records them).
     """
-    if guidance not in OBSERVATION_GUIDANCE:
-        raise ConfigError(f"guidance must be one of {OBSERVATION_GUIDANCE}, got {guidance!r}")
     if members < 1 or steps < 1:
         raise ConfigError(f"members and steps must be >= 1, got {members}, {steps}")
-    denoiser = (denoiser or model.denoiser).eval()
-    z_b = model.encode(background[None])
-    latent_shape = tuple(z_b.shape[1:])
+    engine = _analysis_engine(model, members=members, steps=steps, sampler=sampler, schedule=schedule,
+                              denoiser=denoiser, clip_latent=clip_latent, device=background.device,
+                              runaway=RunawayCheck(on_runaway, runaway_factor, bound=max_normalized),
+                              callback=callback)  # fmt: skip
+    guide = _analysis_guidance(model, operator, y, error_std, guidance=guidance, guidance_options=guidance_options,
+                               reward=reward, reward_scale=reward_scale, reward_mode=reward_mode)
+    states, z, _ = _draw_analysis(model, engine, guide, background, generator, f"guidance {guidance!r}")
+    return states, z
+
+
+def _analysis_engine(model: AssimilationModel, *, members: int, steps: int, sampler: str,
+                     schedule: Schedule | None, denoiser: Denoiser | None, clip_latent: float | str | None,
+                     device: str | torch.device, runaway: RunawayCheck, **display: Any) -> SamplingEngine:
+    """The engine sampling latents for :func:`sample_analysis` and :func:`assimilate` (``display``: progress)."""
+    return SamplingEngine(registry.get("sampler", sampler)(), (denoiser or model.denoiser).eval(),
+                          (schedule or EDMSchedule(sigma_max=80.0)).sigmas(steps), members=members, device=device,
+                          clip=resolve_latent_bound(model, clip_latent), runaway=runaway, label="assimilate",
+                          **display)  # fmt: skip
+
+
+def _analysis_guidance(model: AssimilationModel, operator: PointOperator | None, y: Tensor | None,
+                       error_std: Tensor | None, *, guidance: str, guidance_options: dict[str, Any] | None,
+                       reward: Callable[[Tensor], Tensor] | None, reward_scale: float, reward_mode: str) -> Any:
+    """Observation guidance through the decoder (``guidance``) and reward guidance, combined."""
+    if guidance not in OBSERVATION_GUIDANCE:
+        raise ConfigError(f"guidance must be one of {OBSERVATION_GUIDANCE}, got {guidance!r}")
     parts = []
     if operator is not None and guidance != "none":
-        mean = model.mean.double().cpu().numpy()
-        std = model.std.double().cpu().numpy()
+        mean, std = model.prior.statistics()
         op_n, y_n, e_n = operator.to_normalized(y.cpu().numpy(), error_std.cpu().numpy(), mean, std)
         decoded = DecodedOperator(model.autoencoder.decode, op_n.to(torch.float32))
-        options = dict(guidance_options or {})
         cls = LatentMMPSGuidance if guidance == "mmps" else DPSGuidance
-        parts.append(cls(y_n.to(torch.float32), decoded, e_n.to(torch.float32), **options))
+        parts.append(cls(y_n.to(torch.float32), decoded, e_n.to(torch.float32), **dict(guidance_options or {})))
     if reward is not None and reward_scale > 0:
         parts.append(RewardGuidance(lambda z: reward(model.decode(z)), scale=reward_scale, mode=reward_mode))
-    guide = combine(parts)
-    sampler_obj = registry.get("sampler", sampler)()
-    clip_latent = resolve_latent_bound(model, clip_latent)
-    if clip_latent is not None:
-        sampler_obj = ClipDenoised(sampler_obj, clip_latent)
-    sigmas = (schedule or EDMSchedule(sigma_max=80.0)).sigmas(steps)
-    noise = torch.randn(members, *latent_shape, generator=generator)
-    cond = {"concat": z_b.expand(members, -1, -1, -1)}
-    z = guide.sample(sampler_obj, denoiser, noise, sigmas, cond=cond, generator=generator, callback=callback)
-    if not torch.isfinite(z).all():
-        raise SamplingError(f"latent sampling diverged (non-finite values) with guidance {guidance!r}, "
-                            f"{steps} steps; try more steps or another guidance")
+    return combine(parts)
+
+
+def _draw_analysis(model: AssimilationModel, engine: SamplingEngine, guide: Any, background: Tensor,
+                   generator: torch.Generator | None, setting: str, where: str = "") -> tuple[Tensor, Tensor, list]:
+    """``(states [M, C, H, W] physical, latents, runaway members)`` of one background ``[C, H, W]``; the runaway
+    checks look at the decoded states in normalised units on the codec's valid cells."""
+    z_b = model.encode(background[None])
+    ensemble = engine.draw(guide, tuple(z_b.shape[1:]), generator=generator,
+                           cond=lambda n: {"concat": z_b.expand(n, -1, -1, -1)},
+                           valid=model.codec.mask.to(z_b.device), measure=model.autoencoder.decode,
+                           where=where, setting=f"{setting}, {engine.steps} steps")  # fmt: skip
     with torch.no_grad():
-        return model.decode(z), z
+        return model.decode(ensemble.x), ensemble.x, ensemble.runaways
 
 
 def _check_background(model: AssimilationModel, background: xr.Dataset) -> None:
@@ -429,6 +449,9 @@ def assimilate(
     clip_latent: float | str | None = "auto",
     device: str = "cpu",
     progress: bool = True,
+    max_normalized: float | None = MAX_NORMALIZED,
+    on_runaway: str = "resample",
+    runaway_factor: float | None = RUNAWAY_FACTOR,
 ) -> xr.Dataset:
     """Analysis ensemble of ``background`` (dims ``(time, lat, lon)``, the model's variables and grid) given the
     observation table (DESIGN section 4) at the same times; returns dims ``(member, time, lat, lon)``.
@@ -437,7 +460,9 @@ def assimilate(
     ``{"cg_iterations": 2}``), ``"dps"`` (``{"scale": ...}``) or ``"none"``. ``reward``/``reward_scale``: reward
     guidance (:mod:`geodiff.alignment.reward_guidance`, ``reward_mode`` ``"x0"`` or ``"tilt"``),
     ``reward(states [M, C, H, W] physical) -> [M]``. ``clip_latent``: bound of the denoised latents (see
-    :func:`sample_analysis`).
+    :func:`sample_analysis`). ``max_normalized``, ``on_runaway``, ``runaway_factor``: runaway members, judged on the
+    decoded states in normalised units, are redrawn, refused or kept and flagged, and recorded in attribute
+    ``geodiff_runaway`` (as :func:`geodiff.reconstruct`).
     Times without observations get the background-conditioned prior sample (recorded in the report).
     """
     model = model if isinstance(model, AssimilationModel) else AssimilationModel.load(model, device=device)
@@ -455,42 +480,40 @@ def assimilate(
     times = background["time"].values
     states, _ = codec.encode(background[codec.variables])
     states = states.to(device)
-    bar = tqdm(total=len(times) * steps, desc="assimilate", unit="step", disable=not progress)
-    fields, n_used = [], {}
-    for t, time in enumerate(times):
-        at_time = clean.isel(obs=np.flatnonzero(clean["time"].values == time))
-        n_used[str(time)] = int(at_time.sizes["obs"])
-        operator = y = error_std = None
-        if at_time.sizes["obs"]:
-            operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
-                                                  mask=codec.mask.cpu().numpy()).to(device)
-            y = torch.as_tensor(at_time["value"].values, dtype=torch.float64)
-            error_std = torch.as_tensor(at_time["error_std"].values, dtype=torch.float64)
-        generator = torch.Generator(device).manual_seed(time_generator_seed(seed, time))
-        x, _ = sample_analysis(model, states[t], operator=operator, y=y, error_std=error_std, members=members,
-                               steps=steps, guidance=guidance, guidance_options=guidance_options, reward=reward,
-                               reward_scale=reward_scale, reward_mode=reward_mode, sampler=sampler,
-                               generator=generator, denoiser=denoiser, clip_latent=clip_latent,
-                               callback=lambda info: bar.update(1))  # fmt: skip
-        fields.append(x.detach().cpu())
-    bar.close()
+    if members < 1 or steps < 1:
+        raise ConfigError(f"members and steps must be >= 1, got {members}, {steps}")
+    engine = _analysis_engine(model, members=members, steps=steps, sampler=sampler, schedule=None,
+                              denoiser=denoiser, clip_latent=clip_latent, device=device, progress=progress,
+                              fields=len(times), runaway=RunawayCheck(on_runaway, runaway_factor, bound=max_normalized))
+    fields, n_used, runaways = [], {}, {}
+    with engine:
+        for t, time in enumerate(times):
+            at_time = clean.isel(obs=np.flatnonzero(clean["time"].values == time))
+            n_used[str(time)] = int(at_time.sizes["obs"])
+            operator = y = error_std = None
+            if at_time.sizes["obs"]:
+                operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
+                                                      mask=codec.mask.cpu().numpy()).to(device)
+                y = torch.as_tensor(at_time["value"].values, dtype=torch.float64)
+                error_std = torch.as_tensor(at_time["error_std"].values, dtype=torch.float64)
+            guide = _analysis_guidance(model, operator, y, error_std, guidance=guidance,
+                                       guidance_options=guidance_options, reward=reward, reward_scale=reward_scale,
+                                       reward_mode=reward_mode)  # fmt: skip
+            x, _, found = _draw_analysis(model, engine, guide, states[t], time_generator(seed, time, device),
+                                         f"guidance {guidance!r}", where=f"time {time}")
+            if found:
+                runaways[str(time)] = [r.describe() for r in found]
+            fields.append(x.detach().cpu())
     out = codec.decode(torch.stack(fields, dim=1), member=True, time=times)
     for name in codec.variables:
         out[name].attrs = dict(background[name].attrs)
-    out.attrs = dict(background.attrs)
     described = getattr(reward, "describe", lambda: None)() if reward is not None else None
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "reward_scale": reward_scale,
               "reward_mode": reward_mode, "reward": described, "sampler": sampler, "steps": steps,
               "members": members, "seed": seed, "clip_latent": clip_latent}  # fmt: skip
-    out.attrs = append_history(out.attrs, f"geodiff.assimilate({json.dumps(config, default=str)})")
-    out.attrs.update({
-        "geodiff_version": geodiff.__version__,
-        "geodiff_model_sha256": model.sha256,
-        "geodiff_guidance": json.dumps(config, default=str),
-        "geodiff_seed": int(seed),
-        "geodiff_observations": json.dumps({**report.as_dict(), "used_per_time": n_used}, default=str),
-    })  # fmt: skip
-    return out
+    return record_provenance(out, background.attrs, "geodiff.assimilate", config, model_sha256=model.sha256,
+                             seed=seed, observations={**report.as_dict(), "used_per_time": n_used},
+                             runaway={**engine.runaway.describe(), "members": runaways})
 
 
 # ---- cycling

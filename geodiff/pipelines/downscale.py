@@ -47,29 +47,29 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
-import geodiff
 from geodiff import registry
 from geodiff.backbones.conditional import ClassifierFreeDenoiser
+from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine
 from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
-from geodiff.errors import ConfigError, CoordinateError, GridError, SamplingError
+from geodiff.errors import ConfigError, CoordinateError, GridError
 from geodiff.grid import coarse_coords, refine_coords
 from geodiff.guidance.base import combine
 from geodiff.guidance.coarse import CoarseGuidance
 from geodiff.io.bundle import ModelBundle, load
+from geodiff.io.codec import Codec
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import CoarsenOperator, PointOperator
-from geodiff.pipelines.reconstruct import time_generator_seed
+from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.units import model_units, to_model_units
 from geodiff.provenance import append_history
 
-__all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscaling_metadata", "open_sample",
-           "sample_paths", "COARSE"]
+__all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscaling_metadata", "output_codec",
+           "output_template", "open_sample", "sample_paths", "COARSE"]
 
 COARSE = "coarse"
-LAT, LON, TIME, MEMBER = "lat", "lon", "time", "member"
+LAT, LON, TIME = "lat", "lon", "time"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,6 +215,9 @@ def downscale(
     batch_size: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    max_normalized: float | None = None,
+    on_runaway: str = "resample",
+    runaway_factor: float | None = RUNAWAY_FACTOR,
 ) -> xr.Dataset:
     """Downscale ``coarse`` with a conditional diffusion model; returns an ensemble ``xr.Dataset`` on the
     high-resolution grid (module docstring).
@@ -239,6 +242,12 @@ def downscale(
     patch, overlap: window and overlap sizes (high-resolution cells) of the patch-wise sampler; default: the
         training patch and a quarter of it.
     batch_size: members sampled at once (default: all).
+    max_normalized, on_runaway, runaway_factor: a member with a non-finite value, with a valid cell at or beyond
+        ``max_normalized`` in the model's normalised units (default None: no absolute bound, since a conditional
+        model sampled with few steps or without some of its sources leaves its training range as a whole; e.g.
+        ``MAX_NORMALIZED`` = 10 refuses that too; nothing is clipped), or further from the ensemble median than
+        ``runaway_factor`` times the members' median distance, has run away: it is redrawn, refused or kept and
+        flagged as ``on_runaway`` says, and recorded in attribute ``geodiff_runaway`` (as :func:`geodiff.reconstruct`).
 
     Example
     -------
@@ -286,23 +295,20 @@ def downscale(
     errors = coarse_error_std if isinstance(coarse_error_std, Mapping) else {v: coarse_error_std for v in target}
     if set(errors) != set(target) or not all(float(errors[v]) > 0 for v in target):
         raise ConfigError(f"coarse_error_std must be a positive number or one per variable {target}")
-    mean_t, std_t = (t.numpy().astype(np.float64) for t in bundle.normalizer.tensors(bundle.codec))
-    if mean_t.size != channels:
-        raise ConfigError(f"the model's codec has {mean_t.size} channels; its downscaling target has {channels}")
+    if bundle.codec.shape[0] != channels:
+        raise ConfigError(f"the model's codec has {bundle.codec.shape[0]} channels; its downscaling target has "
+                          f"{channels}")
 
-    coarse_values = np.stack([np.asarray(coarse[v].transpose(*((TIME,) if has_time else ()), LAT, LON).values,
-                                         dtype=np.float64) for v in target], axis=-3)  # [T?, C, Hc, Wc]
+    coarse_values = _coarse_values(coarse, target)  # [T?, C, Hc, Wc]
     if mask is None:
-        block = np.isfinite(coarse_values).all(axis=0) if has_time else np.isfinite(coarse_values)
-        valid = np.repeat(np.repeat(block, factor, axis=-2), factor, axis=-1)  # [C, H, W]
+        valid = _valid_under(coarse_values, has_time, factor)
     else:
         valid_2d = np.asarray(mask.transpose(LAT, LON).values).astype(bool)
         if valid_2d.shape != (height, width):
             raise GridError(f"mask must be (lat, lon) = {(height, width)}, got {valid_2d.shape}")
         valid = np.broadcast_to(valid_2d, (channels, height, width)).copy()
     operator = CoarsenOperator((channels, height, width), factor, mask=valid, grid_lat=lat).to(device)
-    mean_c = torch.as_tensor(mean_t).reshape(-1, 1, 1)
-    std_c = torch.as_tensor(std_t).reshape(-1, 1, 1)
+    fine_codec, coarse_codec = output_codec(coarse, target, factor, valid), output_codec(coarse, target, 1)
     channel_list = [(v, None) for v in target]
     table = report = None
     if stations is not None:
@@ -313,99 +319,122 @@ def downscale(
     base = bundle.denoiser if cfg_scale == 1.0 else ClassifierFreeDenoiser(bundle.denoiser, cfg_scale)
     train_patch = tuple(int(p) for p in (patch or spec["patch"]))
     overlap = tuple(int(o) for o in (overlap or (train_patch[0] // 4, train_patch[1] // 4)))
-    patched = PatchDenoiser(base, patch=train_patch, overlap=overlap)
-    sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
-    sigmas = (schedule or EDMSchedule()).sigmas(steps)
-    batch = batch_size or members
+    bound = None if max_normalized is None else float(max_normalized)
+    engine = SamplingEngine(
+        registry.get("sampler", sampler)(**(sampler_options or {})), PatchDenoiser(base, patch=train_patch,
+                                                                                   overlap=overlap),
+        (schedule or EDMSchedule()).sigmas(steps), members=members, batch_size=batch_size, device=device,
+        runaway=RunawayCheck(on_runaway, runaway_factor, bound=bound), progress=progress, fields=len(times),
+        label="downscale",
+    )  # fmt: skip
     used_sources = ([COARSE] if condition_on_coarse else []) + sorted(source_data)
-    bar = tqdm(total=len(times) * -(-members // batch) * steps, desc="downscale", unit="step", disable=not progress)
-    fields, described = [], None
-    for t_index, time in enumerate(times):
-        values = coarse_values[t_index] if has_time else coarse_values
-        coarse_n = (torch.from_numpy(values) - mean_c) / std_c  # [C, Hc, Wc]
-        cond = {}
-        if condition_on_coarse:
-            cond[COARSE] = torch.nan_to_num(coarse_n, nan=0.0).to(torch.float32)[None].to(device)
-        for name, ds in source_data.items():
-            ratio = Fraction(known[name]["ratio"])
-            cond[name] = _source_tensor(bundle, ds, name, list(known[name]["variables"]), time,
-                                        _grid_for_ratio(lat, ratio, LAT), _grid_for_ratio(lon, ratio, LON)).to(device)
-        guide = combine([])
-        if guidance is not None:
-            if guidance != "coarse":
-                raise ConfigError(f"guidance must be 'coarse' or None, got {guidance!r}")
-            error = np.array([float(errors[v]) for v in target])
-            error_n = torch.as_tensor(error / std_t).reshape(-1, 1, 1).expand(channels, *operator.coarse_shape)
-            y = operator.observed(coarse_n)
-            e = error_n.reshape(-1)[torch.as_tensor(operator.kept)]
-            guide = CoarseGuidance(y.to(device), operator, e.to(device), **(guidance_options or {}))
-            if table is not None:
-                at_time = table
-                if time is not None and TIME in table.coords:
-                    at_time = table.isel(obs=np.flatnonzero(table[TIME].values == time))
-                if at_time.sizes["obs"]:
-                    point = PointOperator.from_columns(at_time, lat, lon, channels=channel_list, mask=valid)
-                    op_n, y_n, e_n = point.to_normalized(at_time["value"].values, at_time["error_std"].values,
-                                                         mean_t, std_t)
-                    guide = guide.with_stations(y_n.to(device), op_n.to(device), e_n.to(device))
-            described = guide.describe()
-        elif table is not None:
-            raise ConfigError("stations are used as guidance: pass guidance='coarse' with them")
-        generator = torch.Generator(device).manual_seed(time_generator_seed(seed, 0 if time is None else time))
-        chunks = []
-        for start in range(0, members, batch):
-            size = min(batch, members - start)
-            noise = torch.randn(size, channels, height, width, generator=generator, device=device)
-            x = guide.sample(sampler_obj, patched, noise, sigmas, cond=cond or None, generator=generator,
-                             callback=lambda info: bar.update(1))
-            if not torch.isfinite(x[:, torch.as_tensor(valid, device=x.device)]).all():
-                raise SamplingError(f"sampling diverged at time {time}: non-finite values with {sampler!r}, {steps} "
-                                    "steps; try more steps or weaker guidance")
-            chunks.append(x.detach().to(torch.float64).cpu() * std_c + mean_c)
-        fields.append(torch.cat(chunks))
-    bar.close()
-    stacked = torch.stack(fields, dim=1).numpy()  # [M, T, C, H, W]
-    stacked = np.where(valid[None, None], stacked, np.nan)
-    out = _assemble(coarse, target, stacked, lat, lon, times if has_time else None)
+    fields, described, runaways = [], None, {}
+    with engine:
+        for t_index, time in enumerate(times):
+            values = torch.from_numpy(coarse_values[t_index] if has_time else coarse_values)  # [C, Hc, Wc]
+            coarse_n = bundle.normalize_tensor(values, time=time, codec=coarse_codec)
+            cond = {}
+            if condition_on_coarse:
+                cond[COARSE] = torch.nan_to_num(coarse_n, nan=0.0).to(torch.float32)[None].to(device)
+            for name, ds in source_data.items():
+                ratio = Fraction(known[name]["ratio"])
+                cond[name] = _source_tensor(bundle, ds, name, list(known[name]["variables"]), time,
+                                            _grid_for_ratio(lat, ratio, LAT), _grid_for_ratio(lon, ratio, LON)
+                                            ).to(device)  # fmt: skip
+            guide = combine([])
+            if guidance is not None:
+                if guidance != "coarse":
+                    raise ConfigError(f"guidance must be 'coarse' or None, got {guidance!r}")
+                error = np.array([float(errors[v]) for v in target])
+                error_n = torch.as_tensor(error[:, None, None] / bundle.statistics(time, coarse_codec)[1])
+                y = operator.observed(coarse_n)
+                e = error_n.reshape(-1)[torch.as_tensor(operator.kept)]
+                guide = CoarseGuidance(y.to(device), operator, e.to(device), **(guidance_options or {}))
+                if table is not None:
+                    at_time = table
+                    if time is not None and TIME in table.coords:
+                        at_time = table.isel(obs=np.flatnonzero(table[TIME].values == time))
+                    if at_time.sizes["obs"]:
+                        point = PointOperator.from_columns(at_time, lat, lon, channels=channel_list, mask=valid)
+                        op_n, y_n, e_n = point.to_normalized(at_time["value"].values, at_time["error_std"].values,
+                                                             *bundle.statistics(time, fine_codec))
+                        guide = guide.with_stations(y_n.to(device), op_n.to(device), e_n.to(device))
+                described = guide.describe()
+            elif table is not None:
+                raise ConfigError("stations are used as guidance: pass guidance='coarse' with them")
+            ensemble = engine.draw(guide, (channels, height, width), cond=cond or None,
+                                   generator=time_generator(seed, 0 if time is None else time, device),
+                                   valid=torch.as_tensor(valid, device=device), where=f"time {time}",
+                                   setting=f"sampler {sampler!r}, {steps} steps, guidance {guidance!r}")
+            if ensemble.runaways:
+                runaways[str(time)] = [r.describe() for r in ensemble.runaways]
+            fields.append(ensemble.x.to(torch.float64).cpu())
+    stacked = torch.stack(fields, dim=1)  # [M, T, C, H, W], normalised
+    out = bundle.decode(stacked if has_time else stacked[:, 0], codec=fine_codec, member=True,
+                        time=coarse[TIME] if has_time else None)
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "guidance_described": described,
               "coarse_error_std": {v: float(errors[v]) for v in target}, "sources": used_sources,
               "cfg_scale": cfg_scale, "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
               "members": members, "seed": seed, "factor": factor, "patch": list(train_patch),
               "overlap": list(overlap)}
-    out.attrs = append_history(dict(coarse.attrs), f"geodiff.downscale({json.dumps(config, default=str)})")
-    out.attrs.update({
-        "geodiff_version": geodiff.__version__,
-        "geodiff_model_sha256": bundle.sha256,
-        "geodiff_guidance": json.dumps(config, default=str),
-        "geodiff_seed": int(seed),
-        "geodiff_sources": json.dumps(used_sources),
-    })
-    if report is not None:
-        out.attrs["geodiff_observations"] = json.dumps(report.as_dict(), default=str)
-    return out
+    return record_provenance(out, coarse.attrs, "geodiff.downscale", config, model_sha256=bundle.sha256, seed=seed,
+                             sources=used_sources, observations=None if report is None else report.as_dict(),
+                             runaway={**engine.runaway.describe(), "members": runaways})
 
 
-def _assemble(coarse: xr.Dataset, target: list[str], values: np.ndarray, lat: np.ndarray, lon: np.ndarray,
-              times: list[Any] | None) -> xr.Dataset:
-    """The output Dataset from ``values [M, T, C, H, W]`` with the coarse dataset's attributes and encodings."""
-    coords: dict[str, Any] = {MEMBER: np.arange(values.shape[0]),
-                              LAT: xr.Variable(LAT, lat, dict(coarse[LAT].attrs)),
-                              LON: xr.Variable(LON, lon, dict(coarse[LON].attrs))}
-    dims: tuple[str, ...] = (MEMBER, TIME, LAT, LON)
-    if times is None:
-        values = values[:, 0]
-        dims = (MEMBER, LAT, LON)
-    else:
-        coords[TIME] = coarse[TIME].variable.copy()
+def _coarse_values(coarse: xr.Dataset, target: Sequence[str]) -> np.ndarray:
+    """The target variables of ``coarse`` as float64 ``[T?, C, Hc, Wc]``."""
+    order = ((TIME,) if TIME in coarse.dims else ()) + (LAT, LON)
+    return np.stack([np.asarray(coarse[v].transpose(*order).values, dtype=np.float64) for v in target], axis=-3)
+
+
+def _valid_under(coarse_values: np.ndarray, has_time: bool, factor: int) -> np.ndarray:
+    """High-resolution validity ``[C, H, W]``: under every coarse cell that is finite at every time."""
+    block = np.isfinite(coarse_values).all(axis=0) if has_time else np.isfinite(coarse_values)
+    return np.repeat(np.repeat(block, factor, axis=-2), factor, axis=-1)
+
+
+def output_codec(coarse: xr.Dataset, target: Sequence[str], factor: int, valid: np.ndarray | None = None) -> Codec:
+    """The codec of the high-resolution output of :func:`downscale` for ``coarse``: the target variables with
+    their attributes, ``_FillValue`` and dtype (float64 for non-float input), the coarse time axis' attributes and
+    encoding, the global attributes, on the grid refined by ``factor``; valid where ``valid [C, H, W]`` (default:
+    under every coarse cell that is finite at every time).
+
+    >>> import numpy as np, xarray as xr
+    >>> coarse = xr.Dataset({"tas": (("lat", "lon"), np.array([[280.0, np.nan], [281.0, 282.0]]), {"units": "K"})},
+    ...                     coords={"lat": [1.0, 3.0], "lon": [1.0, 3.0]})
+    >>> codec = output_codec(coarse, ["tas"], 2)
+    >>> codec.shape, codec.lon.tolist(), codec.mask[0, 0].tolist()
+    ((1, 4, 4), [0.5, 1.5, 2.5, 3.5], [True, True, False, False])
+    """
+    has_time = TIME in coarse.dims
+    lat = refine_coords(coarse[LAT].values, factor, LAT)
+    lon = refine_coords(coarse[LON].values, factor, LON)
+    if valid is None:
+        valid = _valid_under(_coarse_values(coarse, target), has_time, factor)
+    dims = ((TIME,) if has_time else ()) + (LAT, LON)
     data = {}
     for c, name in enumerate(target):
-        array = values[..., c, :, :].astype(coarse[name].dtype if coarse[name].dtype.kind == "f" else np.float64)
-        data[name] = xr.Variable(dims, array, dict(coarse[name].attrs))
-    out = xr.Dataset(data, coords=coords)
-    out[MEMBER].attrs = {"long_name": "ensemble member"}
-    for name in target:
-        out[name].encoding = {k: v for k, v in coarse[name].encoding.items() if k in ("dtype", "_FillValue")}
-    return out
+        dtype = coarse[name].dtype if coarse[name].dtype.kind == "f" else np.dtype(np.float64)
+        values = np.where(valid[c], 0.0, np.nan).astype(dtype)
+        data[name] = xr.Variable(dims, values[None] if has_time else values, dict(coarse[name].attrs),
+                                 {k: v for k, v in coarse[name].encoding.items() if k in ("dtype", "_FillValue")})
+    coords: dict[str, Any] = {LAT: xr.Variable(LAT, lat, dict(coarse[LAT].attrs)),
+                              LON: xr.Variable(LON, lon, dict(coarse[LON].attrs))}
+    if has_time:
+        coords[TIME] = coarse[TIME].variable[:1].copy()
+    return Codec.from_dataset(xr.Dataset(data, coords=coords, attrs=dict(coarse.attrs)), list(target))
+
+
+def output_template(model: ModelBundle, coarse: xr.Dataset | xr.DataArray, *, members: int = 1) -> xr.Dataset:
+    """What :func:`downscale` returns for ``coarse`` and ``members`` (layout, attributes, dtypes), with zeros
+    in place of samples and without provenance: the template of a downscaling batch."""
+    spec = _spec(model)
+    coarse = _as_dataset(coarse, "coarse")
+    codec = output_codec(coarse, list(spec["target"]), int(spec["factor"]))
+    has_time = TIME in coarse.dims
+    zeros = torch.zeros(members, *((coarse.sizes[TIME],) if has_time else ()), *codec.shape)
+    return model.decode(zeros, codec=codec, member=True, time=coarse[TIME] if has_time else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ Example
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from typing import Any
 
@@ -34,30 +33,44 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
-import geodiff
 from geodiff import registry
-from geodiff.diffusion.clipping import ClipDenoised
+from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine, derive_seed
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
-from geodiff.errors import ConfigError, ObservationError, SamplingError
+from geodiff.errors import ConfigError, ObservationError
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
-from geodiff.provenance import append_history
+from geodiff.provenance import append_history, provenance_attrs
 from geodiff.runtime import optimize, precision_context
 
-__all__ = ["reconstruct", "time_generator_seed"]
+__all__ = ["reconstruct", "time_generator_seed", "time_generator", "record_provenance"]
 
 
 def time_generator_seed(seed: int, time: Any) -> int:
     """Seed of the generator for one time: a hash of ``(seed, time)``, stable across runs and machines."""
-    key = f"{int(seed)}|{pd.Timestamp(time).isoformat() if _is_datetime(time) else repr(time)}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+    return derive_seed(int(seed), pd.Timestamp(time).isoformat() if _is_datetime(time) else repr(time))
+
+
+def time_generator(seed: int, time: Any, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of one time (:func:`time_generator_seed`) on ``device``."""
+    return torch.Generator(device).manual_seed(time_generator_seed(seed, time))
 
 
 def _is_datetime(value: Any) -> bool:
     return isinstance(value, (np.datetime64, _dt.datetime, pd.Timestamp))
+
+
+def record_provenance(out: xr.Dataset, attrs: dict[str, Any], call: str, config: dict[str, Any], *,
+                      model_sha256: str, seed: int, **records: Any) -> xr.Dataset:
+    """``out`` with attributes ``attrs`` plus the provenance of a pipeline run: ``history`` appended with
+    ``call(config as JSON)``, and :func:`~geodiff.provenance.provenance_attrs` (version, ``model_sha256``,
+    ``guidance`` = the config, ``seed`` and every other record that is not None)."""
+    described = json.dumps(config, default=str)
+    out.attrs = {**append_history(dict(attrs), f"{call}({described})"),
+                 **provenance_attrs(model_sha256=model_sha256, guidance=described, seed=int(seed),
+                                    **{name: value for name, value in records.items() if value is not None})}
+    return out
 
 
 def _check_observation_range(table: xr.Dataset, y_normalized: torch.Tensor, bound: float) -> None:
@@ -73,23 +86,6 @@ def _check_observation_range(table: xr.Dataset, y_normalized: torch.Tensor, boun
         f"(normalised {float(y_normalized[k]):.4g}); far outside what the model was trained on. Check the units "
         "and fill values, or pass max_normalized=None to use them anyway"
     )
-
-
-def _check_sample_range(x: torch.Tensor, valid: torch.Tensor, bound: float, time: Any, first: int,
-                        setting: str) -> None:
-    """Raise :class:`SamplingError` when a member ``x [B, C, H, W]`` (normalised) reached ``|x| >= bound`` in a valid
-    cell: a finite but diverged sample (e.g. hundreds of degrees, or stuck at the clipping bound of
-    :class:`~geodiff.diffusion.clipping.ClipDenoised`) must not pass as a reconstruction."""
-    beyond = (x.abs() >= bound) & valid
-    if bool(beyond.any()):
-        per_member = beyond.flatten(1).sum(1)
-        members = [first + int(m) for m in torch.nonzero(per_member).flatten().tolist()]
-        raise SamplingError(
-            f"sampling diverged at time {time}: member(s) {members} have {int(per_member.sum())} valid cells at or "
-            f"beyond {bound:g} in normalised units (largest {float(x.abs()[beyond].max()):.3g}), far outside the training "
-            f"range, with {setting}; try more steps or another guidance/sampler (max_normalized=None disables this "
-            "check)"
-        )
 
 
 def reconstruct(
@@ -112,6 +108,8 @@ def reconstruct(
     compile: bool = False,
     progress: bool = True,
     max_normalized: float | None = MAX_NORMALIZED,
+    on_runaway: str = "resample",
+    runaway_factor: float | None = RUNAWAY_FACTOR,
 ) -> xr.Dataset:
     """Reconstruct the model's fields from sparse observations; returns an ensemble ``xr.Dataset``.
 
@@ -141,6 +139,13 @@ def reconstruct(
         (:class:`~geodiff.diffusion.clipping.ClipDenoised`; it is above every training value, so only a member that
         runs away is touched), and a member that ends at it in a valid cell has diverged and raises
         :class:`~geodiff.errors.SamplingError` naming it. ``None`` switches all three off.
+    on_runaway: what happens to a member that ran away (:mod:`geodiff.diffusion.engine`): non-finite, at the
+        ``max_normalized`` bound, or further from the ensemble median than ``runaway_factor`` (default 5) times
+        the members' median distance (and than half a standard deviation): ``"resample"`` (default: redraw it
+        with a fresh generator derived from the time's, up to 3 times, then :class:`~geodiff.errors.SamplingError`),
+        ``"raise"`` or ``"keep"`` (keep and flag it). Attribute ``geodiff_runaway`` records the settings and, per
+        time, every runaway member, why, and how often it was redrawn. ``runaway_factor=None`` switches the relative
+        check off.
 
     Returns a Dataset with dims ``(member, time, [depth,] lat, lon)`` on the model grid.
     """
@@ -161,62 +166,40 @@ def reconstruct(
     wanted = np.unique(clean["time"].values) if times is None else np.atleast_1d(np.asarray(times))
     if wanted.size == 0:
         raise ObservationError("no time to reconstruct: the observation table is empty after validation")
-    autocast = precision_context(precision, torch.device(device).type)
     optimize(denoiser, freeze=False, compile=compile, allocator=False)  # channels-last network
     guidance_cls = registry.get("guidance", guidance)
-    sampler_obj = registry.get("sampler", sampler)(**(sampler_options or {}))
-    run_sampler = sampler_obj if max_normalized is None else ClipDenoised(sampler_obj, float(max_normalized))
-    sigmas = (schedule or EDMSchedule()).sigmas(steps)
-    channels = len(codec.channels)
-    batch = batch_size or members
-    bar = tqdm(total=len(wanted) * -(-members // batch) * steps, desc="reconstruct", unit="step", disable=not progress)
-    fields, described = [], None
-    for time in wanted:
-        at_time = clean.isel(obs=np.flatnonzero(clean["time"].values == time))
-        if at_time.sizes["obs"] == 0:
-            raise ObservationError(f"no valid observation at time {time}; the report says:\n{report}")
-        mean_np, std_np = bundle.normalizer.cell_statistics(codec, time)  # [C, H, W] float64
-        mean, std = (torch.from_numpy(t).to(device) for t in (mean_np, std_np))
-        operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
-                                              mask=valid).to(device)
-        op_n, y_n, e_n = operator.to_normalized(at_time["value"].values, at_time["error_std"].values,
-                                                mean_np, std_np)
-        if max_normalized is not None:
-            _check_observation_range(at_time, y_n, float(max_normalized))
-        guide = guidance_cls(y_n.to(device), op_n.to(device), e_n.to(device), **(guidance_options or {}))
-        described = guide.describe()
-        generator = torch.Generator(device).manual_seed(time_generator_seed(seed, time))
-        chunks = []
-        for start in range(0, members, batch):
-            size = min(batch, members - start)
-            noise = torch.randn(size, channels, *codec.shape[1:], generator=generator, device=device)
-            with autocast:
-                x = guide.sample(run_sampler, denoiser, noise, sigmas, generator=generator,
-                                 callback=lambda info: bar.update(1))
-            bad = int((~torch.isfinite(x[:, codec.mask.to(x.device)])).sum())
-            if bad:
-                raise SamplingError(
-                    f"sampling diverged at time {time}: {bad} non-finite values in valid cells with guidance "
-                    f"{guidance!r}, sampler {sampler!r}, {steps} steps; try more steps or another guidance/sampler"
-                )
-            if max_normalized is not None:
-                _check_sample_range(x, codec.mask.to(x.device), float(max_normalized), time, start,
-                                    f"guidance {guidance!r}, sampler {sampler!r}, {steps} steps")
-            chunks.append(x.to(torch.float64) * std + mean)
-        fields.append(torch.cat(chunks).cpu())
-    bar.close()
-    stacked = torch.stack(fields, dim=1)  # [M, T, C, H, W]
-    out = codec.decode(stacked, member=True, time=wanted)
+    bound = None if max_normalized is None else float(max_normalized)
+    engine = SamplingEngine(
+        registry.get("sampler", sampler)(**(sampler_options or {})), denoiser, (schedule or EDMSchedule()).sigmas(steps),
+        members=members, batch_size=batch_size, clip=bound, device=device, progress=progress, fields=len(wanted),
+        runaway=RunawayCheck(on_runaway, runaway_factor, bound=bound),
+        autocast=precision_context(precision, torch.device(device).type), label="reconstruct",
+    )  # fmt: skip
+    fields, described, runaways = [], None, {}
+    with engine:
+        for time in wanted:
+            at_time = clean.isel(obs=np.flatnonzero(clean["time"].values == time))
+            if at_time.sizes["obs"] == 0:
+                raise ObservationError(f"no valid observation at time {time}; the report says:\n{report}")
+            operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
+                                                  mask=valid).to(device)
+            mean_np, std_np = bundle.statistics(time)  # [C, H, W] float64
+            op_n, y_n, e_n = operator.to_normalized(at_time["value"].values, at_time["error_std"].values,
+                                                    mean_np, std_np)
+            if bound is not None:
+                _check_observation_range(at_time, y_n, bound)
+            guide = guidance_cls(y_n.to(device), op_n.to(device), e_n.to(device), **(guidance_options or {}))
+            described = guide.describe()
+            ensemble = engine.draw(guide, codec.shape, generator=time_generator(seed, time, device),
+                                   valid=codec.mask.to(device), where=f"time {time}",
+                                   setting=f"guidance {guidance!r}, sampler {sampler!r}, {steps} steps")
+            if ensemble.runaways:
+                runaways[str(time)] = [r.describe() for r in ensemble.runaways]
+            fields.append(ensemble.x.cpu())
+    out = bundle.decode(torch.stack(fields, dim=1), member=True, time=wanted)  # [M, T, C, H, W]
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "guidance_described": described,
               "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
-              "nfe_per_member": sampler_obj.nfe(steps), "members": members, "seed": seed,
+              "nfe_per_member": engine.nfe(), "members": members, "seed": seed,
               "precision": precision, "max_normalized": max_normalized}
-    out.attrs = append_history(dict(out.attrs), f"geodiff.reconstruct({json.dumps(config, default=str)})")
-    out.attrs.update({
-        "geodiff_version": geodiff.__version__,
-        "geodiff_model_sha256": bundle.sha256,
-        "geodiff_guidance": json.dumps(config, default=str),
-        "geodiff_seed": int(seed),
-        "geodiff_observations": json.dumps(report.as_dict(), default=str),
-    })
-    return out
+    return record_provenance(out, out.attrs, "geodiff.reconstruct", config, model_sha256=bundle.sha256, seed=seed,
+                             observations=report.as_dict(), runaway={**engine.runaway.describe(), "members": runaways})

@@ -57,3 +57,27 @@ def test_assimilate_command_writes_a_resumable_store_equal_to_a_direct_call(tmp_
                         xr.open_dataset(tmp_path / "obs.nc"), members=2, steps=2, seed=1, progress=False)
     for name in direct.data_vars:
         xr.testing.assert_equal(out[name].load(), direct[name])
+
+
+def test_downscale_batch_over_another_domain_writes_the_output_grid(tmp_path):
+    """A downscaling model samples any domain: the store's grid is the coarse field's refined grid, not the grid
+    the model was trained on."""
+    from geodiff.batch import PipelineJob, finalise, run_batch
+    from geodiff.pipelines.downscale import coarsen, downscale, refine_coords
+    from tests.downscaling.conftest import FACTOR, make_bundle, make_fine_dataset
+
+    training = make_fine_dataset()
+    other = make_fine_dataset().isel(lat=slice(0, 8), lon=slice(0, 16))  # a smaller domain ...
+    other = other.assign_coords(lat=other["lat"] + 10.0, lon=other["lon"] - 30.0)  # ... somewhere else
+    coarse = coarsen(other[["tas"]], FACTOR)
+    bundle = make_bundle(training)
+    job = PipelineJob("downscale", bundle, {"coarse": coarse}, members=2, seed=1, options={"steps": 2})
+    template = job.sample()
+    np.testing.assert_allclose(template["lat"].values, refine_coords(coarse["lat"].values, FACTOR))
+    np.testing.assert_allclose(template["lon"].values, refine_coords(coarse["lon"].values, FACTOR))
+    run_batch(job, tmp_path / "out.zarr", time_chunk=1, progress=False)
+    out = finalise(tmp_path / "out.zarr")
+    direct = downscale(bundle, coarse, members=2, steps=2, seed=1, progress=False)
+    assert out["tas"].sizes == {"member": 2, "time": 2, "lat": 8, "lon": 16}
+    xr.testing.assert_equal(out["tas"].load(), direct["tas"])
+    assert out["tas"].attrs == direct["tas"].attrs

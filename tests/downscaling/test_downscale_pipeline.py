@@ -96,6 +96,24 @@ def test_bad_inputs_raise(tiny_bundle, fine_dataset, coarse_dataset):
         geodiff.downscale(tiny_bundle, coarse_dataset, sources={"topography": shifted}, **SETTINGS)
     with pytest.raises(ConfigError, match="target variables"):
         geodiff.downscale(tiny_bundle, coarse_dataset.rename({"tas": "pr"}), **SETTINGS)
+    with pytest.raises(ConfigError, match="on_runaway"):
+        geodiff.downscale(tiny_bundle, coarse_dataset, on_runaway="drop", **SETTINGS)
+
+
+def test_runaway_checks_are_recorded_and_the_absolute_bound_is_opt_in(tiny_bundle, coarse_dataset):
+    """The untrained model with 2 steps leaves its training range as a whole (tens of standard deviations): no
+    member is further out than the others, so only the opt-in absolute bound refuses the ensemble."""
+    from geodiff.errors import SamplingError
+
+    settings = dict(SETTINGS, steps=2, members=3)
+    out = geodiff.downscale(tiny_bundle, coarse_dataset.isel(time=[0]), **settings)
+    record = json.loads(out.attrs["geodiff_runaway"])
+    assert record == {"policy": "resample", "factor": 5.0, "floor": 0.5, "bound": None, "max_resamples": 3,
+                      "members": {}}
+    assert float(np.abs(out["tas"] - 285.0).max()) > 10 * 5.0  # beyond 10 standard deviations of the normaliser
+    with pytest.raises(SamplingError, match=r"member\(s\) \[0, 1, 2\] ran away"):
+        geodiff.downscale(tiny_bundle, coarse_dataset.isel(time=[0]), max_normalized=10.0, on_runaway="raise",
+                          **settings)
 
 
 def test_coarse_units_are_converted_to_the_model_units_or_rejected(tiny_bundle, coarse_dataset):

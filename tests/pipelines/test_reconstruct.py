@@ -80,21 +80,7 @@ def test_diverged_sampling_raises_instead_of_returning_nan(setup):
 
     model, _, obs = setup
 
-    class Exploding:
-        """A guidance that injects NaN, standing in for a diverging sampler."""
-
-        name = "exploding"
-
-        def __init__(self, y, operator, error_std):
-            pass
-
-        def describe(self):
-            return {"name": self.name}
-
-        def sample(self, sampler, denoiser, noise, sigmas, **kwargs):
-            return noise * float("nan")
-
-    geodiff.registry.register("guidance", "test_exploding", Exploding, overwrite=True)
+    register_fake_guidance("test_exploding", lambda noise: noise * float("nan"))  # a diverging sampler
     with pytest.raises(SamplingError, match="diverged"):
         reconstruct(model, obs, guidance="test_exploding", members=1, steps=2, progress=False)
 
@@ -105,23 +91,71 @@ def test_finite_but_diverged_member_raises(setup):
 
     model, _, obs = setup
 
-    class OneMemberOff:
-        name = "one_member_off"
+    def last_member_off(noise):
+        x = torch.zeros_like(noise)
+        x[-1] = 50.0  # 50 standard deviations: the last member diverged
+        return x
 
-        def __init__(self, y, operator, error_std):
-            pass
-
-        def describe(self):
-            return {"name": self.name}
-
-        def sample(self, sampler, denoiser, noise, sigmas, **kwargs):
-            x = torch.zeros_like(noise)
-            x[-1] = 50.0  # 50 standard deviations: the last member diverged
-            return x
-
-    geodiff.registry.register("guidance", "test_one_member_off", OneMemberOff, overwrite=True)
+    register_fake_guidance("test_one_member_off", last_member_off)
     with pytest.raises(SamplingError, match=r"member\(s\) \[1\]"):
         reconstruct(model, obs, guidance="test_one_member_off", members=2, steps=2, progress=False)
     out = reconstruct(model, obs, guidance="test_one_member_off", members=2, steps=2, progress=False,
                       max_normalized=None)
     assert out[woa.VARIABLE].sizes["member"] == 2
+
+
+def register_fake_guidance(name, draw):
+    """Register guidance ``name`` whose samples are ``draw(noise)`` (no sampler, no observations)."""
+
+    class Fake:
+        def __init__(self, y, operator, error_std):
+            pass
+
+        def describe(self):
+            return {"name": name}
+
+        def sample(self, sampler, denoiser, noise, sigmas, **kwargs):
+            return draw(noise)
+
+    geodiff.registry.register("guidance", name, Fake, overwrite=True)
+
+
+def member_two_runs_away(noise):
+    """Member 2 of a first draw lands 4 standard deviations off (below the absolute bound of 10) while the others
+    stay within 0.1 of the normalised mean; a redraw of one member is fine."""
+    x = 0.1 * noise
+    if noise.shape[0] > 2:
+        x[2] += 4.0
+    return x
+
+
+@pytest.mark.parametrize("policy", ["resample", "keep", "raise"])
+def test_a_member_that_runs_away_from_the_ensemble_is_resampled_kept_or_refused_and_recorded(setup, policy):
+    from geodiff.errors import SamplingError
+
+    model, _, obs = setup
+    register_fake_guidance("test_member_two_runs_away", member_two_runs_away)
+    run = dict(guidance="test_member_two_runs_away", members=4, steps=2, progress=False, on_runaway=policy)
+    if policy == "raise":
+        with pytest.raises(SamplingError, match=r"member\(s\) \[2\] ran away"):
+            reconstruct(model, obs, **run)
+        return
+    out = reconstruct(model, obs, **run)
+    record = json.loads(out.attrs["geodiff_runaway"])
+    assert record["policy"] == policy and record["factor"] == 5.0 and record["bound"] == 10.0
+    assert sorted(record["members"]) == sorted(str(t) for t in np.unique(obs["time"].values))
+    for entries in record["members"].values():
+        assert [(e["member"], e["redraws"], e["kept"]) for e in entries] == (
+            [(2, 1, False)] if policy == "resample" else [(2, 0, True)])
+    field = out[woa.VARIABLE]
+    spread = np.abs(field - field.median("member")).mean(["time", "depth", "lat", "lon"]).values
+    assert (spread[2] > 10 * np.median(spread)) == (policy == "keep")
+    unchecked = reconstruct(model, obs, **{**run, "runaway_factor": None})
+    assert json.loads(unchecked.attrs["geodiff_runaway"])["members"] == {}
+    xr.testing.assert_identical(unchecked[woa.VARIABLE].isel(member=[0, 1, 3]), field.isel(member=[0, 1, 3]))
+
+
+def test_time_generator_seed_is_stable():
+    from geodiff.pipelines.reconstruct import time_generator_seed
+
+    assert time_generator_seed(0, np.datetime64("2000-01-01")) == 6585446819066739505
