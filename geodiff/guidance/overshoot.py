@@ -14,9 +14,11 @@ SDA take ``t = scale`` (1) whatever ``t*`` is; with observation errors small com
 many observations within one correlation length (their pulls add), ``t*`` is orders of magnitude below 1 at high
 noise and the samples run away (measured on the World Ocean Atlas grid with an exact Gaussian prior, 168
 observations of 0.1 degC error: DPS 14.3 degC, SDA 8.0 degC held-out RMSE, climatology 2.7, the exact posterior
-0.77; ``benchmarks/gaussian_check.py``). :func:`limited_step` keeps ``t = scale`` whenever ``scale <= 2 t*``
+0.77; ``benchmarks/gaussian_check.py``; with the trained prior of the demo, 5 % coverage, 4 members: DPS 8.7 and
+SDA 3.9 degC against climatology's 3.8). :func:`limited_step` keeps ``t = scale`` whenever ``scale <= 2 t*``
 (the step improves ``f``; then nothing changes) and otherwise takes the best step ``t*``. It costs one application
-of ``A``, no network evaluation. Where ``V`` is not positive along ``c`` (a trained network's Jacobian need not
+of ``A``, no network evaluation. Measured with it: 0.72 degC for both on that grid (OI 0.64), and 2.1 (DPS) and
+2.0 (SDA) degC on the demo. Where ``V`` is not positive along ``c`` (a trained network's Jacobian need not
 be), ``f`` has no minimum along ``c`` and the step is kept.
 
 Example
