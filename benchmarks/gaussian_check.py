@@ -240,12 +240,12 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="all", help="'all', 'mmps' (both MMPS rows) or 'default' (MMPS as "
-                        "reconstruct runs it)")
+    parser.add_argument("--methods", default="all", help="'all', 'mmps' (both MMPS rows), 'default' (MMPS as "
+                        "reconstruct runs it) or 'converged' (MMPS with 4 CG iterations)")
     parser.add_argument("--grids", default="woa,ostia,a1b", help="comma-separated subset of woa, ostia, a1b")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    methods = {"all": METHODS, "mmps": METHODS[:2], "default": METHODS[:1]}[args.methods]
+    methods = {"all": METHODS, "mmps": METHODS[:2], "default": METHODS[:1], "converged": METHODS[1:2]}[args.methods]
     wanted = args.grids.split(",")
     grids = [woa_grid()] if "woa" in wanted else []
     if args.iris is not None:
