@@ -10,7 +10,7 @@ Sections (Markdown tables on stdout):
    faults per forward;
 3. sampling loops with that network: geodiff DDPM / DDIM against diffusers' ``DDPMScheduler`` / ``DDIMScheduler``
    loops and azula's samplers; the share of time outside the network (timer around every network call);
-4. cost of one guided denoiser evaluation (DPS, MMPS with one CG step, ReconMOST's hook) relative to an unguided one;
+4. cost of one guided denoiser evaluation (DPS, MMPS with one CG step, ReconMOST's mean shift) relative to an unguided one;
 5. bf16 on the shipped World Ocean Atlas prior: reconstruction throughput and held-out RMSE against fp32;
 6. accuracy against network evaluations, against the 1000-step ReconMOST-faithful configuration;
 7. training throughput: ``geodiff.train`` against a plain diffusers training loop (same UNet, AdamW, clipping, EMA).
@@ -353,7 +353,7 @@ def guided_steps(args) -> None:
     sigma = 2.0
     print(f"\n## 4. Guided step cost (one denoiser evaluation, {n} point observations, sigma = {sigma})\n")
     print("| batch | unguided s | naive DPS | DPS | DPS, PyTorch's GroupNorm backward | MMPS (1 CG step) | "
-          "MMPS (2 CG steps) | ReconMOST step (DDPM + hook) |")
+          "MMPS (2 CG steps) | ReconMOST step (DDPM + mean shift) |")
     print("|---|---|---|---|---|---|---|---|")
     for batch in args.guided_batches:
         x = torch.randn(batch, args.channels, args.height, args.width)
@@ -361,8 +361,7 @@ def guided_steps(args) -> None:
         dps_native_norm = DPSGuidance(y, op, err).wrap(native_norm)
         mmps = MMPSGuidance(y, op, err).wrap(denoiser)
         mmps2 = MMPSGuidance(y, op, err, cg_iterations=2).wrap(denoiser)
-        recon = ReconMOSTGuidance(y, op, err)
-        ddpm = DDPMSampler()
+        recon = ReconMOSTGuidance(y, op, err).wrap_sampler(DDPMSampler())
         g = torch.Generator().manual_seed(0)
 
         def unguided():
@@ -371,8 +370,7 @@ def guided_steps(args) -> None:
 
         def reconmost():
             with torch.inference_mode():
-                x_next, x0 = ddpm.step(denoiser, x, 0, sigma, 0.9 * sigma, {}, cond=None, generator=g)
-                return recon.hook(x_next, x=x, x0_hat=x0, sigma=sigma, sigma_next=0.9 * sigma, generator=g)
+                return recon.step(denoiser, x, 0, sigma, 0.9 * sigma, {}, cond=None, generator=g)
 
         def naive_dps():  # PyTorch's GroupNorm, weights not frozen, autograd through operator and loss
             native_norm.requires_grad_(True)

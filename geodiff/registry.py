@@ -55,6 +55,8 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "sda": "geodiff.guidance.mmps:SDAGuidance",
         "repaint": "geodiff.guidance.repaint:RePaintGuidance",
         "coarse": "geodiff.guidance.coarse:CoarseGuidance",
+        "latent_mmps": "geodiff.guidance.latent_mmps:LatentMMPSGuidance",
+        "reward": "geodiff.guidance.reward:RewardGuidance",
     },
     "adapter": {
         "cmip6": "geodiff.adapters.cmip6:open_dataset",

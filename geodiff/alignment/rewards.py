@@ -3,7 +3,7 @@ r"""Rewards: scores of analysed states, higher is better, differentiable (regist
 A reward is built for one assimilation case (its held-out observations, its verifying data) and maps states in
 **physical units** ``x [B, C, H, W]`` to ``[B]``. All are torch computations, so they can rank sampled analyses
 (preference pairs, :mod:`geodiff.alignment.dpo`) and steer sampling by their gradient
-(:mod:`geodiff.alignment.reward_guidance`).
+(:mod:`geodiff.guidance.reward`).
 
 =========================  ===================================================================================
 name                       reward (``[B]``)

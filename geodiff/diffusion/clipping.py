@@ -43,10 +43,20 @@ class ClipDenoised:
     def nfe(self, steps: int) -> int:
         return self.sampler.nfe(steps)
 
-    def __call__(self, denoiser: Any, noise: Tensor, sigmas: Tensor, **kwargs: Any) -> Tensor:
+    def clipped(self, denoiser: Any) -> Any:
+        """``denoiser`` with its output clamped to ``[-bound, bound]``."""
         bound = self.bound
 
         def clipped(x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
             return denoiser(x, sigma, cond).clamp(-bound, bound)
 
-        return self.sampler(clipped, noise, sigmas, **kwargs)
+        return clipped
+
+    def __call__(self, denoiser: Any, noise: Tensor, sigmas: Tensor, **kwargs: Any) -> Tensor:
+        return self.sampler(self.clipped(denoiser), noise, sigmas, **kwargs)
+
+    def step(self, denoiser: Any, x: Tensor, i: int, sigma: float, sigma_next: float, state: dict[str, Any],
+             **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """One step of the wrapped sampler with the clamped denoiser, so that samplers overriding ``step``
+        (guidance's sampler wrappers) can wrap a clipped sampler."""
+        return self.sampler.step(self.clipped(denoiser), x, i, sigma, sigma_next, state, **kwargs)

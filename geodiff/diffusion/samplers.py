@@ -7,11 +7,12 @@
 - ``noise``: standard normal ``[B,C,H,W]``; sampling starts at ``x = noise * sigmas[0]``;
 - ``sigmas``: float64 ``[N+1]`` noise levels, descending, ending with 0 (from a schedule);
 - ``callback(StepInfo)``: called after every step (progress bars, diagnostics, plots);
-- ``hook(x_next, *, x, x0_hat, sigma, sigma_next, generator) -> x_next``: transition-level guidance,
-  applied after every step (ReconMOST's mean shift, RePaint's replacement).
+- ``hook(x_next, *, x, x0_hat, sigma, sigma_next, generator) -> x_next``: a change of the transition applied
+  after every step.
 
 Convention ``x = x0 + sigma eps``. Each step is a method ``step(denoiser, x, i, sigma, sigma_next, state, ...)``
-that wrappers (RePaint's resampling) can call on their own; ``state`` carries multistep history.
+that sampler wrappers override around the wrapped sampler's own step (guidance that changes the transition:
+:class:`geodiff.guidance.base.GuidedSampler`); ``state`` carries multistep history.
 Sigma maths is done on Python floats (float64) taken from ``sigmas`` once, so the loop never syncs with the
 device, and each update is written as one or two fused element-wise operations (``torch.lerp``, in-place
 ``add_``) on the field, so that the loop costs well under 1 % of a sampling run with a real network

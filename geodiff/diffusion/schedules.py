@@ -123,9 +123,22 @@ class VPSchedule(Schedule):
         frac = ((log_sigma.reshape(-1) - lo) / (hi - lo)).clamp(0, 1)
         return ((upper - 1).to(torch.float64) + frac).reshape(sigma.shape)
 
-    def beta(self, sigma: float, sigma_next: float) -> float:
-        """The DDPM ``beta_t = 1 - abar_t / abar_{t-1}`` of a transition from ``sigma`` to ``sigma_next``."""
+    @staticmethod
+    def beta(sigma: float, sigma_next: float) -> float:
+        """The DDPM ``beta_t = 1 - abar_t / abar_{t-1}`` of a transition from ``sigma`` to ``sigma_next``
+        (``abar = 1 / (1 + sigma^2)``; any two levels, so skipped steps give the beta of the combined step).
+
+        >>> VPSchedule.beta(3.0, 1.0)
+        0.8
+        """
         return 1.0 - (1.0 + sigma_next**2) / (1.0 + sigma**2)
+
+    @staticmethod
+    def posterior_beta(sigma: float, sigma_next: float) -> float:
+        """The variance of DDPM's ancestral step (its posterior variance) ``beta_tilde = beta (1 - abar_{t-1}) /
+        (1 - abar_t)`` of a transition from ``sigma`` to ``sigma_next`` (``1 - abar = sigma^2 / (1 + sigma^2)``)."""
+        beta = VPSchedule.beta(sigma, sigma_next)
+        return beta * (sigma_next**2 / (1.0 + sigma_next**2)) * ((1.0 + sigma**2) / sigma**2)
 
 
 def log_sigma_label(sigma: Tensor) -> Tensor:

@@ -28,9 +28,10 @@ Two step-size conventions (``convention=``):
 
       ``x_next -= scale * sqrt(1 + sigma^2) * sqrt(1 + sigma_next^2) * grad_x ||r_w(x)||``
 
-  This is a denoiser wrapper (it computes the gradient while evaluating ``x0_hat``, which it leaves unchanged)
-  plus a transition hook (it applies the step); :meth:`Guidance.sample` uses both. The total pull grows with the
-  number of steps, as in the original.
+  This is a denoiser wrapper (it computes the gradient while evaluating ``x0_hat``, which it leaves unchanged,
+  so the sampler's own evaluation pays for it) plus a sampler wrapper (it applies the step after the wrapped
+  sampler's); :meth:`~geodiff.guidance.base.Guidance.sample` uses both. The total pull grows with the number of
+  steps, as in the original.
 
 Both are approximate posterior samplers (see ``tests/guidance`` for the measured gap to the exact posterior).
 
@@ -38,17 +39,12 @@ Example
 -------
 >>> import torch
 >>> from geodiff.diffusion.gaussian import GaussianDenoiser
->>> from geodiff.diffusion.samplers import DDPMSampler
->>> from geodiff.diffusion.schedules import EDMSchedule
 >>> from geodiff.guidance import DPSGuidance
 >>> from geodiff.operators import GridPointOperator
 >>> prior = GaussianDenoiser(torch.zeros(2), torch.eye(2), shape=(1, 1, 2))
->>> guidance = DPSGuidance(torch.tensor([1.0]), GridPointOperator(torch.tensor([0]), (1, 1, 2)), 1.0)
->>> g = torch.Generator().manual_seed(0)
->>> x = guidance.sample(DDPMSampler(), prior, torch.randn(500, 1, 1, 2, generator=g), EDMSchedule().sigmas(64),
-...                     generator=g)
->>> 0.3 < x[:, 0, 0, 0].mean().item() < 0.7  # exact posterior mean 0.5
-True
+>>> guided = DPSGuidance(torch.tensor([1.0]), GridPointOperator(torch.tensor([0]), (1, 1, 2)), 1.0).wrap(prior)
+>>> guided(torch.zeros(1, 1, 1, 2, dtype=torch.float64), 1.0).flatten().tolist()  # the exact E[x0 | x, y] is 1/3
+[0.5, 0.0]
 """
 
 from __future__ import annotations
@@ -61,17 +57,18 @@ import torch
 from torch import Tensor
 
 from geodiff.errors import ConfigError
-from geodiff.guidance.base import DenoiserFn, Guidance, apply_adjoint, sigma_column
+from geodiff.guidance.base import DenoiserFn, GuidedDenoiser, GuidedSampler, ObservationGuidance, sigma_column
 from geodiff.guidance.overshoot import limited_step
 
-__all__ = ["DPSGuidance"]
+__all__ = ["DPSGuidance", "DPSDenoiser", "DPSChungSampler"]
 
 _CONVENTIONS = ("score", "chung")
 
 
-class DPSGuidance(Guidance):
-    """DPS guidance; ``convention="score"`` (denoiser wrapper) or ``"chung"`` (wrapper + hook), ``scale`` the
-    step factor (module docstring)."""
+class DPSGuidance(ObservationGuidance):
+    """DPS guidance; ``convention="score"`` (a :class:`DPSDenoiser`) or ``"chung"`` (a :class:`DPSDenoiser` that
+    records the gradient and a :class:`DPSChungSampler` that takes the step), ``scale`` the step factor (module
+    docstring)."""
 
     name = "dps"
 
@@ -94,69 +91,63 @@ class DPSGuidance(Guidance):
         self.scale = float(scale)
         self.limit_overshoot = bool(limit_overshoot)
         self.config = {"convention": convention, "scale": self.scale, "limit_overshoot": self.limit_overshoot}
-        self._wrapped: _DPSDenoiser | None = None
+        self.recorder: DPSDenoiser | None = None  # the wrapper whose gradients the Chung step uses
 
-    def gradient(self, denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any = None):
+    def wrap(self, denoiser: DenoiserFn) -> DPSDenoiser:
+        wrapped = DPSDenoiser(denoiser, self)
+        if self.convention == "chung":
+            self.recorder = wrapped
+        return wrapped
+
+    def wrap_sampler(self, sampler: Any) -> Any:
+        return DPSChungSampler(sampler, self) if self.convention == "chung" else sampler
+
+
+class DPSDenoiser(GuidedDenoiser):
+    """The DPS denoiser wrapper ``(x, sigma, cond=None) -> x0``: ``x0_hat - scale * sigma^2 * grad_x L``
+    (``convention="score"``), or ``x0_hat`` unchanged with ``grad_x ||r_w||`` kept for the Chung step
+    (``"chung"``)."""
+
+    def __init__(self, denoiser: DenoiserFn, guidance: DPSGuidance):
+        super().__init__(denoiser)
+        self.guidance = guidance
+        self._recent: list[tuple[float, Tensor, Any, Tensor]] = []  # (sigma, x, cond, grad) of the last two calls
+
+    def gradient(self, x: Tensor, sigma: float | Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
         """``(x0_hat, grad_x loss)`` at ``x [B, C, H, W]``: the loss is ``L`` (score) or ``||r_w||`` (chung).
 
         Lean: the graph is built for the denoiser only; ``dL / d x0_hat = -A^T w`` is formed in closed form
         (``w = r / error_std^2`` for ``L``, ``w = c^2 r / (error_std^2 ||r_w||)`` for the norm, ``c = rms(error_std)``)
         and pulled back with one vector-Jacobian product.
         """
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            x0 = denoiser(x_in, sigma, cond)
-        x0_value = x0.detach()
-        residual = self.observed(x) - self.operator(x0_value)
-        variance = self.variance(x)
-        if self.convention == "score":
+        x0, grad, _, _ = self._gradient_terms(x, sigma, cond)
+        return x0, grad
+
+    def _gradient_terms(self, x: Tensor, sigma: float | Tensor, cond: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x0_hat, grad_x loss, residual [B, N], error variance [N])`` (see :meth:`gradient`)."""
+        observations = self.guidance.observations
+        denoised = self.linearize(x, sigma, cond)
+        residual = observations.observed(x) - observations.operator(denoised.value)
+        variance = observations.variance(x)
+        if self.guidance.convention == "score":
             weights = residual / variance
         else:
             scale2 = variance.mean()
             whitened = residual * (scale2 / variance).sqrt()
             norm = (whitened.pow(2).sum(dim=1, keepdim=True) + torch.finfo(x.dtype).tiny).sqrt()
             weights = residual * (scale2 / variance) / norm
-        pullback = apply_adjoint(self.operator, weights, x).neg_()
-        (grad,) = torch.autograd.grad(x0, x_in, pullback)
-        return x0_value, grad
-
-    def wrap(self, denoiser: DenoiserFn) -> DenoiserFn:
-        self._wrapped = _DPSDenoiser(self, denoiser)
-        return self._wrapped
-
-    def sampling_hook(self):
-        return self.hook if self.convention == "chung" else None
-
-    def hook(self, x_next: Tensor, *, x: Tensor, x0_hat: Tensor, sigma: float, sigma_next: float, generator: Any):
-        if self.convention != "chung":
-            return x_next
-        if self._wrapped is None:
-            raise ConfigError("DPS with convention='chung' needs its denoiser wrapper: use guidance.sample(...) or "
-                              "pass guidance.wrap(denoiser) to the sampler together with hook=guidance.hook")
-        grad = self._wrapped.cached(x, sigma)
-        factor = self.scale * math.sqrt(1.0 + float(sigma) ** 2) * math.sqrt(1.0 + float(sigma_next) ** 2)
-        return x_next - factor * grad
-
-
-class _DPSDenoiser:
-    """The DPS-guided denoiser ``(x, sigma, cond=None) -> x0`` (see :class:`DPSGuidance`)."""
-
-    def __init__(self, guidance: DPSGuidance, denoiser: DenoiserFn):
-        self.guidance = guidance
-        self.denoiser = denoiser
-        self._recent: list[tuple[float, Tensor, Any, Tensor]] = []  # (sigma, x, cond, grad) of the last two calls
+        pullback = observations.adjoint(weights, x).neg_()
+        return denoised.value, denoised.vjp(pullback, keep_graph=False), residual, variance
 
     def __call__(self, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
-        x0, grad = self.guidance.gradient(self.denoiser, x, sigma, cond)
-        if self.guidance.convention == "score":
+        guidance = self.guidance
+        x0, grad, residual, variance = self._gradient_terms(x, sigma, cond)
+        if guidance.convention == "score":
             _, column = sigma_column(sigma, x)
-            if not self.guidance.limit_overshoot:
-                return torch.addcmul(x0, column**2, grad, value=-self.guidance.scale)
-            guidance = self.guidance
-            residual = guidance.observed(x) - guidance.operator(x0)
-            variance = guidance.variance(x)
-            return limited_step(x0, -(column**2) * grad, residual, residual / variance, guidance.operator, variance,
-                                guidance.scale)
+            if not guidance.limit_overshoot:
+                return torch.addcmul(x0, column**2, grad, value=-guidance.scale)
+            return limited_step(x0, -(column**2) * grad, residual, residual / variance,
+                                guidance.observations.operator, variance, guidance.scale)  # fmt: skip
         self._recent = [*self._recent[-1:], (sigma, x, cond, grad)]
         return x0
 
@@ -166,4 +157,23 @@ class _DPSDenoiser:
             if seen_x is x and isinstance(seen_sigma, float) and seen_sigma == float(sigma):
                 return grad
         cond = self._recent[-1][2] if self._recent else None
-        return self.guidance.gradient(self.denoiser, x, sigma, cond)[1]
+        return self.gradient(x, sigma, cond)[1]
+
+
+class DPSChungSampler(GuidedSampler):
+    """Chung et al.'s transition: the wrapped sampler's step, then
+    ``x_next -= scale * sqrt(1 + sigma^2) * sqrt(1 + sigma_next^2) * grad_x ||r_w(x)||`` with the gradient the
+    guidance's :class:`DPSDenoiser` computed at ``x`` (module docstring)."""
+
+    def __init__(self, sampler: Any, guidance: DPSGuidance):
+        super().__init__(sampler)
+        self.guidance = guidance
+
+    def step(self, denoiser, x, i, sigma, sigma_next, state, *, cond, generator):
+        x_next, x0 = self.sampler.step(denoiser, x, i, sigma, sigma_next, state, cond=cond, generator=generator)
+        recorder = self.guidance.recorder
+        if recorder is None:
+            raise ConfigError("DPS with convention='chung' needs its denoiser wrapper: use guidance.sample(...) or "
+                              "pass guidance.wrap(denoiser) to guidance.wrap_sampler(sampler)")
+        factor = self.guidance.scale * math.sqrt(1.0 + float(sigma) ** 2) * math.sqrt(1.0 + float(sigma_next) ** 2)
+        return x_next - factor * recorder.cached(x, sigma), x0

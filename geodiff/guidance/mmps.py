@@ -56,10 +56,10 @@ import torch
 from torch import Tensor
 
 from geodiff.errors import ConfigError
-from geodiff.guidance.base import DenoiserFn, Guidance, apply_adjoint, sigma_column
+from geodiff.guidance.base import DenoiserFn, GuidedDenoiser, ObservationGuidance, sigma_column
 from geodiff.guidance.overshoot import limited_step
 
-__all__ = ["MMPSGuidance", "SDAGuidance", "conjugate_gradient"]
+__all__ = ["MMPSGuidance", "SDAGuidance", "MMPSDenoiser", "conjugate_gradient"]
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int) -> Tensor:
@@ -106,9 +106,9 @@ def _conjugate_gradient(
     return u, lu
 
 
-class MMPSGuidance(Guidance):
-    """MMPS (``method="cg"``, ``cg_iterations``) or SDA (``method="diagonal"``, ``gamma``) as a denoiser wrapper
-    (module docstring)."""
+class MMPSGuidance(ObservationGuidance):
+    """MMPS (``method="cg"``, ``cg_iterations``) or SDA (``method="diagonal"``, ``gamma``): builds an
+    :class:`MMPSDenoiser` (module docstring)."""
 
     name = "mmps"
 
@@ -140,57 +140,13 @@ class MMPSGuidance(Guidance):
         if method == "diagonal":
             self.config["limit_overshoot"] = self.limit_overshoot
 
-    def wrap(self, denoiser: DenoiserFn) -> DenoiserFn:
-        return _MMPSDenoiser(self, denoiser)
-
-    def _gram_diagonal(self, like: Tensor) -> Tensor:
-        gram = getattr(self.operator, "gram_diagonal", None)
-        if gram is not None:
-            return gram().to(device=like.device, dtype=like.dtype)
-        rows = []  # a plain callable: diag(A A^T) from one adjoint per observation (small N only)
-        for n in range(self.n_obs):
-            unit = torch.zeros(1, self.n_obs, dtype=like.dtype, device=like.device)
-            unit[0, n] = 1
-            rows.append(apply_adjoint(self.operator, unit, like[:1]).pow(2).sum())
-        return torch.stack(rows)
-
-    def guided(self, denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
-        """``x0_guided [B, C, H, W]`` at ``x`` (module docstring).
-
-        Cost: one forward with graph and ``cg_iterations`` vector-Jacobian products (``method="cg"``) or one
-        (``"diagonal"``): the final ``(d x0_hat / d x)^T A^T u`` is accumulated from the products CG already
-        made (``u`` is a combination of the CG directions), so it costs no extra backward pass.
-        """
-        _, column = sigma_column(sigma, x)
-        variance = column.reshape(-1, 1) ** 2  # sigma^2, [B, 1]
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            x0 = denoiser(x_in, sigma, cond)
-        x0_value = x0.detach()
-        residual = self.observed(x) - self.operator(x0_value)
-        error_var = self.variance(x)
-
-        def vjp(field: Tensor) -> Tensor:  # (d x0_hat / d x)^T field
-            return torch.autograd.grad(x0, x_in, field, retain_graph=True)[0]
-
-        if self.method == "cg":
-
-            def covariance(v: Tensor) -> tuple[Tensor, Tensor]:  # ((R + sigma^2 A J A^T) v, J^T A^T v), row-wise
-                jtv = vjp(apply_adjoint(self.operator, v, x))
-                return error_var * v + self.operator(column**2 * jtv), jtv
-
-            _, correction = _conjugate_gradient(covariance, residual, self.cg_iterations)
-        else:
-            u = residual / (error_var + self.gamma * variance * self._gram_diagonal(x))
-            correction = vjp(apply_adjoint(self.operator, u, x))
-            if self.limit_overshoot:
-                return limited_step(x0_value, column**2 * correction, residual, u, self.operator, error_var,
-                                    self.scale)
-        return torch.addcmul(x0_value, column**2, correction, value=self.scale)
+    def wrap(self, denoiser: DenoiserFn) -> MMPSDenoiser:
+        return MMPSDenoiser(denoiser, self)
 
 
 class SDAGuidance(MMPSGuidance):
-    """SDA's diagonal guidance: :class:`MMPSGuidance` with ``method="diagonal"`` by default.
+    """SDA's diagonal guidance: :class:`MMPSGuidance` with ``method="diagonal"`` by default (``settings`` as
+    :class:`MMPSGuidance`).
 
     >>> import torch
     >>> from geodiff.operators import GridPointOperator
@@ -200,28 +156,42 @@ class SDAGuidance(MMPSGuidance):
 
     name = "sda"
 
-    def __init__(
-        self,
-        y: Any,
-        operator: Callable[[Tensor], Tensor],
-        error_std: Any,
-        *,
-        method: str = "diagonal",
-        cg_iterations: int = 1,
-        gamma: float = 1e-2,
-        scale: float = 1.0,
-        limit_overshoot: bool = True,
-    ):
-        super().__init__(y, operator, error_std, method=method, cg_iterations=cg_iterations, gamma=gamma, scale=scale,
-                         limit_overshoot=limit_overshoot)
+    def __init__(self, y: Any, operator: Callable[[Tensor], Tensor], error_std: Any, **settings: Any):
+        super().__init__(y, operator, error_std, **{"method": "diagonal", **settings})
 
 
-class _MMPSDenoiser:
-    """The MMPS-guided denoiser ``(x, sigma, cond=None) -> x0`` (see :class:`MMPSGuidance`)."""
+class MMPSDenoiser(GuidedDenoiser):
+    """The MMPS-guided denoiser ``(x [B, C, H, W], sigma, cond=None) -> x0_guided`` with the settings and
+    observations of ``guidance`` (module docstring).
 
-    def __init__(self, guidance: MMPSGuidance, denoiser: DenoiserFn):
+    Cost: one forward with graph and ``cg_iterations`` vector-Jacobian products (``method="cg"``) or one
+    (``"diagonal"``): the final ``(d x0_hat / d x)^T A^T u`` is accumulated from the products CG already made
+    (``u`` is a combination of the CG directions), so it costs no extra backward pass.
+    """
+
+    def __init__(self, denoiser: DenoiserFn, guidance: MMPSGuidance):
+        super().__init__(denoiser)
         self.guidance = guidance
-        self.denoiser = denoiser
 
     def __call__(self, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
-        return self.guidance.guided(self.denoiser, x, sigma, cond)
+        settings, observations = self.guidance, self.guidance.observations
+        _, column = sigma_column(sigma, x)
+        variance = column.reshape(-1, 1) ** 2  # sigma^2, [B, 1]
+        denoised = self.linearize(x, sigma, cond)
+        residual = observations.observed(x) - observations.operator(denoised.value)
+        error_var = observations.variance(x)
+
+        if settings.method == "cg":
+
+            def covariance(v: Tensor) -> tuple[Tensor, Tensor]:  # ((R + sigma^2 A J A^T) v, J^T A^T v), row-wise
+                jtv = denoised.vjp(observations.adjoint(v, x))
+                return error_var * v + observations.operator(column**2 * jtv), jtv
+
+            _, correction = _conjugate_gradient(covariance, residual, settings.cg_iterations)
+        else:
+            u = residual / (error_var + settings.gamma * variance * observations.gram_diagonal(x))
+            correction = denoised.vjp(observations.adjoint(u, x), keep_graph=False)
+            if settings.limit_overshoot:
+                return limited_step(denoised.value, column**2 * correction, residual, u, observations.operator,
+                                    error_var, settings.scale)  # fmt: skip
+        return torch.addcmul(denoised.value, column**2, correction, value=settings.scale)

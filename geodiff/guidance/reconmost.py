@@ -16,21 +16,24 @@ back onto the grid (for a point operator: onto the interpolation corners, with t
     ``beta = 1 - abar(sigma) / abar(sigma_next) = 1 - (1 + sigma_next^2) / (1 + sigma^2)``,
 
 which is exactly DDPM's ``beta_t`` for a :class:`~geodiff.diffusion.schedules.VPSchedule`'s sigmas (and the beta of
-the combined step when steps are skipped). A shift ``delta`` of ``z_{t-1}`` is a shift
-``delta / sqrt(abar(sigma_next)) = sqrt(1 + sigma_next^2) * delta`` of ``x_{t-1}``. The hook therefore adds
+the combined step when steps are skipped): :meth:`geodiff.diffusion.schedules.VPSchedule.beta`. A shift ``delta``
+of ``z_{t-1}`` is a shift ``delta / sqrt(abar(sigma_next)) = sqrt(1 + sigma_next^2) * delta`` of ``x_{t-1}``. The
+sampler wrapper (:class:`ReconMOSTSampler`) therefore adds
 
     ``x_next += scale * beta * sqrt(1 + sigma_next^2) * A^T (y - A x0_hat)``
 
-after each step. ``y`` and ``x0_hat`` are both in data (normalised) units, as in ReconMOST: the residual is not
-rescaled by ``sqrt(abar)``. With :class:`~geodiff.diffusion.samplers.DDPMSampler` and ``VPSchedule().sigmas(1000)``
-this is ReconMOST's guided DDPM step for step; with other samplers it is the same shift per transition.
+after each step of the wrapped sampler, with that step's ``x0_hat``. ``y`` and ``x0_hat`` are both in data
+(normalised) units, as in ReconMOST: the residual is not rescaled by ``sqrt(abar)``. With
+:class:`~geodiff.diffusion.samplers.DDPMSampler` and ``VPSchedule().sigmas(1000)`` this is ReconMOST's guided DDPM
+step for step; with other samplers it is the same shift per transition.
 
 Step-size conventions (``config``):
 
 - ``scale``: ReconMOST's ``grad_scale`` (default 4).
 - ``variance="beta"`` (default, as above) or ``"posterior"``: the shift uses the ancestral step's posterior
-  variance ``beta_tilde = beta (1 - abar_next) / (1 - abar)`` instead of ``beta`` (the classifier-guidance
-  convention of guided-diffusion, ``mean + variance * gradient * scale``).
+  variance ``beta_tilde = beta (1 - abar_next) / (1 - abar)`` instead of ``beta``
+  (:meth:`~geodiff.diffusion.schedules.VPSchedule.posterior_beta`; the classifier-guidance convention of
+  guided-diffusion, ``mean + variance * gradient * scale``).
 - ``weighted=False`` (default, as ReconMOST): plain residuals; ``True`` weights each residual by
   ``mean(error_std^2) / error_std^2`` so that precise observations pull harder (same overall size).
 - ``sigma_max``: guide only while ``sigma <= sigma_max`` (None: every step).
@@ -63,15 +66,16 @@ from typing import Any
 
 from torch import Tensor
 
+from geodiff.diffusion.schedules import VPSchedule
 from geodiff.errors import ConfigError
-from geodiff.guidance.base import Guidance, apply_adjoint
+from geodiff.guidance.base import GuidedSampler, ObservationGuidance
 
-__all__ = ["ReconMOSTGuidance"]
+__all__ = ["ReconMOSTGuidance", "ReconMOSTSampler"]
 
 
-class ReconMOSTGuidance(Guidance):
-    """ReconMOST's mean shift ``x_next += scale * beta * sqrt(1 + sigma_next^2) * A^T (y - A x0_hat)``
-    as a transition hook (module docstring for the derivation and the options)."""
+class ReconMOSTGuidance(ObservationGuidance):
+    """ReconMOST's mean shift ``x_next += scale * beta * sqrt(1 + sigma_next^2) * A^T (y - A x0_hat)``: builds a
+    :class:`ReconMOSTSampler` (module docstring for the derivation and the options)."""
 
     name = "reconmost"
 
@@ -101,18 +105,30 @@ class ReconMOSTGuidance(Guidance):
 
     def step_size(self, sigma: float, sigma_next: float) -> float:
         """``scale * beta * sqrt(1 + sigma_next^2)`` (or with ``beta_tilde``) of the transition, float64."""
-        beta = 1.0 - (1.0 + sigma_next**2) / (1.0 + sigma**2)
-        if self.variance_kind == "posterior":
-            # beta_tilde = beta (1 - abar_next) / (1 - abar), 1 - abar = sigma^2 / (1 + sigma^2)
-            beta = beta * (sigma_next**2 / (1.0 + sigma_next**2)) * ((1.0 + sigma**2) / sigma**2)
-        return self.scale * beta * math.sqrt(1.0 + sigma_next**2)
+        beta = VPSchedule.posterior_beta if self.variance_kind == "posterior" else VPSchedule.beta
+        return self.scale * beta(sigma, sigma_next) * math.sqrt(1.0 + sigma_next**2)
 
-    def hook(self, x_next: Tensor, *, x: Tensor, x0_hat: Tensor, sigma: float, sigma_next: float, generator: Any):
+    def wrap_sampler(self, sampler: Any) -> ReconMOSTSampler:
+        return ReconMOSTSampler(sampler, self)
+
+
+class ReconMOSTSampler(GuidedSampler):
+    """The wrapped sampler's step followed by ReconMOST's shift with the step's own ``x0_hat``
+    (:meth:`ReconMOSTGuidance.step_size`; no shift while ``sigma > sigma_max``)."""
+
+    def __init__(self, sampler: Any, guidance: ReconMOSTGuidance):
+        super().__init__(sampler)
+        self.guidance = guidance
+
+    def step(self, denoiser, x, i, sigma, sigma_next, state, *, cond, generator):
+        x_next, x0_hat = self.sampler.step(denoiser, x, i, sigma, sigma_next, state, cond=cond, generator=generator)
+        guidance, observations = self.guidance, self.guidance.observations
         sigma, sigma_next = float(sigma), float(sigma_next)
-        if self.sigma_max is not None and sigma > self.sigma_max:
-            return x_next
-        residual = self.observed(x0_hat) - self.operator(x0_hat)
-        if self.weighted:
-            variance = self.variance(x0_hat)
+        if guidance.sigma_max is not None and sigma > guidance.sigma_max:
+            return x_next, x0_hat
+        residual = observations.observed(x0_hat) - observations.operator(x0_hat)
+        if guidance.weighted:
+            variance = observations.variance(x0_hat)
             residual = residual * (variance.mean() / variance)
-        return x_next + self.step_size(sigma, sigma_next) * apply_adjoint(self.operator, residual, x0_hat)
+        shift = guidance.step_size(sigma, sigma_next) * observations.adjoint(residual, x0_hat)
+        return x_next + shift, x0_hat

@@ -18,7 +18,7 @@ treats the observations as **exact**: at the end the observed points equal ``y``
 ``resample`` times the sampler's network evaluations; use it with single-step samplers (DDPM, DDIM, Euler, Heun);
 multistep history (DPM-Solver++(2M)) is not meaningful across jumps.
 
-``hook`` is the replacement alone (steps 2-3, no resampling), usable with any sampler through ``hook=``.
+:class:`RePaintSampler` overrides only the step of the standard sampler loop; ``resample=1`` is replacement alone.
 
 Example
 -------
@@ -41,28 +41,29 @@ Example
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from geodiff.diffusion.samplers import StepInfo
 from geodiff.errors import ConfigError, ObservationError
-from geodiff.guidance.base import Guidance
+from geodiff.guidance.base import Guidance, GuidedSampler, ObservationGuidance
 from geodiff.operators import GridPointOperator
 
 __all__ = ["RePaintGuidance", "RePaintSampler"]
 
 
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _standard_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-class RePaintGuidance(Guidance):
-    """Replacement at observed grid points with ``resample`` passes per step (module docstring)."""
+class RePaintGuidance(ObservationGuidance):
+    """Replacement at observed grid points with ``resample`` passes per step: builds a :class:`RePaintSampler`
+    (module docstring)."""
 
     name = "repaint"
+    resamples = True
 
     def __init__(self, y: Any, operator: GridPointOperator, error_std: Any, *, resample: int = 10):
         if not isinstance(operator, GridPointOperator):
@@ -80,6 +81,7 @@ class RePaintGuidance(Guidance):
 
     @classmethod
     def merge(cls, guidances: Sequence[Guidance]) -> Guidance | None:
+        """One replacement for several sets with equal settings: grid points concatenated."""
         if any(g.config != guidances[0].config for g in guidances) or any(g.y.ndim != 1 for g in guidances):
             return None
         index = torch.cat([g.operator.index for g in guidances])
@@ -88,69 +90,37 @@ class RePaintGuidance(Guidance):
         error_std = torch.cat([g.error_std.to(torch.float64) for g in guidances])
         return cls(y, operator, error_std, **guidances[0].config)
 
-    def replace(self, x_next: Tensor, sigma_next: float, generator: torch.Generator | None) -> Tensor:
-        """``x_next`` with the observed points set to ``y + sigma_next * z``."""
-        flat = x_next.reshape(x_next.shape[0], -1).clone()
-        known = self.observed(x_next)
-        if sigma_next > 0:
-            known = known + sigma_next * torch.randn(known.shape, generator=generator, device=known.device,
-                                                     dtype=known.dtype)  # fmt: skip
-        flat[:, self.operator.index.to(x_next.device)] = known
-        return flat.reshape(x_next.shape)
-
-    def hook(self, x_next: Tensor, *, x: Tensor, x0_hat: Tensor, sigma: float, sigma_next: float, generator: Any):
-        return self.replace(x_next, float(sigma_next), generator)
-
-    def sampling_hook(self):
-        return None  # the replacement happens inside the RePaint sampler
-
     def wrap_sampler(self, sampler: Any) -> RePaintSampler:
-        return RePaintSampler(self, sampler)
+        return RePaintSampler(sampler, self)
 
 
-class RePaintSampler:
-    """A sampler (standard signature) running ``sampler.step`` with RePaint's replacement and resampling."""
+class RePaintSampler(GuidedSampler):
+    """The wrapped sampler's step with RePaint's replacement and ``resample`` passes (steps 1-4 of the module
+    docstring); the loop is the standard one."""
 
-    def __init__(self, guidance: RePaintGuidance, sampler: Any):
-        if not hasattr(sampler, "step"):
-            raise ConfigError(f"repaint needs a geodiff sampler with a step method, got {type(sampler).__name__}")
+    def __init__(self, sampler: Any, guidance: RePaintGuidance):
+        super().__init__(sampler)
         self.guidance = guidance
-        self.sampler = sampler
 
     def nfe(self, steps: int) -> int:
         """Network evaluations of a ``steps``-step run: ``resample`` passes of each step."""
         return self.sampler.nfe(steps) * self.guidance.resample
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        denoiser: Callable[..., Tensor],
-        noise: Tensor,
-        sigmas: Tensor,
-        *,
-        cond: dict[str, Tensor] | None = None,
-        generator: torch.Generator | None = None,
-        callback: Callable[..., None] | None = None,
-        hook: Callable[..., Tensor] | None = None,
-    ) -> Tensor:
-        levels = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).tolist()
-        if len(levels) < 2 or any(b >= a for a, b in zip(levels[:-1], levels[1:])) or levels[-1] < 0:
-            raise ConfigError("sigmas must be strictly decreasing, non-negative, with at least 2 levels")
-        steps = len(levels) - 1
-        x = noise * levels[0]
-        state: dict[str, Any] = {"steps": steps}
-        for i in range(steps):
-            sigma, sigma_next = levels[i], levels[i + 1]
-            passes = self.guidance.resample if sigma_next > 0 else 1
-            for u in range(passes):
-                x_next, x0_hat = self.sampler.step(denoiser, x, i, sigma, sigma_next, state, cond=cond,
-                                                   generator=generator)  # fmt: skip
-                x_next = self.guidance.replace(x_next, sigma_next, generator)
-                if hook is not None:
-                    x_next = hook(x_next, x=x, x0_hat=x0_hat, sigma=sigma, sigma_next=sigma_next, generator=generator)
-                if u < passes - 1:
-                    x = x_next + math.sqrt(sigma**2 - sigma_next**2) * _noise_like(x_next, generator)
-            if callback is not None:
-                callback(StepInfo(i, steps, sigma, sigma_next, x, x0_hat, x_next))
-            x = x_next
-        return x
+    def replace(self, x_next: Tensor, sigma_next: float, generator: torch.Generator | None) -> Tensor:
+        """``x_next [B, C, H, W]`` with the observed points set to ``y + sigma_next * z`` (steps 2-3)."""
+        flat = x_next.reshape(x_next.shape[0], -1).clone()
+        known = self.guidance.observations.observed(x_next)
+        if sigma_next > 0:
+            known = known + sigma_next * _standard_normal(known, generator)
+        flat[:, self.guidance.operator.index.to(x_next.device)] = known
+        return flat.reshape(x_next.shape)
+
+    def step(self, denoiser, x, i, sigma, sigma_next, state, *, cond, generator):
+        passes = self.guidance.resample if sigma_next > 0 else 1
+        for u in range(passes):
+            x_next, x0_hat = self.sampler.step(denoiser, x, i, sigma, sigma_next, state, cond=cond,
+                                               generator=generator)  # fmt: skip
+            x_next = self.replace(x_next, sigma_next, generator)
+            if u < passes - 1:  # jump back to sigma with fresh noise (step 4)
+                x = x_next + math.sqrt(sigma**2 - sigma_next**2) * _standard_normal(x_next, generator)
+        return x_next, x0_hat

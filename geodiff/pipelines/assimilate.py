@@ -5,9 +5,9 @@ multi-variable state and a :class:`~geodiff.diffusion.denoiser.Denoiser` of the 
 encoded background (``cond={"concat": z_b}``, concatenated by the backbone), together with the codec and
 normaliser of the physical state (a :class:`~geodiff.io.ModelBundle` in sub-folder ``prior/``, the autoencoder in
 ``autoencoder/``). :func:`assimilate` samples ``p(z | background)`` guided by the observations through the decoder
-(``guidance="mmps"``: :class:`~geodiff.alignment.latent_guidance.LatentMMPSGuidance`; ``"dps"``:
+(``guidance="mmps"``: :class:`~geodiff.guidance.latent_mmps.LatentMMPSGuidance`; ``"dps"``:
 :class:`~geodiff.guidance.DPSGuidance` through the decoded operator; ``"none"``), optionally also by a reward
-(:class:`~geodiff.alignment.reward_guidance.RewardGuidance`), and returns the decoded analysis ensemble as an
+(:class:`~geodiff.guidance.reward.RewardGuidance`), and returns the decoded analysis ensemble as an
 ``xr.Dataset`` with the background's variables, a ``member`` dimension, CF attributes, ``history`` appended and
 provenance attributes (geodiff version, model sha256, guidance, seed, observation report). :func:`cycle` runs
 assimilation cycles over a window with a forecast model: the background of each cycle is the forecast of the
@@ -49,16 +49,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from geodiff import registry
-from geodiff.alignment.latent_guidance import DecodedOperator, LatentMMPSGuidance
-from geodiff.alignment.reward_guidance import RewardGuidance
 from geodiff.backbones.autoencoder import Autoencoder
 from geodiff.backbones.unet import UNet
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import CheckpointError, ConfigError, GridError, ObservationError
-from geodiff.guidance import DPSGuidance
-from geodiff.guidance.base import combine
+from geodiff.guidance import DecodedOperator, DPSGuidance, LatentMMPSGuidance, RewardGuidance, combine
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
@@ -360,7 +357,7 @@ def sample_analysis(
     ``background [C, H, W]`` physical; ``operator`` a :class:`~geodiff.operators.PointOperator` on the physical
     state with observations ``y [N]`` and ``error_std [N]`` (physical units), None for no observations;
     ``reward(states [M, C, H, W] physical) -> [M]`` guides with ``reward_scale`` (0: off) and ``reward_mode``
-    (:class:`~geodiff.alignment.reward_guidance.RewardGuidance`, in the latent); ``denoiser``
+    (:class:`~geodiff.guidance.reward.RewardGuidance`, in the latent); ``denoiser``
     overrides the model's (e.g. a fine-tuned policy). ``clip_latent``: clamp every denoised latent to
     ``[-clip_latent, clip_latent]`` (:class:`~geodiff.diffusion.clipping.ClipDenoised`), above the largest ``|z|``
     of the training latents so that only members leaving the training range are touched (guided members that do
@@ -458,7 +455,7 @@ def assimilate(
 
     ``guidance``: ``"mmps"`` (linearised MMPS through the decoder, ``guidance_options`` e.g.
     ``{"cg_iterations": 2}``), ``"dps"`` (``{"scale": ...}``) or ``"none"``. ``reward``/``reward_scale``: reward
-    guidance (:mod:`geodiff.alignment.reward_guidance`, ``reward_mode`` ``"x0"`` or ``"tilt"``),
+    guidance (:mod:`geodiff.guidance.reward`, ``reward_mode`` ``"x0"`` or ``"tilt"``),
     ``reward(states [M, C, H, W] physical) -> [M]``. ``clip_latent``: bound of the denoised latents (see
     :func:`sample_analysis`). ``max_normalized``, ``on_runaway``, ``runaway_factor``: runaway members, judged on the
     decoded states in normalised units, are redrawn, refused or kept and flagged, and recorded in attribute

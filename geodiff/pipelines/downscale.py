@@ -55,8 +55,7 @@ from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, CoordinateError, GridError
 from geodiff.grid import coarse_coords, refine_coords
-from geodiff.guidance.base import combine
-from geodiff.guidance.coarse import CoarseGuidance
+from geodiff.guidance import CoarseGuidance, combine
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.io.codec import Codec
 from geodiff.observations import as_observations, validate_observations

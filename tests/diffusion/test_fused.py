@@ -170,7 +170,7 @@ def test_dps_closed_form_pullback_equals_autograd_through_the_loss(convention):
     err = torch.linspace(0.1, 0.6, 6, dtype=torch.float64)
     x = torch.randn(3, *SHAPE, dtype=torch.float64)
     guidance = DPSGuidance(y, op, err, convention=convention)
-    x0, grad = guidance.gradient(denoiser, x, 1.3)
+    x0, grad = guidance.wrap(denoiser).gradient(x, 1.3)
     x_in = x.clone().requires_grad_(True)
     residual = y - op(denoiser(x_in, 1.3))
     if convention == "score":

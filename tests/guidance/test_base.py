@@ -1,7 +1,8 @@
 """Guidance plumbing: input checks, combination of observation sets and methods, registry names, provenance."""
 
-import importlib
 import json
+
+import geodiff.guidance
 
 import numpy as np
 import pytest
@@ -10,55 +11,58 @@ import torch
 from geodiff import registry
 from geodiff.diffusion.samplers import DDPMSampler
 from geodiff.diffusion.schedules import EDMSchedule
-from geodiff.errors import ConfigError, ObservationError, PluginError
+from geodiff.errors import ConfigError, ObservationError
 from geodiff.guidance import (
     CombinedGuidance,
     DPSGuidance,
     Guidance,
     MMPSGuidance,
     ReconMOSTGuidance,
+    ReconMOSTSampler,
     RePaintGuidance,
+    RePaintSampler,
+    Unguided,
     combine,
 )
 from geodiff.operators import PointOperator
 
 from .conftest import LAT, LON
 
-#: registry entries for geodiff.registry._BUILTINS["guidance"]
-REGISTRY = {
-    "reconmost": "geodiff.guidance.reconmost:ReconMOSTGuidance",
-    "dps": "geodiff.guidance.dps:DPSGuidance",
-    "mmps": "geodiff.guidance.mmps:MMPSGuidance",
-    "sda": "geodiff.guidance.mmps:SDAGuidance",
-    "repaint": "geodiff.guidance.repaint:RePaintGuidance",
-}
+#: every guidance method's registry name
+METHODS = ["mmps", "sda", "coarse", "latent_mmps", "dps", "reward", "reconmost", "repaint"]
 
 
-@pytest.mark.parametrize(("name", "path"), REGISTRY.items())
-def test_registry_entries_point_at_guidance_classes(name, path):
-    module, _, attribute = path.partition(":")
-    cls = getattr(importlib.import_module(module), attribute)
+@pytest.mark.parametrize("name", METHODS)
+def test_registry_names_resolve_to_guidance_classes_of_the_package(name):
+    cls = registry.get("guidance", name)
     assert issubclass(cls, Guidance) and cls.name == name
-    try:
-        assert registry.get("guidance", name) is cls
-    except PluginError:
-        pass  # not listed in the registry yet
+    assert cls.__module__.startswith("geodiff.guidance.") and getattr(geodiff.guidance, cls.__name__) is cls
+    assert registry.name_of("guidance", cls) == name
 
 
-def test_bad_observation_inputs_raise_observation_error(point_problem):
+def test_every_guidance_method_is_registered():
+    """Each method class of the package (one with a registry name, not the combination helpers) is listed."""
+    methods = {cls.name for cls in vars(geodiff.guidance).values()
+               if isinstance(cls, type) and issubclass(cls, Guidance) and cls.name not in ("", "none", "combined")}
+    assert methods == set(METHODS)
+    assert set(METHODS) <= set(registry.available("guidance"))
+
+
+def test_observation_guidance_validates_its_data(point_problem):
+    """Every observation method is built on the validated data (details: ``test_likelihood.py``)."""
     y, op, e = point_problem.y, point_problem.operator, point_problem.error_std
-    with pytest.raises(ObservationError, match="non-finite"):
-        MMPSGuidance(torch.full_like(y, float("nan")), op, e)
-    with pytest.raises(ObservationError, match="error_std must be positive"):
-        MMPSGuidance(y, op, torch.zeros_like(e))
-    with pytest.raises(ObservationError, match="6 values; expected 1 or 5"):
-        MMPSGuidance(y[:5], lambda x: x.reshape(x.shape[0], -1)[:, :5], e)
-    with pytest.raises(ObservationError, match="operator maps to 6"):
-        DPSGuidance(y[:5], op, 0.1)
-    with pytest.raises(ObservationError, match="callable"):
-        ReconMOSTGuidance(y, "A", e)
-    with pytest.raises(ObservationError, match=r"\[N\] or \[B, N\]"):
-        ReconMOSTGuidance(y.reshape(1, 2, 3), op, e)
+    for cls in (MMPSGuidance, DPSGuidance, ReconMOSTGuidance):
+        with pytest.raises(ObservationError, match="non-finite"):
+            cls(torch.full_like(y, float("nan")), op, e)
+        guidance = cls(y, op, e)
+        assert guidance.observations.n_obs == guidance.n_obs == 6 and guidance.operator is op
+
+
+def test_unguided_is_a_guidance_with_its_own_state(point_problem):
+    unguided = combine([])
+    assert isinstance(unguided, Unguided) and unguided.describe() == {"name": "none", "n_obs": 0}
+    assert unguided.wrap(point_problem.prior) is point_problem.prior
+    assert not hasattr(unguided, "observations")
 
 
 def test_two_observation_sets_merge_into_one_joint_mmps(point_problem):
@@ -83,7 +87,7 @@ def test_different_methods_combine(point_problem):
                         ReconMOSTGuidance(y, op, e, scale=1.0), DPSGuidance(y, op, e, scale=0.5),
                         DPSGuidance(y, op, e, scale=0.2)])
     assert [g.name for g in combined.parts] == ["mmps", "reconmost", "dps", "dps"]  # different DPS settings
-    assert combined.sampling_hook() is not None
+    assert isinstance(combined.wrap_sampler(DDPMSampler()), ReconMOSTSampler)
     x = point_problem.sample(combined, DDPMSampler(), EDMSchedule().sigmas(20), members=16)
     assert torch.isfinite(x).all()
     json.dumps(combined.describe())
@@ -98,10 +102,21 @@ def test_corrections_of_different_methods_add(point_problem):
     assert torch.allclose(CombinedGuidance([mmps, dps]).wrap(point_problem.prior)(x, 1.0), expected)
 
 
-def test_at_most_one_sampler_wrapper(grid_problem):
+def test_at_most_one_resampling_wrapper(grid_problem):
     y, op, e = grid_problem.y, grid_problem.operator, grid_problem.error_std
     with pytest.raises(ConfigError, match="at most one"):
         CombinedGuidance([RePaintGuidance(y, op, e, resample=2), RePaintGuidance(y, op, e, resample=3)])
+
+
+def test_sampler_wrappers_nest_with_resampling_outermost(grid_problem):
+    """Transitions apply in the order of the parts, RePaint's last: its replacement has the final word and its
+    resampling repeats the other transitions."""
+    y, op, e = grid_problem.y, grid_problem.operator, grid_problem.error_std
+    combined = CombinedGuidance([RePaintGuidance(y, op, e, resample=2), ReconMOSTGuidance(y, op, e)])
+    sampler = combined.wrap_sampler(DDPMSampler())
+    assert isinstance(sampler, RePaintSampler) and isinstance(sampler.sampler, ReconMOSTSampler)
+    x = grid_problem.sample(combined, DDPMSampler(), EDMSchedule(sigma_max=20.0).sigmas(8), members=3)
+    assert torch.equal(op(x), y.float().expand(3, -1))
 
 
 def test_combine_single_and_empty(point_problem):

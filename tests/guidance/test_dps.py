@@ -15,7 +15,7 @@ import torch
 from geodiff.diffusion.samplers import DDPMSampler, HeunSampler
 from geodiff.diffusion.schedules import EDMSchedule, VPSchedule
 from geodiff.errors import ConfigError
-from geodiff.guidance import DPSGuidance
+from geodiff.guidance import DPSChungSampler, DPSGuidance
 
 
 def test_score_convention_is_the_likelihood_gradient_through_the_denoiser(point_problem):
@@ -33,7 +33,7 @@ def test_score_convention_is_the_likelihood_gradient_through_the_denoiser(point_
 
 
 def test_chung_convention_matches_dps_algorithm_in_vp_coordinates(point_problem):
-    """Step for step, geodiff's DDPM + chung hook equals Chung et al.'s Algorithm 1 written in VP coordinates
+    """Step for step, geodiff's DDPM + Chung step equals Chung et al.'s Algorithm 1 written in VP coordinates
     ``z = sqrt(abar) x``: ``z_next = DDPM(z) - zeta * grad_z ||y - A x0_hat||``."""
     prior, zeta = point_problem.prior, 0.5
     sigmas = VPSchedule().sigmas(40)
@@ -74,19 +74,28 @@ def test_dps_is_approximate_but_moves_the_mean_towards_the_posterior(point_probl
     assert 0.5 < errors["variance_ratio_mean"] < 1.2, errors  # measured 0.71-0.81
 
 
-def test_chung_hook_works_with_two_evaluations_per_step(point_problem):
-    """Heun evaluates the denoiser twice per step; the hook finds the gradient of the step's first evaluation."""
+def test_chung_step_works_with_two_evaluations_per_step(point_problem):
+    """Heun evaluates the denoiser twice per step; the step finds the gradient of the step's first evaluation."""
     guidance = DPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, convention="chung",
                            scale=0.2)
     x = point_problem.sample(guidance, HeunSampler(), EDMSchedule().sigmas(16), members=8)
     assert torch.isfinite(x).all()
 
 
-def test_chung_hook_needs_the_wrapper(point_problem):
+def test_chung_is_a_recording_denoiser_and_a_sampler_wrapper(point_problem):
+    guidance = DPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, convention="chung")
+    x = torch.randn(2, 1, 6, 8, dtype=torch.float64)
+    assert torch.equal(guidance.wrap(point_problem.prior)(x, 1.0), point_problem.prior(x, 1.0))  # x0_hat unchanged
+    assert isinstance(guidance.wrap_sampler(DDPMSampler()), DPSChungSampler)
+    score = DPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std)
+    assert score.wrap_sampler(sampler := DDPMSampler()) is sampler
+
+
+def test_chung_step_needs_the_denoiser_wrapper(point_problem):
     guidance = DPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, convention="chung")
     x = torch.zeros(1, 1, 6, 8)
     with pytest.raises(ConfigError, match="wrapper"):
-        guidance.hook(x, x=x, x0_hat=x, sigma=1.0, sigma_next=0.5, generator=None)
+        guidance.wrap_sampler(DDPMSampler()).step(point_problem.prior, x, 0, 1.0, 0.5, {}, cond=None, generator=None)
 
 
 def test_dps_rejects_bad_settings(point_problem):

@@ -16,8 +16,8 @@ from geodiff.errors import ConfigError
 from geodiff.guidance import ReconMOSTGuidance
 
 
-def test_hook_matches_guided_ddpm_in_vp_coordinates(point_problem):
-    """geodiff's DDPM sampler + hook equals Ho et al.'s ancestral step in VP coordinates with ReconMOST's shift
+def test_mean_shift_matches_guided_ddpm_in_vp_coordinates(point_problem):
+    """geodiff's DDPM sampler + mean shift equals Ho et al.'s ancestral step in VP coordinates with ReconMOST's shift
     ``mu_t + scale * beta_t * A^T (y - A x0_hat)`` (noise draws shared)."""
     prior, operator, scale = point_problem.prior, point_problem.operator, 4.0
     schedule = VPSchedule(num_train_timesteps=100)
@@ -59,20 +59,33 @@ def test_reconmost_is_approximate_but_moves_the_mean_to_the_posterior(point_prob
     assert 0.9 < errors["variance_ratio_mean"] < 2.0, errors  # measured 1.29: over-dispersed
 
 
+class FixedStep:
+    """A stand-in sampler whose step returns ``x_next = 1`` and ``x0_hat = 0`` everywhere."""
+
+    def step(self, denoiser, x, i, sigma, sigma_next, state, *, cond, generator):
+        return torch.ones_like(x), torch.zeros_like(x)
+
+    def nfe(self, steps):
+        return steps
+
+
 def test_options_weighted_and_sigma_max(point_problem):
     y, op = point_problem.y, point_problem.operator
     error = torch.linspace(0.1, 0.6, op.n_obs, dtype=torch.float64)
-    x0 = torch.zeros(2, 1, 6, 8, dtype=torch.float64)
-    x_next = torch.ones_like(x0)
-    plain = ReconMOSTGuidance(y, op, error).hook(x_next, x=x0, x0_hat=x0, sigma=1.0, sigma_next=0.5, generator=None)
+    x = torch.zeros(2, 1, 6, 8, dtype=torch.float64)
+
+    def shifted(guidance):
+        x_next, x0 = guidance.wrap_sampler(FixedStep()).step(None, x, 0, 1.0, 0.5, {}, cond=None, generator=None)
+        assert torch.equal(x0, torch.zeros_like(x))
+        return x_next
+
+    plain = shifted(ReconMOSTGuidance(y, op, error))
     weighted = ReconMOSTGuidance(y, op, error, weighted=True)
-    shifted = weighted.hook(x_next, x=x0, x0_hat=x0, sigma=1.0, sigma_next=0.5, generator=None)
-    step = weighted.step_size(1.0, 0.5)
     weights = (error**2).mean() / error**2
-    assert torch.allclose(shifted, x_next + step * op.adjoint((y * weights).expand(2, -1)))
-    assert not torch.allclose(plain, shifted)
-    late = ReconMOSTGuidance(y, op, error, sigma_max=0.9)
-    assert torch.equal(late.hook(x_next, x=x0, x0_hat=x0, sigma=1.0, sigma_next=0.5, generator=None), x_next)
+    assert torch.allclose(shifted(weighted), 1 + weighted.step_size(1.0, 0.5) * op.adjoint((y * weights).expand(2, -1)))
+    assert torch.allclose(plain, 1 + weighted.step_size(1.0, 0.5) * op.adjoint(y.expand(2, -1)))
+    assert not torch.allclose(plain, shifted(weighted))
+    assert torch.equal(shifted(ReconMOSTGuidance(y, op, error, sigma_max=0.9)), torch.ones_like(x))
 
 
 def test_works_with_skipped_steps(point_problem):

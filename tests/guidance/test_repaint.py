@@ -9,10 +9,11 @@ with so few steps is itself under-dispersed by about 10 %). With DDPM on 100 VP 
 import pytest
 import torch
 
-from geodiff.diffusion.samplers import DDPMSampler, EulerSampler
+from geodiff.diffusion.clipping import ClipDenoised
+from geodiff.diffusion.samplers import DDPMSampler, EulerSampler, Sampler
 from geodiff.diffusion.schedules import EDMSchedule
 from geodiff.errors import ConfigError, ObservationError
-from geodiff.guidance import CombinedGuidance, RePaintGuidance
+from geodiff.guidance import CombinedGuidance, RePaintGuidance, RePaintSampler
 from geodiff.operators import GridPointOperator
 
 SIGMAS = EDMSchedule(sigma_max=20.0).sigmas(50)
@@ -42,15 +43,31 @@ def test_sampler_wrapper_counts_evaluations_and_uses_any_single_step_sampler(gri
     assert seen == list(range(10)) and torch.isfinite(x).all()
 
 
-def test_hook_is_replacement_without_resampling(grid_problem):
-    guidance = RePaintGuidance(grid_problem.y, grid_problem.operator, grid_problem.error_std)
+def test_replacement_sets_the_observed_points_only(grid_problem):
+    sampler = RePaintGuidance(grid_problem.y, grid_problem.operator, grid_problem.error_std).wrap_sampler(DDPMSampler())
     x = torch.zeros(2, 1, 6, 8)
-    replaced = guidance.hook(x, x=x, x0_hat=x, sigma=1.0, sigma_next=0.0, generator=None)
+    replaced = sampler.replace(x, 0.0, None)
     assert torch.equal(grid_problem.operator(replaced), grid_problem.y.float().expand(2, -1))
     unobserved = ~grid_problem.operator.observed_mask().expand(2, -1, -1, -1)
     assert torch.equal(replaced[unobserved], x[unobserved])
-    noisy = guidance.hook(x, x=x, x0_hat=x, sigma=1.0, sigma_next=0.5, generator=torch.Generator().manual_seed(0))
+    noisy = sampler.replace(x, 0.5, torch.Generator().manual_seed(0))
     assert not torch.equal(grid_problem.operator(noisy), grid_problem.y.float().expand(2, -1))
+
+
+def test_repaint_overrides_the_step_not_the_loop(grid_problem):
+    """The loop is the standard one; a clipped sampler (``ClipDenoised``) can be wrapped too."""
+    guidance = RePaintGuidance(grid_problem.y, grid_problem.operator, grid_problem.error_std, resample=2)
+    assert RePaintSampler.__call__ is Sampler.__call__
+    noise = torch.randn(3, 1, 6, 8, generator=torch.Generator().manual_seed(0))
+    plain = guidance.sample(DDPMSampler(), grid_problem.prior, noise, SIGMAS[-9:],
+                            generator=torch.Generator().manual_seed(1))
+    clipped = guidance.sample(ClipDenoised(DDPMSampler(), 100.0), grid_problem.prior, noise, SIGMAS[-9:],
+                              generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, clipped)  # a bound no member reaches changes nothing
+    tight = guidance.sample(ClipDenoised(DDPMSampler(), 0.05), grid_problem.prior, noise, SIGMAS[-9:],
+                            generator=torch.Generator().manual_seed(1))
+    unobserved = ~grid_problem.operator.observed_mask().expand(3, -1, -1, -1)
+    assert tight[unobserved].abs().max() <= 0.05 < plain[unobserved].abs().max()
 
 
 def test_two_repaint_sets_merge_into_one(grid_problem):

@@ -1,15 +1,12 @@
 """Guidance through a decoder on a Gaussian oracle: linearised MMPS is the exact posterior mean for a linear
-decoder; DPS through the decoder is its DPS formula; reward guidance is the tilted Gaussian's mean."""
+decoder; DPS through the decoder is its DPS formula."""
 
 import torch
 
-from geodiff.alignment.latent_guidance import DecodedOperator, LatentMMPSGuidance
-from geodiff.alignment.reward_guidance import RewardGuidance
 from geodiff.diffusion.gaussian import GaussianDenoiser
 from geodiff.diffusion.samplers import HeunSampler
 from geodiff.diffusion.schedules import EDMSchedule
-from geodiff.guidance import DPSGuidance
-from geodiff.guidance.base import combine
+from geodiff.guidance import DecodedOperator, DPSGuidance, LatentMMPSGuidance
 from geodiff.operators import GridPointOperator
 
 LATENT = (2, 2, 2)
@@ -72,29 +69,3 @@ def test_guided_sampling_with_linearised_mmps_draws_the_kalman_posterior():
     # 400 draws: the sample mean is within 4 standard errors (spread / 20) of the exact posterior mean
     assert ((z.flatten(1).mean(0) - mean).abs() / spread).max() < 4 / 20
     torch.testing.assert_close(z.flatten(1).std(0), spread, rtol=0.15, atol=0)
-
-
-def test_reward_guidance_of_a_quadratic_reward_is_the_tilted_gaussian_mean():
-    # prior N(0, I), reward r(x) = -|x - a|^2 / 2 with scale lambda: tilted density N(lambda a / (1 + lambda), ...)
-    prior = GaussianDenoiser(torch.zeros(4), torch.eye(4), shape=(1, 2, 2))
-    target = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
-    lam = 1.5
-
-    def reward(x):
-        return -0.5 * (x.flatten(1) - target).pow(2).sum(1)
-
-    guidance = RewardGuidance(reward, scale=lam)
-    sigma, x = 0.8, torch.randn(2, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    shrink = 1 / (1 + sigma**2)
-    x0 = shrink * x.flatten(1)
-    expected = x0 + lam * sigma**2 * shrink * (target - x0)  # x0_hat + lambda sigma^2 J^T grad r
-    torch.testing.assert_close(guidance.wrap(prior)(x, sigma).flatten(1), expected)
-    # mode "x0": one gradient step on x0_hat
-    step = RewardGuidance(reward, scale=0.25, mode="x0").wrap(prior)(x, sigma).flatten(1)
-    torch.testing.assert_close(step, x0 + 0.25 * (target - x0))
-    # combined with observation guidance the corrections add
-    op = GridPointOperator(torch.tensor([0]), (1, 2, 2))
-    obs = DPSGuidance(torch.tensor([1.0], dtype=torch.float64), op, 0.5)
-    both = combine([obs, guidance]).wrap(prior)(x, sigma)
-    alone = obs.wrap(prior)(x, sigma)
-    torch.testing.assert_close(both, alone + guidance.wrap(prior)(x, sigma) - prior(x, sigma))

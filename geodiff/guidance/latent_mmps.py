@@ -13,13 +13,14 @@ r"""Observation guidance of a latent diffusion model: observations of the decode
       ``z0_guided = z0_hat + sigma^2 J^T Jg^T u``,  ``u = (R + sigma^2 Jg J Jg^T)^-1 (y - G(z0_hat))``
 
   (``J = d z0_hat / d z``), solved matrix-free with conjugate gradients: ``Jg^T u`` is a vector-Jacobian product
-  through the decoder, ``Jg v`` a Jacobian-vector product (double backward). For a linear decoder and an exact
+  through the decoder, ``Jg v`` a Jacobian-vector product (double backward; both
+  :class:`~geodiff.guidance.linearization.Linearization`). For a linear decoder and an exact
   Gaussian latent denoiser this is the exact ``E[z0 | z, y]`` once ``cg_iterations >= N``.
 
 Example
 -------
 >>> import torch
->>> from geodiff.alignment.latent_guidance import DecodedOperator
+>>> from geodiff.guidance.latent_mmps import DecodedOperator
 >>> from geodiff.operators import GridPointOperator
 >>> decoder = torch.nn.Upsample(scale_factor=2)  # a toy decoder: latent [B, 1, 1, 1] -> state [B, 1, 2, 2]
 >>> G = DecodedOperator(decoder, GridPointOperator(torch.tensor([0, 3]), (1, 2, 2)))
@@ -36,10 +37,11 @@ import torch
 from torch import Tensor, nn
 
 from geodiff.errors import ConfigError
-from geodiff.guidance.base import DenoiserFn, sigma_column
+from geodiff.guidance.base import DenoiserFn, GuidedDenoiser, sigma_column
+from geodiff.guidance.linearization import Linearization
 from geodiff.guidance.mmps import MMPSGuidance, conjugate_gradient
 
-__all__ = ["DecodedOperator", "LatentMMPSGuidance"]
+__all__ = ["DecodedOperator", "LatentMMPSGuidance", "LatentMMPSDenoiser"]
 
 
 class DecodedOperator(nn.Module):
@@ -59,8 +61,9 @@ class DecodedOperator(nn.Module):
 
 
 class LatentMMPSGuidance(MMPSGuidance):
-    """MMPS through a nonlinear (decoded) operator, linearised at ``z0_hat`` (module docstring). Only
-    ``method="cg"``; ``cg_iterations`` and ``scale`` as in :class:`~geodiff.guidance.MMPSGuidance`."""
+    """MMPS through a nonlinear (decoded) operator, linearised at ``z0_hat``: builds a :class:`LatentMMPSDenoiser`
+    (module docstring). Only ``method="cg"``; ``cg_iterations`` and ``scale`` as in
+    :class:`~geodiff.guidance.MMPSGuidance`."""
 
     name = "latent_mmps"
 
@@ -69,32 +72,29 @@ class LatentMMPSGuidance(MMPSGuidance):
         super().__init__(y, operator, error_std, method="cg", cg_iterations=cg_iterations, scale=scale)
         self.config = {"cg_iterations": cg_iterations, "scale": self.scale}
 
-    def guided(self, denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
-        """``z0_guided [B, Z, h, w]`` at ``x`` (module docstring)."""
+    def wrap(self, denoiser: DenoiserFn) -> LatentMMPSDenoiser:
+        return LatentMMPSDenoiser(denoiser, self)
+
+
+class LatentMMPSDenoiser(GuidedDenoiser):
+    """The linearised-MMPS denoiser wrapper ``(z [B, Z, h, w], sigma, cond=None) -> z0_guided`` (module
+    docstring): ``J`` by vector-Jacobian products through the denoiser, ``Jg`` and ``Jg^T`` through the operator."""
+
+    def __init__(self, denoiser: DenoiserFn, guidance: LatentMMPSGuidance):
+        super().__init__(denoiser)
+        self.guidance = guidance
+
+    def __call__(self, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
+        observations = self.guidance.observations
         _, column = sigma_column(sigma, x)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            x0 = denoiser(x_in, sigma, cond)
-            point = x0.detach().requires_grad_(True)
-            y_hat = self.operator(point)
-            dual = torch.zeros_like(y_hat, requires_grad=True)
-            # Jg^T dual, kept differentiable in ``dual`` so that Jg v = d <Jg^T dual, v> / d dual
-            transposed = torch.autograd.grad(y_hat, point, dual, create_graph=True)[0]
-        residual = self.observed(x) - y_hat.detach()
-        error_var = self.variance(x)
-
-        def jg_t(u: Tensor) -> Tensor:  # Jg^T u: [B, N] -> latent
-            return torch.autograd.grad(y_hat, point, u, retain_graph=True)[0]
-
-        def jg(v: Tensor) -> Tensor:  # Jg v: latent -> [B, N]
-            return torch.autograd.grad(transposed, dual, v, retain_graph=True)[0]
-
-        def vjp(field: Tensor) -> Tensor:  # (d z0_hat / d z)^T field
-            return torch.autograd.grad(x0, x_in, field, retain_graph=True)[0]
+        denoised = self.linearize(x, sigma, cond)  # z -> z0_hat: J
+        decoded = Linearization(observations.operator, denoised.value)  # z0 -> G(z0): Jg at z0_hat
+        residual = observations.observed(x) - decoded.value
+        error_var = observations.variance(x)
 
         def covariance(u: Tensor) -> Tensor:  # (R + sigma^2 Jg J Jg^T) u, row-wise
-            return error_var * u + jg(column**2 * vjp(jg_t(u)))
+            return error_var * u + decoded.jvp(column**2 * denoised.vjp(decoded.vjp(u)))
 
-        u = conjugate_gradient(covariance, residual, self.cg_iterations)
-        correction = vjp(jg_t(u))
-        return (x0 + self.scale * column**2 * correction).detach()
+        u = conjugate_gradient(covariance, residual, self.guidance.cg_iterations)
+        correction = denoised.vjp(decoded.vjp(u))
+        return (denoised.value + self.guidance.scale * column**2 * correction).detach()

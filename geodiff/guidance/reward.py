@@ -15,13 +15,13 @@ r"""Reward-gradient guidance at sampling time, as a denoiser wrapper; two conven
 Step-size convention: ``scale = lambda`` in units of 1 / reward (the rewards of :mod:`geodiff.alignment.rewards`
 are O(1) means, so useful values depend on the reward; the benchmark measures them). ``reward`` maps the
 sampled variable (for a latent model: the latent, decoded and de-normalised inside
-the callable) to ``[B]``. It is a :class:`~geodiff.guidance.base.Guidance`, so it combines with observation
-guidance through :func:`geodiff.guidance.base.combine` (the corrections add).
+the callable) to ``[B]``. It is a :class:`~geodiff.guidance.base.Guidance` without observations, so it combines
+with observation guidance through :func:`geodiff.guidance.combined.combine` (the corrections add).
 
 Example
 -------
 >>> import torch
->>> from geodiff.alignment.reward_guidance import RewardGuidance
+>>> from geodiff.guidance.reward import RewardGuidance
 >>> from geodiff.diffusion.gaussian import GaussianDenoiser
 >>> prior = GaussianDenoiser(torch.zeros(1), torch.eye(1), shape=(1, 1, 1))
 >>> guided = RewardGuidance(lambda x: -0.5 * (x.flatten(1) - 2).pow(2).sum(1), scale=1.0).wrap(prior)
@@ -39,19 +39,22 @@ import torch
 from torch import Tensor
 
 from geodiff.errors import ConfigError
-from geodiff.guidance.base import DenoiserFn, Guidance, sigma_column
+from geodiff.guidance.base import DenoiserFn, Guidance, GuidedDenoiser, sigma_column
+from geodiff.guidance.linearization import Linearization
 
-__all__ = ["RewardGuidance"]
+__all__ = ["RewardGuidance", "RewardDenoiser"]
 
 
 class RewardGuidance(Guidance):
-    """Denoiser wrapper adding ``scale * sigma^2 * grad_x reward(x0_hat(x))`` (``mode="tilt"``) or
-    ``scale * grad reward(x0_hat)`` (``mode="x0"``) (module docstring)."""
+    """Reward guidance: builds a :class:`RewardDenoiser` adding ``scale * sigma^2 * grad_x reward(x0_hat(x))``
+    (``mode="tilt"``) or ``scale * grad reward(x0_hat)`` (``mode="x0"``) (module docstring). ``description``
+    (JSON) names the reward in provenance."""
 
     name = "reward"
 
     def __init__(self, reward: Callable[[Tensor], Tensor], *, scale: float = 1.0, mode: str = "tilt",
                  description: Any = None):  # fmt: skip
+        super().__init__()
         if mode not in ("tilt", "x0"):
             raise ConfigError(f"mode must be 'tilt' or 'x0', got {mode!r}")
         if not callable(reward):
@@ -61,31 +64,31 @@ class RewardGuidance(Guidance):
         self.reward = reward
         self.scale = float(scale)
         self.mode = mode
-        self.y = torch.zeros(0)
-        self.error_std = torch.zeros(0)
-        self.operator = None
         self.config = {"scale": self.scale, "mode": mode, "reward": description}
 
-    def gradient(self, denoiser: DenoiserFn, x: Tensor, sigma: float | Tensor, cond: Any = None):
-        """``(x0_hat, grad_x reward(x0_hat(x)))`` at ``x [B, ...]``."""
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            x0 = denoiser(x_in, sigma, cond)
-            value = self.reward(x0)
-            (grad,) = torch.autograd.grad(value.sum(), x_in)
-        return x0.detach(), grad
+    def wrap(self, denoiser: DenoiserFn) -> RewardDenoiser:
+        return RewardDenoiser(denoiser, self)
 
-    def wrap(self, denoiser: DenoiserFn) -> DenoiserFn:
-        def guided(x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
-            if self.mode == "x0":
-                with torch.no_grad():
-                    x0 = denoiser(x, sigma, cond)
-                with torch.enable_grad():
-                    point = x0.detach().requires_grad_(True)
-                    (grad,) = torch.autograd.grad(self.reward(point).sum(), point)
-                return x0 + self.scale * grad
-            x0, grad = self.gradient(denoiser, x, sigma, cond)
-            _, column = sigma_column(sigma, x)
-            return x0 + self.scale * column**2 * grad
 
-        return guided
+class RewardDenoiser(GuidedDenoiser):
+    """The reward-guided denoiser ``(x [B, ...], sigma, cond=None) -> x0_guided`` (module docstring)."""
+
+    def __init__(self, denoiser: DenoiserFn, guidance: RewardGuidance):
+        super().__init__(denoiser)
+        self.guidance = guidance
+
+    def reward_gradient(self, x0: Tensor) -> Tensor:
+        """``grad reward`` at ``x0 [B, ...]`` (the gradient of the sum over the batch: each member's own)."""
+        total = Linearization(lambda point: self.guidance.reward(point).sum(), x0)
+        return total.vjp(torch.ones_like(total.value), keep_graph=False)
+
+    def __call__(self, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
+        scale = self.guidance.scale
+        if self.guidance.mode == "x0":
+            with torch.no_grad():
+                x0 = self.denoiser(x, sigma, cond)
+            return x0 + scale * self.reward_gradient(x0)
+        denoised = self.linearize(x, sigma, cond)
+        grad = denoised.vjp(self.reward_gradient(denoised.value), keep_graph=False)  # grad_x reward(x0_hat(x))
+        _, column = sigma_column(sigma, x)
+        return denoised.value + scale * column**2 * grad
