@@ -17,6 +17,9 @@ r"""Observation guidance of a latent diffusion model: observations of the decode
   :class:`~geodiff.guidance.linearization.Linearization`). For a linear decoder and an exact
   Gaussian latent denoiser this is the exact ``E[z0 | z, y]`` once ``cg_iterations >= N``.
 
+Step-size convention: as MMPS, the exact posterior-mean update (``sigma^2`` times the likelihood score of the
+linearised model); ``scale`` multiplies it (1 = Bayes).
+
 Example
 -------
 >>> import torch

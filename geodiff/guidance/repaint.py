@@ -18,6 +18,9 @@ treats the observations as **exact**: at the end the observed points equal ``y``
 ``resample`` times the sampler's network evaluations; use it with single-step samplers (DDPM, DDIM, Euler, Heun);
 multistep history (DPM-Solver++(2M)) is not meaningful across jumps.
 
+Step-size convention: there is no step size; the observed points are set to the observations noised to the
+level the step ends at (``sigma_next``), so the imposed noise always matches the sampler's.
+
 :class:`RePaintSampler` overrides only the step of the standard sampler loop; ``resample=1`` is replacement alone.
 
 Example
