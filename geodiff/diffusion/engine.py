@@ -33,7 +33,7 @@ Example
 >>> from geodiff.diffusion.gaussian import GaussianDenoiser
 >>> from geodiff.diffusion.samplers import HeunSampler
 >>> from geodiff.diffusion.schedules import EDMSchedule
->>> from geodiff.guidance.base import combine
+>>> from geodiff.guidance import combine
 >>> prior = GaussianDenoiser(torch.zeros(4), torch.eye(4), shape=(1, 2, 2))
 >>> engine = SamplingEngine(HeunSampler(), prior, EDMSchedule().sigmas(8), members=6, batch_size=4,
 ...                         runaway=RunawayCheck(bound=10.0))

@@ -15,7 +15,7 @@ from geodiff.diffusion.gaussian import GaussianDenoiser
 from geodiff.diffusion.samplers import EulerSampler, HeunSampler
 from geodiff.diffusion.schedules import EDMSchedule
 from geodiff.errors import ConfigError, SamplingError
-from geodiff.guidance.base import combine
+from geodiff.guidance import combine
 
 SHAPE = (1, 4, 4)
 PRIOR = GaussianDenoiser(torch.zeros(16), torch.eye(16), shape=SHAPE)
