@@ -40,7 +40,9 @@ Methods, all fitted on the training period only:
 * EOF projection (:func:`geodiff.baselines.eof_projection`): EOFs of the training anomalies, ridge = 1 (Gaussian
   posterior under the EOF prior), number of modes by cross-validation over the observations;
 * geodiff: a diffusion prior per data set trained on the training period with ``geodiff.fit`` (``--train``) or read
-  from ``--priors DIR/<name>``, then ``geodiff.reconstruct(bundle, observations, members=16)`` at its defaults.
+  from ``--priors DIR/<name>``, then ``geodiff.reconstruct(bundle, observations, members=16)`` at its defaults
+  (``--options`` passes other settings). A reconstruction that fails (diverged members, observations refused as
+  out of the prior's range) is recorded as failed with the error, not scored.
 
 Scores: RMSE of the mean; CRPS (ensemble: scoringrules' fair estimator; OI and EOF: Gaussian CRPS of their posterior
 mean and std; climatology: MAE); spread/skill (``geodiff.metrics.spread_skill_ratio`` for ensembles, sqrt(mean
@@ -56,6 +58,7 @@ Running (``CACHE`` holds the canonical sets, observations, scores and ``results.
     python benchmarks/reconstruction_real.py prepare --iris irisdata/iris_sample_data/sample_data --cache CACHE
     python benchmarks/reconstruction_real.py baselines --cache CACHE
     python benchmarks/reconstruction_real.py geodiff --cache CACHE --priors PRIORS [--train --time-budget 1800]
+        # --train fits a prior per data set that has none under PRIORS (geodiff.fit, 30 minutes each by default)
     python benchmarks/reconstruction_real.py table --cache CACHE
 
 ``--sets a,b`` limits any subcommand to some data sets.
@@ -83,7 +86,7 @@ from geodiff.adapters import woa
 from geodiff.adapters.standardize import record, standardize
 from geodiff.baselines import climatology, eof_projection, optimal_interpolation
 from geodiff.baselines.optimal_interpolation import MODELS, fit_covariance
-from geodiff.errors import ConfigError, DataError, SamplingError
+from geodiff.errors import ConfigError, DataError, ObservationError, SamplingError
 
 COVERAGES = (0.02, 0.05, 0.10)
 #: observation error as a fraction of the training anomaly std of each level
@@ -477,7 +480,7 @@ def run_baselines(cache: Path, names: list[str], seed: int) -> None:
 
 
 def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool, time_budget: float,
-                members: int, seed: int) -> None:
+                steps: int | None, members: int, seed: int, options: dict) -> None:
     for key in names:
         meta, train, test, tables = open_set(cache, key)
         name = meta["variable"]
@@ -492,12 +495,13 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
                 raise ConfigError("geodiff.fit is not available in this version; pass trained bundles with --priors")
             start = time.perf_counter()
             plain = train.drop_vars([c for c in train.coords if c not in train.dims])  # labels such as realization
-            bundle = fit(plain, variables=[name], time_budget=time_budget,
-                         validation=meta["split"]["n_validation"] / meta["split"]["n_train"],
+            bundle = fit(plain, variables=[name], time_budget=time_budget, steps=steps,
+                         # fit holds out ceil(validation * times): exactly the split's validation period
+                         validation=(meta["split"]["n_validation"] - 0.5) / meta["split"]["n_train"],
                          checkpoint_dir=cache / key / "checkpoints", seed=seed, progress=False)
             bundle.save(folder, overwrite=True)
             training_note = {"prior": str(folder), "sha256": bundle.sha256, "train_seconds":
-                             time.perf_counter() - start, "time_budget": time_budget}
+                             time.perf_counter() - start, "time_budget": time_budget, "steps": steps}
         else:
             raise ConfigError(f"no prior bundle at {folder}; train one with --train or pass --priors DIR")
         rows = []
@@ -505,21 +509,21 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
             where = heldout_mask(test, name, table)
             start = time.perf_counter()
             try:
-                ensemble = geodiff.reconstruct(bundle, table, members=members, seed=seed, progress=False)
-            except SamplingError as err:
+                ensemble = geodiff.reconstruct(bundle, table, members=members, seed=seed, progress=False, **options)
+            except (SamplingError, ObservationError) as err:  # diverged members, or observations it refuses
                 rows.append({"method": "geodiff", "coverage": coverage, "rmse": None, "crps": None, "mae": None,
                              "spread_skill": None, "coverage90": None, "seconds_per_field": None,
-                             "diverged": str(err)})
-                print(f"{key} {100 * coverage:g} %: geodiff diverged: {err}", flush=True)
+                             "failed": f"{type(err).__name__}: {err}"})
+                print(f"{key} {100 * coverage:g} %: geodiff failed: {err}", flush=True)
                 continue
             seconds = (time.perf_counter() - start) / test.sizes["time"]
             field = ensemble[name].transpose("member", *test[name].dims)
             scores = ensemble_scores(test[name], field, where)
             rows.append({"method": "geodiff", "coverage": coverage, **scores, "mae": float(metrics.mae(
                 test[name], field.mean("member"), where=where)), "seconds_per_field": seconds,
-                "members": members, "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum())})
+                "members": members, "options": options, "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum())})
             print(f"{key} {100 * coverage:g} %: geodiff RMSE {scores['rmse']:.4f}", flush=True)
-        training_note["metadata"] = {k: v for k, v in bundle.metadata.items() if isinstance(v, (int, float, str, bool))}
+        training_note["metadata"] = json.loads(json.dumps(bundle.metadata, default=str))
         rows.append({"method": "prior", **training_note})
         write_scores(cache, key, "geodiff", rows)
 
@@ -562,8 +566,8 @@ def table(cache: Path, names: list[str]) -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         order = ("geodiff", "optimal interpolation", "EOF projection", "climatology")
         for r in sorted(rows, key=lambda r: (r["coverage"], order.index(r["method"]))):
-            if r.get("diverged"):
-                print(f"| {100 * r['coverage']:g} % | {r['method']} | diverged: {r['diverged']} |||||||")
+            if r.get("failed"):
+                print(f"| {100 * r['coverage']:g} % | {r['method']} | {r['failed']} |||||||")
                 continue
             crps = fmt(r["crps"]) if r["crps"] is not None else f"({fmt(r['mae'])})"
             print(f"| {100 * r['coverage']:g} % | {r['method']} | {fmt(r['rmse'])} | {crps} | "
@@ -571,8 +575,11 @@ def table(cache: Path, names: list[str]) -> None:
                   f"{fmt(r['rmse_vs_oi'], 2)} | {fmt(r['crps_vs_oi'], 2)} |")
         for note in notes:
             if note["method"] == "prior":
+                training = note.get("metadata", {}).get("training", {})
+                kept = ("steps", "best_step", "seconds", "training_times", "validation_times", "patch_size")
+                summary = {k: training[k] for k in kept if k in training}
                 print(f"\ngeodiff prior {note.get('prior')} (sha256 {str(note.get('sha256'))[:12]}): trained "
-                      f"{fmt(note.get('train_seconds'), 0)} s; metadata {json.dumps(note.get('metadata', {}))}")
+                      f"{fmt(note.get('train_seconds'), 0)} s here; training record {json.dumps(summary)}")
     (cache / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\n(all numbers in {cache / 'results.json'})")
 
@@ -586,7 +593,11 @@ def main() -> None:
     parser.add_argument("--priors", type=Path, default=None, help="geodiff: folder with one bundle per data set")
     parser.add_argument("--train", action="store_true", help="geodiff: train missing priors with geodiff.fit")
     parser.add_argument("--time-budget", type=float, default=1800.0, help="geodiff --train: seconds per data set")
+    parser.add_argument("--steps", type=int, default=None, help="geodiff --train: optimizer steps (instead of the "
+                        "number that fits the time budget)")
     parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--options", type=json.loads, default={}, help="geodiff: further keyword arguments of "
+                        "geodiff.reconstruct as JSON, e.g. '{\"steps\": 48}' (default: none, its defaults)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     names = [n for n in args.sets.split(",") if n]
@@ -600,7 +611,8 @@ def main() -> None:
     elif args.command == "geodiff":
         if args.priors is None:
             raise SystemExit("geodiff needs --priors DIR (read from, or written to with --train)")
-        run_geodiff(args.cache, names, args.priors, args.train, args.time_budget, args.members, args.seed)
+        run_geodiff(args.cache, names, args.priors, args.train, args.time_budget, args.steps, args.members,
+                    args.seed, args.options)
     else:
         table(args.cache, names)
 
