@@ -13,7 +13,6 @@ from geodiff.errors import CoordinateError, GridError, ObservationError
 from geodiff.grid import wrap_longitude
 from geodiff.provenance import append_history, provenance_attrs
 
-EARTH_RADIUS_KM = 6371.0
 CANONICAL = ("time", "depth", "lat", "lon")
 _EPOCH = np.datetime64("2000-01-01T00:00:00", "ns")
 
@@ -72,15 +71,6 @@ def to_days(values: Any, role: str) -> np.ndarray:
         return np.asarray(cftime.date2num(values, "days since 2000-01-01", calendar=calendars.pop()), dtype=float)
     except (TypeError, ValueError, AttributeError) as err:
         raise CoordinateError(f"{role} time values of dtype {values.dtype} are not datetimes: {err}") from err
-
-
-def great_circle_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Haversine distance in km between (broadcast) points given in degrees."""
-    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
-    dphi = p2 - p1
-    dlam = np.deg2rad(lon2 - lon1)
-    a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlam / 2) ** 2
-    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 @dataclass

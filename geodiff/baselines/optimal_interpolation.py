@@ -52,7 +52,6 @@ from geodiff.baselines._common import (
     GridIndex,
     estimate_outputs,
     as_4d,
-    great_circle_km,
     locate,
     ocean_of,
     output_dataset,
@@ -61,37 +60,11 @@ from geodiff.baselines._common import (
     to_days,
 )
 from geodiff.baselines.climatology import climatology_values
+from geodiff.covariance import MODELS, correlation, great_circle_km, stationary_covariance
 from geodiff.errors import ConfigError, GridError, ObservationError
 from geodiff.grid import channel_layout, point_stencil
 
 __all__ = ["MODELS", "correlation", "covariance_matrix", "fit_covariance", "optimal_interpolation"]
-
-MODELS = ("exponential", "matern32", "matern52", "gaussian")
-
-
-def correlation(model: str, r: np.ndarray) -> np.ndarray:
-    """Correlation ``rho(r)`` at scaled distance ``r = d / length_scale`` (``rho(0) = 1``).
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> from geodiff.baselines.optimal_interpolation import correlation
-    >>> correlation("exponential", np.array([0.0, 1.0])).round(4).tolist()
-    [1.0, 0.3679]
-    """
-    r = np.abs(np.asarray(r, dtype=np.float64))
-    if model == "exponential":
-        return np.exp(-r)
-    if model == "matern32":
-        s = np.sqrt(3.0) * r
-        return (1.0 + s) * np.exp(-s)
-    if model == "matern52":
-        s = np.sqrt(5.0) * r
-        return (1.0 + s + s * s / 3.0) * np.exp(-s)
-    if model == "gaussian":
-        return np.exp(-0.5 * r * r)
-    raise ConfigError(f"covariance model {model!r} is unknown; expected one of {MODELS}")
-
 
 def _lag(t1: np.ndarray, t2: np.ndarray, period: float | None) -> np.ndarray:
     lag = np.abs(t1 - t2)
@@ -299,18 +272,9 @@ def covariance_matrix(covariance: xr.Dataset, lat: Any, lon: Any, mask: Any = No
     >>> covariance_matrix(cov, [0.0], [0.0, 1.0, 2.0], mask=[[True, False, True]]).round(3).tolist()
     [[2.5, 1.639], [1.639, 2.5]]
     """
-    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
-    lon = np.asarray(lon, dtype=np.float64).reshape(-1)
-    valid = np.ones((lat.size, lon.size), bool) if mask is None else np.asarray(mask, dtype=bool)
-    if valid.shape != (lat.size, lon.size):
-        raise GridError(f"mask has shape {valid.shape}; expected (lat, lon) = {(lat.size, lon.size)}")
     params = _level_params(covariance, depth, 0)
-    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
-    cell_lat, cell_lon = lat2[valid], lon2[valid]
-    distance = great_circle_km(cell_lat[:, None], cell_lon[:, None], cell_lat[None, :], cell_lon[None, :])
-    matrix = params["variance"] * correlation(str(covariance.attrs.get("model", "matern32")),
-                                              distance / params["length_scale"])
-    return matrix + params["nugget"] * (distance < 1e-3)
+    return stationary_covariance(str(covariance.attrs.get("model", "matern32")), params["variance"],
+                                 params["length_scale"], params["nugget"], lat, lon, mask)
 
 
 def _background_at(background: np.ndarray, index: GridIndex, lat: np.ndarray, lon: np.ndarray,

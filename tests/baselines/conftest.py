@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from geodiff.baselines._common import great_circle_km
+from geodiff.covariance import great_circle_km
 from geodiff.baselines.optimal_interpolation import correlation
 
 

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from geodiff.baselines import fit_covariance, optimal_interpolation
-from geodiff.baselines._common import great_circle_km
+from geodiff.covariance import great_circle_km
 from geodiff.baselines.optimal_interpolation import correlation
 from geodiff.errors import ConfigError, CoordinateError, GeodiffError, GridError, ObservationError
 
