@@ -13,7 +13,7 @@ Example
 >>> round(float(great_circle_km(0.0, 0.0, 0.0, 1.0)), 1)  # one degree along the equator
 111.2
 >>> stationary_covariance("exponential", 2.0, 500.0, 0.5, [0.0], [0.0, 1.0, 2.0], [[True, False, True]]).round(3).tolist()
-[[2.5, 1.639], [1.639, 2.5]]
+[[2.5, 1.282], [1.282, 2.5]]
 """
 
 from __future__ import annotations
