@@ -359,6 +359,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     from safetensors.torch import load as load_tensors
 
     from geodiff.diffusion.denoiser import Denoiser
+    from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
 
     folder = Path(folder)
     files = _read_checked(folder)
@@ -397,7 +398,8 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     except GeodiffError as err:
         raise CheckpointError(f"{folder / NORMALIZER} does not hold valid statistics: {err}") from err
     try:
-        denoiser = Denoiser.from_config(config["denoiser"])
+        denoiser_class = GaussianResidualDenoiser if "prior" in config["denoiser"] else Denoiser
+        denoiser = denoiser_class.from_config(config["denoiser"])
     except (GeodiffError, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{folder / CONFIG} does not describe a denoiser that can be built: {err}") from err
     state = {k[len(PREFIX):]: v for k, v in tensors.items()}

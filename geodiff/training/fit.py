@@ -47,11 +47,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from geodiff.diffusion.denoiser import Denoiser
+from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
 from geodiff.errors import CheckpointError, ConfigError, CoordinateError, DataError, UnitsError
 from geodiff.io.anomaly import AnomalyNormalizer
 from geodiff.io.bundle import ModelBundle
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
+from geodiff.training.hybrid_prior import fit_hybrid_prior
 
 __all__ = ["fit", "FieldStream", "check_training_data", "default_architecture", "validation_loss"]
 
@@ -60,7 +63,8 @@ MAX_TRAINING_NORMALIZED = 50.0  # normalised training values beyond this: wrong 
 FIT_STATE = "fit_state.json"
 BEST_WEIGHTS = "best_ema.safetensors"
 VALIDATION_SIGMAS = (0.02, 0.08, 0.3, 1.0, 3.0, 10.0)
-MAX_VALIDATION_FIELDS = 16  # validation fields scored (evenly spaced over the validation period)
+MAX_VALIDATION_FIELDS = 16
+MAX_PRIOR_TIMES = 1000  # training fields (evenly spaced) that make the low-rank part of a hybrid prior  # validation fields scored (evenly spaced over the validation period)
 
 
 def check_training_data(ds: xr.Dataset, variables: Sequence[str]) -> None:
@@ -196,6 +200,7 @@ def fit(
     validation: float = 0.15,
     validate_every: int | None = None,
     anomaly: Literal["auto", "month", "season", "none", "off"] = "auto",
+    prior: Literal["hybrid", "network"] = "hybrid",
     base_channels: int = 32,
     batch_size: int = 8,
     lr: float = 5e-4,
@@ -222,6 +227,10 @@ def fit(
     anomaly: ``"auto"`` (per-cell anomalies with a monthly climatology for monthly series of >= 2 years, else a
         per-cell mean), ``"month"``, ``"season"``, ``"none"`` (per-cell mean and std, no climatology) or ``"off"``
         (one mean and std per variable and level: :class:`~geodiff.io.Normalizer`).
+    prior: ``"hybrid"`` (default): the network learns a correction to an exact Gaussian prior whose covariance
+        mixes the training anomalies and a stationary model, mixed as chosen on the validation period
+        (:mod:`geodiff.training.hybrid_prior`; whole fields, up to 8000 valid cells); ``"network"``: a plain
+        EDM denoiser (any grid size, patches).
     base_channels, batch_size, lr, ema_decay, patch_size: network width, global batch, AdamW learning rate, EMA
         decay, training crop (default from :func:`default_architecture`).
     checkpoint_dir, resume: where the run keeps its checkpoints; an interrupted run continues from them.
@@ -233,7 +242,6 @@ def fit(
     every choice (architecture, steps, seconds, validation history).
     """
     from geodiff.backbones.unet import UNet
-    from geodiff.diffusion.denoiser import Denoiser
     from geodiff.diffusion.losses import EDMLoss
     from geodiff.training.checkpoint import latest_checkpoint
     from geodiff.training.trainer import train
@@ -247,6 +255,8 @@ def fit(
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     if time_budget is not None and not time_budget > 0:
         raise ConfigError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    if prior not in ("hybrid", "network"):
+        raise ConfigError(f"prior must be 'hybrid' or 'network', got {prior!r}")
     if anomaly not in ("auto", "month", "season", "none", "off"):
         raise ConfigError(f"anomaly must be 'auto', 'month', 'season', 'none' or 'off', got {anomaly!r}")
     ds = ds[names]
@@ -274,11 +284,30 @@ def fit(
     arch = default_architecture(codec.shape, base_channels=base_channels)
     patch = patch_size if patch_size is not None else arch.pop("patch_size")
     arch.pop("patch_size", None)
-    torch.manual_seed(seed)
-    denoiser = Denoiser(UNet(**arch), sigma_data=1.0)
+    prior_report = None
+    if prior == "hybrid":
+        if patch_size is not None:
+            raise ConfigError("a hybrid prior trains on whole fields; leave patch_size unset or pass prior='network'")
+        patch = None
+        n_train = n_times - n_validation
+        chosen = np.unique(np.linspace(0, n_train - 1, min(n_train, MAX_PRIOR_TIMES)).astype(int))
+        fields = data if isinstance(data, Tensor) and chosen.size == n_train else \
+            _in_memory(FieldStream(ds, codec, normalizer, chosen))
+        prior_spec, factor, prior_report = fit_hybrid_prior(
+            fields, validation_fields, mask, lat=codec.lat, lon=codec.lon,
+            times=ds["time"].values[chosen], seed=seed)
+        torch.manual_seed(seed)
+        denoiser: Denoiser = GaussianResidualDenoiser(UNet(**arch), prior=prior_spec, sigma_data=1.0, mask=mask)
+        with torch.no_grad():
+            denoiser.factor.copy_(factor)
+    else:
+        torch.manual_seed(seed)
+        denoiser = Denoiser(UNet(**arch), sigma_data=1.0)
     loss = EDMLoss(P_mean=-0.4, P_std=1.6, sigma_data=1.0)
 
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="geodiff-fit-"))
+    scratch = tempfile.TemporaryDirectory(prefix="geodiff-fit-") if checkpoint_dir is None else None
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else Path(scratch.name)  # type: ignore[union-attr]
+    folder.mkdir(parents=True, exist_ok=True)
     state_path = folder / FIT_STATE
     state: dict[str, Any] = {"history": [], "best": None, "steps": steps, "seconds": 0.0}
     if resume and state_path.is_file():
@@ -303,7 +332,13 @@ def fit(
         state["steps"], state["seconds_per_step"] = total, per_step
     every = validate_every or max(1, total // 10)
     bar = tqdm(total=total, initial=done, desc="fit", unit="step", disable=not progress)
-    best_score = None if state["best"] is None else state["best"]["score"]
+    if not state["history"]:  # the untrained denoiser (for a hybrid prior: the Gaussian prior alone) competes too
+        denoiser.set_mask(mask)
+        score = validation_loss(denoiser, validation_fields, mask, seed=seed)
+        state["history"].append({"step": 0, "validation": score, "training_loss": None})
+        state["best"] = {"step": 0, "score": score}
+        _save_weights(denoiser, folder / BEST_WEIGHTS)
+    best_score = state["best"]["score"]
     result = None
     while done < total:
         target = min(total, done + every)
@@ -320,14 +355,16 @@ def fit(
         started = _time.perf_counter()
         state_path.write_text(json.dumps(state, indent=1))
         bar.update(target - done)
-        bar.set_postfix(loss=f"{state['history'][-1]['training_loss']:.4f}", val=f"{score:.4f}",
+        bar.set_postfix(loss=f"{state['history'][-1]['training_loss'] or 0.0:.4f}", val=f"{score:.4f}",
                         best=f"{best_score:.4f}")
         done = target
     bar.close()
-    best = Denoiser(UNet(**arch), sigma_data=1.0)
+    best = type(denoiser).from_config(denoiser.config)
     _load_weights(best, folder / BEST_WEIGHTS)
     best.set_mask(codec.mask)
     best.eval()
+    if scratch is not None:
+        scratch.cleanup()
     metadata = {
         "name": f"prior of {', '.join(names)}",
         "trained_by": "geodiff.fit",
@@ -337,6 +374,7 @@ def fit(
             "architecture": arch, "patch_size": None if patch is None else list(patch), "batch_size": batch_size,
             "lr": lr, "ema_decay": ema_decay, "loss": loss.config, "seed": seed,
             "normalizer": normalizer.kind if anomaly != "off" else "channel",
+            "prior": prior, "gaussian_prior": prior_report,
             "climatology": getattr(normalizer, "climatology", None),
             "training_times": int(n_times - n_validation), "validation_times": int(n_validation),
             "training_period": [str(ds["time"].values[0]), str(ds["time"].values[n_times - n_validation - 1])],

@@ -35,8 +35,9 @@ def test_fit_returns_a_bundle_that_reconstructs(tmp_path):
     ds = monthly()
     bundle = geodiff.fit(ds, steps=6, validate_every=3, progress=False, base_channels=8)
     training = bundle.metadata["training"]
-    assert training["steps"] == 6 and [h["step"] for h in training["history"]] == [3, 6]
-    assert training["best_step"] in (3, 6)
+    assert training["steps"] == 6 and [h["step"] for h in training["history"]] == [0, 3, 6]
+    assert training["best_step"] in (0, 3, 6)
+    assert training["prior"] == "hybrid" and 0 < training["gaussian_prior"]["alpha"] < 1
     assert training["normalizer"] == "anomaly" and training["climatology"] == "month"
     assert training["training_times"] + training["validation_times"] == 48
     assert isinstance(bundle.normalizer, AnomalyNormalizer)
@@ -99,7 +100,8 @@ def test_bad_training_data_is_refused_before_training(spoil, error, match):
 
 
 def test_a_dask_backed_series_streams_without_loading_it(tmp_path):
-    """Streaming (max_memory below the data): memory does not grow with the length of the series."""
+    """Streaming (max_memory below the data): memory does not grow with the length of the series (a plain network
+    prior; a hybrid prior also keeps up to MAX_PRIOR_TIMES fields of its valid cells, by design)."""
     warnings.simplefilter("ignore")  # zarr's consolidated-metadata notice
     peaks = {}
     for times in (48, 144):
@@ -107,10 +109,11 @@ def test_a_dask_backed_series_streams_without_loading_it(tmp_path):
         monthly(times=times, shape=(8, 8)).chunk({"time": 12}).to_zarr(path)
         lazy = xr.open_zarr(path)
         assert lazy.sst.chunks is not None
-        geodiff.fit(lazy.isel(time=slice(0, 24)), steps=1, validate_every=1, progress=False, base_channels=8)
+        geodiff.fit(lazy.isel(time=slice(0, 24)), steps=1, validate_every=1, progress=False, base_channels=8,
+                    prior="network")
         tracemalloc.start()
         bundle = geodiff.fit(lazy, steps=20, validate_every=20, progress=False, base_channels=4,
-                             max_memory=lazy.sst.nbytes / 10)
+                             max_memory=lazy.sst.nbytes / 10, prior="network")
         peaks[times] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert bundle.metadata["training"]["steps"] == 20
