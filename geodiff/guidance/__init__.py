@@ -37,7 +37,7 @@ Example
 (True, 'latent_mmps')
 """
 
-from geodiff.guidance.base import Guidance, GuidedDenoiser, GuidedSampler, ObservationGuidance
+from geodiff.guidance.base import Guidance, GuidedDenoiser, GuidedSampler, ObservationGuidance, observation_method
 from geodiff.guidance.coarse import CoarseGuidance
 from geodiff.guidance.combined import CombinedGuidance, Unguided, combine
 from geodiff.guidance.dps import DPSChungSampler, DPSDenoiser, DPSGuidance
@@ -51,6 +51,7 @@ from geodiff.guidance.reward import RewardDenoiser, RewardGuidance
 __all__ = [
     "Guidance",
     "ObservationGuidance",
+    "observation_method",
     "GuidedDenoiser",
     "GuidedSampler",
     "GaussianLikelihood",

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from geodiff import registry
 from geodiff.diffusion.samplers import Sampler
 from geodiff.errors import ConfigError, GridError
 from geodiff.guidance.likelihood import GaussianLikelihood
@@ -50,6 +51,7 @@ __all__ = [
     "GuidedDenoiser",
     "GuidedSampler",
     "sigma_column",
+    "observation_method",
 ]
 
 DenoiserFn = Callable[..., Tensor]
@@ -153,6 +155,25 @@ class ObservationGuidance(Guidance):
         if joint is None:
             return None
         return cls(joint.y, joint.operator, joint.error_std, **guidances[0].config)
+
+
+def observation_method(method: str | type) -> Any:
+    """The registered observation guidance ``method`` (a name such as ``"mmps"``, or a class), built as
+    ``method(y, A, error_std, **settings)``; raises :class:`~geodiff.errors.ConfigError` naming the observation
+    methods for a :class:`Guidance` that is not built from observations (``"reward"``).
+
+    >>> observation_method("sda").__name__
+    'SDAGuidance'
+    """
+    def takes_observations(cls: Any) -> bool:  # plugins that are not Guidance subclasses are taken at their word
+        return not (isinstance(cls, type) and issubclass(cls, Guidance) and not issubclass(cls, ObservationGuidance))
+
+    cls = registry.get("guidance", method)
+    if not takes_observations(cls):
+        names = [name for name in registry.available("guidance") if takes_observations(registry.get("guidance", name))]
+        raise ConfigError(f"guidance {method!r} is not built from observations (y, A, error_std); "
+                          f"observation guidance: {', '.join(names)}")  # fmt: skip
+    return cls
 
 
 class GuidedDenoiser(ABC):

@@ -38,6 +38,7 @@ from geodiff import registry
 from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine, derive_seed
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, ObservationError
+from geodiff.guidance import observation_method
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.operators import PointOperator
@@ -167,7 +168,7 @@ def reconstruct(
     if wanted.size == 0:
         raise ObservationError("no time to reconstruct: the observation table is empty after validation")
     optimize(denoiser, freeze=False, compile=compile, allocator=False)  # channels-last network
-    guidance_cls = registry.get("guidance", guidance)
+    guidance_cls = observation_method(guidance)
     bound = None if max_normalized is None else float(max_normalized)
     engine = SamplingEngine(
         registry.get("sampler", sampler)(**(sampler_options or {})), denoiser, (schedule or EDMSchedule()).sigmas(steps),

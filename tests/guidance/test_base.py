@@ -23,6 +23,7 @@ from geodiff.guidance import (
     RePaintSampler,
     Unguided,
     combine,
+    observation_method,
 )
 from geodiff.operators import PointOperator
 
@@ -46,6 +47,12 @@ def test_every_guidance_method_is_registered():
                if isinstance(cls, type) and issubclass(cls, Guidance) and cls.name not in ("", "none", "combined")}
     assert methods == set(METHODS)
     assert set(METHODS) <= set(registry.available("guidance"))
+
+
+def test_observation_methods_resolve_and_reward_is_refused():
+    assert observation_method("mmps") is MMPSGuidance and observation_method(DPSGuidance) is DPSGuidance
+    with pytest.raises(ConfigError, match=r"'reward' is not built from observations.*mmps"):
+        observation_method("reward")
 
 
 def test_observation_guidance_validates_its_data(point_problem):

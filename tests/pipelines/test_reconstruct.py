@@ -10,7 +10,7 @@ import xarray as xr
 
 import geodiff
 from geodiff.adapters import woa
-from geodiff.errors import ObservationError
+from geodiff.errors import ConfigError, ObservationError
 from geodiff.pipelines.demo import prior_path
 from geodiff.pipelines.reconstruct import reconstruct
 
@@ -159,3 +159,9 @@ def test_time_generator_seed_is_stable():
     from geodiff.pipelines.reconstruct import time_generator_seed
 
     assert time_generator_seed(0, np.datetime64("2000-01-01")) == 6585446819066739505
+
+
+def test_guidance_without_observations_is_refused_by_name(setup):
+    model, _, obs = setup
+    with pytest.raises(ConfigError, match="'reward' is not built from observations"):
+        reconstruct(model, obs, guidance="reward", members=1, steps=2, progress=False)
