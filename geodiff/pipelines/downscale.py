@@ -63,6 +63,7 @@ from geodiff.operators import CoarsenOperator, PointOperator
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.units import model_units, to_model_units
 from geodiff.provenance import append_history
+from geodiff.tutorial import downscaling_paths, open_downscaling
 
 __all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscaling_metadata", "output_codec",
            "output_template", "open_sample", "sample_paths", "COARSE"]
@@ -441,30 +442,14 @@ def output_template(model: ModelBundle, coarse: xr.Dataset | xr.DataArray, *, me
 
 
 def sample_paths() -> dict[str, Any]:
-    """Paths of the shipped downscaling sample (``geodiff/data/downscaling``, made by
-    ``data_catalog/make_downscaling_sample.py`` and ``benchmarks/downscaling.py --train``):
-    ``heldout`` (UM A1B annual-mean air temperature over North America, held-out years 2060-2099),
-    ``topography`` (ETOPO5 orography and land fraction on the grid refined 2x) and ``model`` (the conditional model
-    bundle trained on 1860-2059; its ``satellite`` source is a proxy derived from the temperature itself).
+    """Paths of the shipped downscaling sample: :func:`geodiff.tutorial.downscaling_paths`.
 
     >>> sorted(sample_paths())
     ['heldout', 'model', 'topography']
     """
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "data" / "downscaling"
-    return {"heldout": folder / "north_america_tas_heldout.nc", "topography": folder / "north_america_topography.nc",
-            "model": folder / "north_america_model"}
+    return downscaling_paths()
 
 
 def open_sample() -> tuple[xr.Dataset, xr.Dataset]:
-    """``(heldout fields, topography)`` of the shipped sample (:func:`sample_paths`), loaded into memory.
-
-    >>> fields, topography = open_sample()
-    >>> dict(fields.sizes), dict(topography.sizes)
-    ({'time': 40, 'lat': 36, 'lon': 48}, {'lat': 72, 'lon': 96})
-    """
-    paths = sample_paths()
-    coder = xr.coders.CFDatetimeCoder(use_cftime=True)
-    with xr.open_dataset(paths["heldout"], decode_times=coder) as fields, xr.open_dataset(paths["topography"]) as topo:
-        return fields.load(), topo.load()
+    """``(heldout fields, topography)`` of the shipped sample: :func:`geodiff.tutorial.open_downscaling`."""
+    return open_downscaling()
