@@ -70,6 +70,10 @@ def parse_part(part: str | tuple[int, int] | None) -> tuple[int, int] | None:
     return i, n
 
 
+#: reports a pipeline makes per call (observations used, runaway members), kept per region in the ledger
+_REGION_REPORTS = {"observations": "geodiff_observations", "runaway": "geodiff_runaway"}
+
+
 def make_template(job: BatchJob, time_chunk: int, chunks: Mapping[str, int] | None = None,
                   history: str | None = None) -> xr.Dataset:
     """The lazy template of ``job``'s output with attributes: ``history`` appended, provenance."""
@@ -79,7 +83,7 @@ def make_template(job: BatchJob, time_chunk: int, chunks: Mapping[str, int] | No
     template = build_template(job.sample(), job.times(), time_chunk, chunks)
     line = history or f"geodiff.batch.run_batch({json.dumps(described, default=str)})"
     attrs = append_history(dict(template.attrs), line)
-    for key in ("geodiff_observations",):  # per-call reports of a pipeline; kept per region in the ledger
+    for key in _REGION_REPORTS.values():  # per-call reports of a pipeline; kept per region in the ledger
         attrs.pop(key, None)
     attrs.update({"geodiff_version": geodiff.__version__, "geodiff_job": json.dumps(described, default=str)})
     if "model_sha256" in described:
@@ -97,8 +101,9 @@ def _compute_region(job: BatchJob, store: OutputStore, region: Region, times: np
     torch.manual_seed(region_seed(seed, region.index))  # for pipelines that draw from the global generator
     result = job.run(times[region.start:region.stop])
     store.check_result(region, result, store.open())
-    report = result.attrs.get("geodiff_observations")
-    store.write_region(region, result, {"observations": json.loads(report)} if isinstance(report, str) else None)
+    reports = {name: json.loads(result.attrs[key]) for name, key in _REGION_REPORTS.items()
+               if isinstance(result.attrs.get(key), str)}
+    store.write_region(region, result, reports or None)
 
 
 def _region_task(job: BatchJob, path: str, region: Region) -> int:

@@ -63,6 +63,7 @@ def test_downscale_batch_over_another_domain_writes_the_output_grid(tmp_path):
     """A downscaling model samples any domain: the store's grid is the coarse field's refined grid, not the grid
     the model was trained on."""
     from geodiff.batch import PipelineJob, finalise, run_batch
+    from geodiff.batch.store import OutputStore
     from geodiff.pipelines.downscale import coarsen, downscale, refine_coords
     from tests.downscaling.conftest import FACTOR, make_bundle, make_fine_dataset
 
@@ -77,6 +78,8 @@ def test_downscale_batch_over_another_domain_writes_the_output_grid(tmp_path):
     np.testing.assert_allclose(template["lon"].values, refine_coords(coarse["lon"].values, FACTOR))
     run_batch(job, tmp_path / "out.zarr", time_chunk=1, progress=False)
     out = finalise(tmp_path / "out.zarr")
+    ledger = OutputStore(tmp_path / "out.zarr").entries()
+    assert [entry["runaway"]["policy"] for entry in ledger] == ["resample", "resample"]  # kept per region
     direct = downscale(bundle, coarse, members=2, steps=2, seed=1, progress=False)
     assert out["tas"].sizes == {"member": 2, "time": 2, "lat": 8, "lon": 16}
     xr.testing.assert_equal(out["tas"].load(), direct["tas"])
