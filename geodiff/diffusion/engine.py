@@ -48,7 +48,7 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ContextManager
 
 import torch
@@ -291,7 +291,8 @@ class SamplingEngine:
 
         ``cond``: the conditions (tensors broadcast over the batch) or a function of the batch size giving them;
         ``measure``: maps samples to the fields ``[b, C, H, W]`` that are checked (default: the samples), with
-        ``valid [C, H, W]`` the cells that count; ``where`` and ``setting`` name the ensemble and the sampling
+        ``valid [C, H, W]`` the cells that count; with a ``measure`` the samples are also checked against the rest
+        of the ensemble (not against ``bound``); ``where`` and ``setting`` name the ensemble and the sampling
         settings in errors. Redraws use ``torch.Generator`` seeded with :func:`derive_seed` of the generator's
         initial seed, the member and the attempt (the global generator when ``generator`` is None).
         """
@@ -299,9 +300,8 @@ class SamplingEngine:
         for start in range(0, self.members, self.batch):
             chunks.append(self._sample(guidance, shape, min(self.batch, self.members - start), generator, cond))
         x = (torch.cat(chunks) if len(chunks) > 1 else chunks[0]).detach()
-        fields = self._measure(x, measure)
         records: dict[int, Runaway] = {}
-        found = find_runaways(fields, valid, self.runaway)
+        found = self._find(x, measure, valid)
         while found:
             for m, reason in found.items():
                 records.setdefault(m, Runaway(m, reason)).reason = reason
@@ -321,16 +321,20 @@ class SamplingEngine:
                 self.bar.total += self.steps
                 x[m] = self._sample(guidance, shape, 1, redraw_generator, cond)[0]
                 records[m].redraws += 1
-            fields = self._measure(x, measure)
-            found = find_runaways(fields, valid, self.runaway)
+            found = self._find(x, measure, valid)
         return Ensemble(x, sorted(records.values(), key=lambda r: r.member))
 
-    @staticmethod
-    def _measure(x: Tensor, measure: Callable[[Tensor], Tensor] | None) -> Tensor:
+    def _find(self, x: Tensor, measure: Callable[[Tensor], Tensor] | None, valid: Tensor | None) -> dict[int, str]:
+        """Runaway members of ``x``: checked on ``measure(x)`` (valid cells) and, with a ``measure``, on the
+        samples themselves too, relative to the ensemble only (e.g. latents, whose decoder may hide how far out
+        they are)."""
         if measure is None:
-            return x
+            return find_runaways(x, valid, self.runaway)
         with torch.no_grad():
-            return measure(x)
+            found = find_runaways(measure(x), valid, self.runaway)
+        for m, reason in find_runaways(x, None, replace(self.runaway, bound=None)).items():
+            found.setdefault(m, f"sample {reason}")
+        return dict(sorted(found.items()))
 
     def _error(self, found: dict[int, str], where: str, setting: str,
                records: dict[int, Runaway] | None) -> SamplingError:

@@ -168,3 +168,38 @@ def test_fit_records_the_latent_range_that_sets_the_default_clipping(truth):
     largest = float(fitted.encode(states).abs().max())
     assert fitted.prior.metadata["latent_max_abs"] == pytest.approx(largest, rel=1e-6)
     assert fitted.latent_bound == pytest.approx(1.25 * largest, rel=1e-6)
+
+
+class _MemberOneRunsAway(torch.nn.Module):
+    """The model's denoiser, except that member 1 of a first draw (a batch of more than one) is pushed far out."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x, sigma, cond=None):
+        out = self.denoiser(x, sigma, cond)
+        if x.shape[0] > 1:
+            out = out.clone()
+            out[1] += 30.0
+        return out
+
+
+def test_runaway_members_are_found_in_the_latents_redrawn_or_kept_and_recorded(model, truth, obs):
+    """Member 1's latent runs away (its decoded state need not show it: the decoder normalises its activations)."""
+    import json
+
+    run = dict(members=4, steps=3, seed=2, guidance="none", clip_latent=None, progress=False,
+               denoiser=_MemberOneRunsAway(model.denoiser))
+    outputs = {}
+    for policy in ("resample", "keep"):
+        outputs[policy] = assimilate(model, truth.isel(time=[0]), obs, on_runaway=policy, **run)
+        [(time, entries)] = json.loads(outputs[policy].attrs["geodiff_runaway"])["members"].items()
+        assert [(e["member"], e["redraws"], e["kept"]) for e in entries] == (
+            [(1, 1, False)] if policy == "resample" else [(1, 0, True)])
+        assert entries[0]["reason"].startswith("sample RMS distance")
+    others = [0, 2, 3]
+    xr.testing.assert_identical(outputs["keep"].z.isel(member=others), outputs["resample"].z.isel(member=others))
+    assert not np.array_equal(outputs["keep"].z.isel(member=1), outputs["resample"].z.isel(member=1))
+    with pytest.raises(ConfigError, match="on_runaway"):
+        assimilate(model, truth.isel(time=[0]), obs, on_runaway="average", **run)
