@@ -23,7 +23,6 @@ Example
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import inspect
 import json
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from geodiff.diffusion.engine import derive_seed
 from geodiff.errors import ConfigError
 
 __all__ = ["BatchJob", "JobKind", "JOB_KINDS", "PipelineJob", "select_times", "region_seed"]
@@ -66,8 +66,7 @@ def region_seed(seed: int, region: int) -> int:
     >>> region_seed(0, 3) == region_seed(0, 3) != region_seed(0, 4)
     True
     """
-    digest = hashlib.sha256(f"geodiff.batch|{int(seed)}|{int(region)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed("geodiff.batch", int(seed), int(region))
 
 
 # ---------------------------------------------------------------------------------------------------------------
