@@ -127,3 +127,14 @@ def test_bad_settings_are_refused(settings):
 def test_derived_seeds_are_stable():
     assert derive_seed(0, "a") == derive_seed(0, "a") != derive_seed(0, "b")
     assert derive_seed(3, "x") == 3914483039638676252  # sha256 of "3|x", first 8 bytes, 63 bits
+
+
+def test_the_relative_check_reads_an_evenly_strided_subset_of_large_fields():
+    x = torch.randn(5, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(1, 64, 64, dtype=torch.bool)
+    valid[0, :, :8] = False
+    full = median_distances(x, valid, max_cells=None)
+    part = median_distances(x, valid, max_cells=1024)
+    assert torch.allclose(full, part, rtol=0.1) and not torch.equal(full, part)
+    x[:, :, :, :8] = float("nan")  # land is never read
+    assert torch.equal(median_distances(x, valid, max_cells=1024), part)
