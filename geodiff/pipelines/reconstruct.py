@@ -138,8 +138,8 @@ def reconstruct(
         (wrong units, a fill value, another variable): :class:`~geodiff.errors.ObservationError` naming its
         ``obs_id``. The same bound applies to the samples: every denoised estimate is clipped to it
         (:class:`~geodiff.diffusion.clipping.ClipDenoised`; it is above every training value, so only a member that
-        runs away is touched), and a member that ends at it in a valid cell has diverged and raises
-        :class:`~geodiff.errors.SamplingError` naming it. ``None`` switches all three off.
+        runs away is touched), and a member that ends at it in a valid cell has run away (``on_runaway``).
+        ``None`` switches all three off.
     on_runaway: what happens to a member that ran away (:mod:`geodiff.diffusion.engine`): non-finite, at the
         ``max_normalized`` bound, or further from the ensemble median than ``runaway_factor`` (default 5) times
         the members' median distance (and than half a standard deviation): ``"resample"`` (default: redraw it
