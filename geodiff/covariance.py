@@ -56,14 +56,14 @@ def great_circle_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> np.ndarray:
 
 
 def stationary_covariance(model: str, variance: float, length_scale: float, nugget: float, lat: Any, lon: Any,
-                          valid: Any = None) -> np.ndarray:
-    """``variance * rho(d / length_scale) + nugget * [d = 0]`` between the ``valid`` cells (row-major) of the grid
-    ``lat [H] x lon [W]`` (degrees; ``valid`` bool ``[H, W]``, default all): float64 ``[P, P]``; ``d`` in km."""
+                          mask: Any = None) -> np.ndarray:
+    """``variance * rho(d / length_scale) + nugget * [d = 0]`` between the valid cells (``mask`` True, row-major) of
+    the grid ``lat [H] x lon [W]`` (degrees; ``mask`` bool ``[H, W]``, default all): float64 ``[P, P]``; ``d`` in km."""
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
     lon = np.asarray(lon, dtype=np.float64).reshape(-1)
-    keep = np.ones((lat.size, lon.size), bool) if valid is None else np.asarray(valid, dtype=bool)
+    keep = np.ones((lat.size, lon.size), bool) if mask is None else np.asarray(mask, dtype=bool)
     if keep.shape != (lat.size, lon.size):
-        raise GridError(f"valid has shape {keep.shape}; expected (lat, lon) = {(lat.size, lon.size)}")
+        raise GridError(f"mask has shape {keep.shape}; expected (lat, lon) = {(lat.size, lon.size)}")
     if not (variance >= 0 and length_scale > 0 and nugget >= 0):
         raise ConfigError(f"need variance >= 0, length_scale > 0, nugget >= 0; got {variance}, {length_scale}, "
                           f"{nugget}")

@@ -64,6 +64,7 @@ FIT_STATE = "fit_state.json"
 BEST_WEIGHTS = "best_ema.safetensors"
 VALIDATION_SIGMAS = (0.02, 0.08, 0.3, 1.0, 3.0, 10.0)
 MAX_VALIDATION_FIELDS = 16
+PROBE_WARMUP, PROBE_STEPS = 5, 25  # steps that measure the speed for a time budget (after the first ones)
 MAX_PRIOR_TIMES = 1000  # training fields (evenly spaced) that make the low-rank part of a hybrid prior  # validation fields scored (evenly spaced over the validation period)
 
 
@@ -321,42 +322,49 @@ def fit(
                    patch_size=None if patch is None else tuple(patch), checkpoint_dir=folder, resume=True,
                    seed=seed, device=device, progress=False, mask=mask)
 
-    total = state.get("steps")
-    done = state["history"][-1]["step"] if state["history"] else 0
-    started = _time.perf_counter()
-    if total is None:  # measure the speed on a first segment, then size the run to the budget
-        probe = 20
-        train(denoiser, data, steps=probe, checkpoint_every=probe, **options)
-        per_step = (_time.perf_counter() - started) / probe
-        total = 2000 if time_budget is None else max(probe, int(time_budget / (per_step * 1.08)))
-        state["steps"], state["seconds_per_step"] = total, per_step
-    every = validate_every or max(1, total // 10)
-    bar = tqdm(total=total, initial=done, desc="fit", unit="step", disable=not progress)
     if not state["history"]:  # the untrained denoiser (for a hybrid prior: the Gaussian prior alone) competes too
         denoiser.set_mask(mask)
         score = validation_loss(denoiser, validation_fields, mask, seed=seed)
         state["history"].append({"step": 0, "validation": score, "training_loss": None})
         state["best"] = {"step": 0, "score": score}
         _save_weights(denoiser, folder / BEST_WEIGHTS)
-    best_score = state["best"]["score"]
-    result = None
-    while done < total:
-        target = min(total, done + every)
-        result = train(denoiser, data, steps=target, checkpoint_every=every, **options)
+    started = _time.perf_counter()
+
+    def segment(done: int, target: int) -> None:
+        """Train from ``done`` to ``target`` steps, score the EMA weights on the validation fields, keep the best."""
+        nonlocal started
+        result = train(denoiser, data, steps=target, checkpoint_every=max(1, target - done), **options)
         score = validation_loss(result.ema, validation_fields, mask, seed=seed)
         recent = result.losses[done:target]
         state["history"].append({"step": target, "validation": score,
                                  "training_loss": float(np.mean(recent)) if recent else None})
-        if best_score is None or score < best_score:
-            best_score = score
+        if score < state["best"]["score"]:
             state["best"] = {"step": target, "score": score}
             _save_weights(result.ema, folder / BEST_WEIGHTS)
         state["seconds"] = float(state.get("seconds", 0.0)) + (_time.perf_counter() - started)
         started = _time.perf_counter()
         state_path.write_text(json.dumps(state, indent=1))
+
+    total = state.get("steps")
+    if total is None:  # size the run to the budget from the speed of steps PROBE_WARMUP..PROBE_STEPS
+        train(denoiser, data, steps=PROBE_WARMUP, checkpoint_every=PROBE_WARMUP, **options)
+        timed = _time.perf_counter()
+        train(denoiser, data, steps=PROBE_STEPS, checkpoint_every=PROBE_STEPS, **options)
+        per_step = (_time.perf_counter() - timed) / (PROBE_STEPS - PROBE_WARMUP)
+        spent = _time.perf_counter() - started
+        total = 2000 if time_budget is None else max(PROBE_STEPS, int((time_budget - spent) / (per_step * 1.1)))
+        state["steps"], state["seconds_per_step"] = total, per_step
+        segment(PROBE_STEPS, PROBE_STEPS)
+    done = state["history"][-1]["step"]
+    every = validate_every or max(1, total // 10)
+    bar = tqdm(total=total, initial=done, desc="fit", unit="step", disable=not progress)
+    while done < total:
+        target = min(total, done + every)
+        segment(done, target)
         bar.update(target - done)
-        bar.set_postfix(loss=f"{state['history'][-1]['training_loss'] or 0.0:.4f}", val=f"{score:.4f}",
-                        best=f"{best_score:.4f}")
+        last = state["history"][-1]
+        bar.set_postfix(loss=f"{last['training_loss'] or 0.0:.4f}", val=f"{last['validation']:.4f}",
+                        best=f"{state['best']['score']:.4f}")
         done = target
     bar.close()
     best = type(denoiser).from_config(denoiser.config)

@@ -118,3 +118,47 @@ def test_a_dask_backed_series_streams_without_loading_it(tmp_path):
         tracemalloc.stop()
         assert bundle.metadata["training"]["steps"] == 20
     assert peaks[144] < 1.3 * peaks[48], peaks
+
+
+def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior():
+    """With the network's output at zero the bundle is exactly Gaussian: the whole pipeline (per-cell anomaly
+    statistics, observation normalisation, guidance, sampler, decoding) must give the Kalman posterior."""
+    ds = monthly(times=36, shape=(6, 8))
+    bundle = geodiff.fit(ds, steps=1, validate_every=1, progress=False, base_channels=4)
+    output = bundle.denoiser.backbone.output[-1]
+    with torch.no_grad():
+        output.weight.zero_()
+        output.bias.zero_()
+    truth = ds.isel(time=[-1])
+    valid_cells = np.argwhere(np.isfinite(truth.sst.values[0]))
+    picked = valid_cells[np.random.default_rng(1).choice(len(valid_cells), 6, replace=False)]
+    values = truth.sst.values[0][tuple(picked.T)].astype(float)
+    obs = xr.Dataset({"value": ("obs", values), "error_std": ("obs", np.full(6, 0.2))},
+                     coords={"lat": ("obs", ds.lat.values[picked[:, 0]]), "lon": ("obs", ds.lon.values[picked[:, 1]]),
+                             "time": ("obs", np.repeat(truth.time.values, 6))})
+    members = 128
+    out = geodiff.reconstruct(bundle, obs, members=members, steps=24, seed=3, progress=False,
+                              guidance_options={"cg_iterations": 8})
+    mean_cell, std_cell = (a[0] for a in bundle.statistics(truth.time.values[0]))
+    valid = bundle.codec.mask.numpy()[0]
+    flat = np.flatnonzero(valid.reshape(-1))
+    cov = bundle.denoiser.covariance()
+    where = [int(np.flatnonzero(flat == j * 8 + i)[0]) for j, i in picked]
+    scale = std_cell.reshape(-1)[flat]
+    y = (values - mean_cell.reshape(-1)[flat][where]) / scale[where]
+    gram = cov[np.ix_(where, where)] + np.diag((0.2 / scale[where]) ** 2)
+    gain = np.linalg.solve(gram, cov[where]).T
+    post_mean = mean_cell.reshape(-1)[flat] + scale * (gain @ y)
+    post_std = scale * np.sqrt(np.clip(np.diag(cov - gain @ cov[where]), 0, None))
+    ens = out.sst.values[:, 0].reshape(members, -1)[:, flat]
+    error = np.abs(ens.mean(0) - post_mean) / post_std
+    assert np.median(error) < 0.15 and error.max() < 0.6, (np.median(error), error.max())
+    ratio = ens.std(0).mean() / post_std.mean()
+    assert 0.85 < ratio < 1.15, ratio
+
+
+def test_a_time_budget_sizes_the_run():
+    bundle = geodiff.fit(monthly(times=30, shape=(6, 8)), time_budget=20.0, progress=False, base_channels=4)
+    training = bundle.metadata["training"]
+    assert training["steps"] >= 25 and training["history"][1]["step"] == 25
+    assert [h["step"] for h in training["history"]][-1] == training["steps"]
