@@ -46,11 +46,14 @@ from geodiff.io.normalize import NORMALIZED_ATTR, level_dimension
 if TYPE_CHECKING:
     from geodiff.io.codec import Codec
 
-__all__ = ["AnomalyNormalizer", "ANOMALY_FORMAT", "climatology_periods"]
+__all__ = ["AnomalyNormalizer", "ANOMALY_FORMAT", "ANOMALY_BOUND", "climatology_periods"]
 
 ANOMALY_FORMAT = "geodiff.anomaly_normalizer"
 ANOMALY_VERSION = 1
 PERIODS = {"none": 1, "month": 12, "season": 4}
+#: anomalies beyond this many of a cell's standard deviations are refused as observations (wrong units, fill
+#: values) and bound the samples: per-cell stds are small, and a warmer or shifted period moves values further
+ANOMALY_BOUND = 40.0
 _TOLERANCE = 1e-6  # coordinates match when equal to float32 rounding (degrees, metres)
 
 Climatology = Literal["auto", "none", "month", "season"]
@@ -138,6 +141,7 @@ class AnomalyNormalizer:
     """
 
     kind = "anomaly"
+    bound = ANOMALY_BOUND
 
     def __init__(self, stats: xr.Dataset):
         if not isinstance(stats, xr.Dataset) or not stats.data_vars:

@@ -283,6 +283,8 @@ class Normalizer:
         )
 
     kind = "channel"
+    #: values beyond this many standard deviations are far outside the training data (see ``reconstruct``)
+    bound = 10.0
 
     def cell_statistics(self, codec: Codec, time: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``(mean [C, H, W], std [C, H, W])`` float64: :meth:`tensors` broadcast over the grid (``time`` unused).

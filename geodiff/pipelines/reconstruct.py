@@ -108,7 +108,7 @@ def reconstruct(
     precision: str = "fp32",
     compile: bool = False,
     progress: bool = True,
-    max_normalized: float | None = MAX_NORMALIZED,
+    max_normalized: float | str | None = "auto",
     on_runaway: str = "resample",
     runaway_factor: float | None = RUNAWAY_FACTOR,
 ) -> xr.Dataset:
@@ -134,7 +134,9 @@ def reconstruct(
         rounding). The process-wide allocator setting that removes page faults from every forward pass is left to
         the caller (:func:`geodiff.runtime.configure_allocator`; the ``geodiff`` command applies it).
     max_normalized: an observation whose value, in the model's normalised units, exceeds this in magnitude
-        (default 10: ten standard deviations of fitted statistics) lies far outside what the model was trained on
+        (``"auto"``: the normaliser's ``bound``, 10 standard deviations of per-variable statistics or
+        :data:`~geodiff.io.anomaly.ANOMALY_BOUND` = 40 of a cell's anomaly std, whose values shift further when the
+        climate of the period reconstructed departs from the training period's) lies far outside what the model was trained on
         (wrong units, a fill value, another variable): :class:`~geodiff.errors.ObservationError` naming its
         ``obs_id``. The same bound applies to the samples: every denoised estimate is clipped to it
         (:class:`~geodiff.diffusion.clipping.ClipDenoised`; it is above every training value, so only a member that
@@ -169,6 +171,8 @@ def reconstruct(
         raise ObservationError("no time to reconstruct: the observation table is empty after validation")
     optimize(denoiser, freeze=False, compile=compile, allocator=False)  # channels-last network
     guidance_cls = observation_method(guidance)
+    if max_normalized == "auto":
+        max_normalized = float(getattr(bundle.normalizer, "bound", MAX_NORMALIZED))
     bound = None if max_normalized is None else float(max_normalized)
     engine = SamplingEngine(
         registry.get("sampler", sampler)(**(sampler_options or {})), denoiser, (schedule or EDMSchedule()).sigmas(steps),
