@@ -43,7 +43,7 @@ def test_covariance_matrix_is_the_stationary_model_between_valid_cells():
     s = np.sqrt(3.0) * d / 600.0
     first_ocean_row = covariance_matrix(COVARIANCE, LAT[:1], LON[4:6])
     assert np.isclose(first_ocean_row[0, 1], 1.5 * (1 + s) * np.exp(-s))
-    with pytest.raises(GridError, match="mask has shape"):
+    with pytest.raises(GridError, match=r"has shape \(8, 5\); expected \(lat, lon\) = \(8, 12\)"):
         covariance_matrix(COVARIANCE, LAT, LON, mask[:, :5])
 
 
