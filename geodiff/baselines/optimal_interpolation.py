@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from scipy import linalg, optimize
+from scipy import linalg
 
 from geodiff.baselines._common import (
     CANONICAL,
@@ -60,95 +60,20 @@ from geodiff.baselines._common import (
     to_days,
 )
 from geodiff.baselines.climatology import climatology_values
-from geodiff.covariance import MODELS, correlation, great_circle_km, stationary_covariance
+from geodiff.covariance import (
+    MODELS,
+    correlation,
+    empirical_variograms,
+    fit_variograms,
+    great_circle_km,
+    stationary_covariance,
+    temporal_correlation,
+    time_lag,
+)
 from geodiff.errors import ConfigError, GridError, ObservationError
 from geodiff.grid import channel_layout, point_stencil
 
 __all__ = ["MODELS", "correlation", "covariance_matrix", "fit_covariance", "optimal_interpolation"]
-
-def _lag(t1: np.ndarray, t2: np.ndarray, period: float | None) -> np.ndarray:
-    lag = np.abs(t1 - t2)
-    if period:
-        lag = np.mod(lag, period)
-        lag = np.minimum(lag, period - lag)
-    return lag
-
-
-def _time_correlation(lag: np.ndarray, time_scale: float) -> np.ndarray:
-    if not np.isfinite(time_scale):
-        return np.ones_like(lag, dtype=np.float64)
-    return np.exp(-lag / time_scale)
-
-
-def _level_variograms(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, times: np.ndarray, *,
-                      max_distance_km: float, n_bins: int, n_anchors: int, period: float | None,
-                      rng: np.random.Generator) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]]]:
-    """Spatial and temporal empirical semivariograms [(lag, gamma, count)] of values [T, P]."""
-    n_time, n_cells = values.shape
-    anchors = rng.choice(n_cells, size=min(n_anchors, n_cells), replace=False)
-    edges = np.linspace(0.0, max_distance_km, n_bins + 1)
-    sums = np.zeros(n_bins)
-    dsum = np.zeros(n_bins)
-    counts = np.zeros(n_bins)
-    for block in np.array_split(anchors, max(1, anchors.size // 64)):
-        dist = great_circle_km(lat[block, None], lon[block, None], lat[None, :], lon[None, :])
-        a_idx, p_idx = np.nonzero((dist > 1e-6) & (dist <= max_distance_km))
-        if a_idx.size == 0:
-            continue
-        d = dist[a_idx, p_idx]
-        gamma = 0.5 * np.mean((values[:, block[a_idx]] - values[:, p_idx]) ** 2, axis=0)
-        b = np.minimum(np.searchsorted(edges, d, side="right") - 1, n_bins - 1)
-        np.add.at(sums, b, gamma * n_time)
-        np.add.at(dsum, b, d * n_time)
-        np.add.at(counts, b, n_time)
-    spatial = [(dsum[i] / counts[i], sums[i] / counts[i], counts[i]) for i in range(n_bins) if counts[i] > 0]
-    temporal: dict[float, list[float]] = {}
-    for i in range(n_time):
-        for j in range(i + 1, n_time):
-            lag = float(np.round(_lag(times[i], times[j], period), 3))
-            gamma = 0.5 * float(np.mean((values[i] - values[j]) ** 2))
-            acc = temporal.setdefault(lag, [0.0, 0.0])
-            acc[0] += gamma * n_cells
-            acc[1] += n_cells
-    temporal_list = [(lag, s / c, c) for lag, (s, c) in sorted(temporal.items()) if lag > 0]
-    return spatial, temporal_list
-
-
-def _fit_level(spatial, temporal, model: str, variance0: float, max_distance_km: float) -> dict[str, float]:
-    d_s = np.array([s[0] for s in spatial])
-    g_s = np.array([s[1] for s in spatial])
-    n_s = np.array([s[2] for s in spatial])
-    d_t = np.array([s[0] for s in temporal])
-    g_t = np.array([s[1] for s in temporal])
-    n_t = np.array([s[2] for s in temporal])
-    fit_time = d_t.size > 0
-    v0 = max(variance0, 1e-12)
-
-    def unpack(theta):
-        var, length, nugget = np.exp(theta[0]), np.exp(theta[1]), np.exp(theta[2])
-        tau = np.exp(theta[3]) if fit_time else np.inf
-        return var, length, nugget, tau
-
-    def residuals(theta):
-        var, length, nugget, tau = unpack(theta)
-        model_s = nugget + var * (1.0 - correlation(model, d_s / length))
-        res = [np.sqrt(n_s) * (g_s / model_s - 1.0)]
-        if fit_time:
-            model_t = nugget + var * (1.0 - _time_correlation(d_t, tau))
-            res.append(np.sqrt(n_t) * (g_t / model_t - 1.0))
-        return np.concatenate(res)
-
-    x0 = [np.log(0.9 * v0), np.log(max_distance_km / 6.0), np.log(0.05 * v0)]
-    lower = [np.log(1e-6 * v0), np.log(1.0), np.log(1e-9 * v0)]
-    upper = [np.log(20.0 * v0), np.log(20.0 * max_distance_km), np.log(20.0 * v0)]
-    if fit_time:
-        x0.append(np.log(max(float(np.median(d_t)), 1.0)))
-        lower.append(np.log(1e-2))
-        upper.append(np.log(1e6))
-    sol = optimize.least_squares(residuals, np.array(x0), bounds=(np.array(lower), np.array(upper)), method="trf")
-    var, length, nugget, tau = unpack(sol.x)
-    return {"variance": float(var), "length_scale": float(length), "nugget": float(nugget), "time_scale": float(tau)}
-
 
 def fit_covariance(
     anomalies: xr.DataArray | xr.Dataset,
@@ -198,12 +123,12 @@ def fit_covariance(
             raise GridError(f"anomalies of {field.name!r} have {int(valid.sum())} complete cells at depth index {k}; "
                             "at least 10 are needed to fit a covariance")
         sub = level[:, valid]
-        spatial, temporal = _level_variograms(
+        spatial, temporal = empirical_variograms(
             sub, lat2.ravel()[valid], lon2.ravel()[valid], times, max_distance_km=max_distance_km,
             n_bins=n_bins, n_anchors=n_anchors, period=time_period_days, rng=rng)
         if len(spatial) < 3:
             raise GridError(f"too few cell pairs within {max_distance_km} km at depth index {k} to fit a covariance")
-        params = _fit_level(spatial, temporal, model, float(np.var(sub)), max_distance_km)
+        params = fit_variograms(spatial, temporal, model, float(np.var(sub)), max_distance_km)
         params["n_cells"] = int(valid.sum())
         rows.append(params)
     units = field.attrs.get("units", "")
@@ -430,8 +355,9 @@ def optimal_interpolation(
             o_t = obs_times[sel] if only is None else np.full(n_obs, grid_times[only])
             innovation = used.value[sel] - bg_at_obs[sel]
             d_oo = great_circle_km(o_lat[:, None], o_lon[:, None], o_lat[None, :], o_lon[None, :])
-            lag_oo = _lag(o_t[:, None], o_t[None, :], period)
-            c_oo = p["variance"] * correlation(model_used, d_oo / p["length_scale"]) * _time_correlation(lag_oo, tau)
+            lag_oo = time_lag(o_t[:, None], o_t[None, :], period)
+            c_oo = (p["variance"] * correlation(model_used, d_oo / p["length_scale"])
+                    * temporal_correlation(lag_oo, tau))
             c_oo += p["nugget"] * ((d_oo < 1e-3) & (lag_oo < 1e-6))
             c_oo[np.diag_indices(n_obs)] += used.error_std[sel] ** 2 + 1e-8 * prior_var
             factor = linalg.cho_factor(c_oo, lower=True, check_finite=False)
@@ -445,8 +371,8 @@ def optimal_interpolation(
                 rho_s = p["variance"] * correlation(model_used, d_to / p["length_scale"])
                 same = d_to < 1e-3
                 for t in times_out:
-                    lag = _lag(grid_times[t], o_t, period)
-                    c_to = rho_s * _time_correlation(lag, tau)[None, :]
+                    lag = time_lag(grid_times[t], o_t, period)
+                    c_to = rho_s * temporal_correlation(lag, tau)[None, :]
                     c_to += p["nugget"] * (same & (lag < 1e-6)[None, :])
                     mean[t, k, rows, cols] = bg[t, k, rows, cols] + c_to @ weights
                     if return_std:
