@@ -46,9 +46,9 @@ import pandas as pd
 import xarray as xr
 
 from geodiff.errors import GridError, ObservationError
-from geodiff.grid import channel_layout, channel_mask, point_stencil
+from geodiff.grid import Stencil, channel_layout, channel_mask, point_stencil
 
-__all__ = ["ObservationReport", "as_observations", "validate_observations", "OBSERVATION_COLUMNS"]
+__all__ = ["ObservationTable", "ObservationReport", "as_observations", "validate_observations", "OBSERVATION_COLUMNS"]
 
 #: every standard column of an observation table: data variables first, then coordinates
 OBSERVATION_COLUMNS = ("value", "error_std", "lat", "lon", "time", "depth", "variable", "source", "obs_id")
@@ -314,6 +314,66 @@ def _ocean_mask(ocean_mask: Any, layout: dict, grid_lat: Any, grid_lon: Any) -> 
     return channel_mask(ocean_mask, shape, "ocean_mask")
 
 
+@dataclass(frozen=True)
+class ObservationTable:
+    """Observations validated on a model grid: the clean table ``data`` (``xr.Dataset`` with dimension ``obs``, see
+    :func:`as_observations`), the ``report`` that accounts for every input record, and the interpolation
+    ``stencil`` of each kept record (:class:`geodiff.grid.Stencil`, rows in ``data``'s order, land corners
+    renormalised), computed once by :meth:`validate`; :meth:`geodiff.operators.PointOperator.from_table` builds
+    the observation operator from it.
+
+    Example
+    -------
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"value": [1.0, 2.0], "error_std": 0.1, "lat": [0.5, 0.0], "lon": [0.5, -359.0],
+    ...                       "time": pd.to_datetime(["2020-01-15", "2020-02-15"])})
+    >>> table = ObservationTable.validate(frame, [0.0, 1.0], [0.0, 1.0])
+    >>> table.size, table.report.lon_converted, table.at_time(pd.Timestamp("2020-02-15")).stencil.lon.tolist()
+    (2, 1, [1.0])
+    """
+
+    data: xr.Dataset
+    report: ObservationReport
+    stencil: Stencil
+
+    @classmethod
+    def validate(
+        cls,
+        obs: xr.Dataset | pd.DataFrame,
+        grid_lat: Any,
+        grid_lon: Any,
+        grid_depth: Any = None,
+        ocean_mask: Any = None,
+        variables: Sequence[str] | Mapping[str, Any] | None = None,
+        *,
+        channels: Sequence[tuple[Any, Any]] | None = None,
+        periodic: bool | None = None,
+        duplicates: str = "average",
+        default_error_std: float | Mapping[str, float] | None = None,
+        extrapolate_above: bool = True,
+    ) -> ObservationTable:
+        """Check an observation table against a model grid; the arguments and rules are those of
+        :func:`validate_observations`."""
+        return _validate(
+            obs, grid_lat, grid_lon, grid_depth, ocean_mask, variables, channels=channels, periodic=periodic,
+            duplicates=duplicates, default_error_std=default_error_std, extrapolate_above=extrapolate_above,
+        )  # fmt: skip
+
+    @property
+    def size(self) -> int:
+        """The number of observations ``N``."""
+        return int(self.data.sizes["obs"])
+
+    def isel(self, rows: Any) -> ObservationTable:
+        """The observations ``rows`` (indices or a bool selection ``[N]``), with their stencils; same report."""
+        rows = np.asarray(rows)
+        return ObservationTable(self.data.isel(obs=rows), self.report, self.stencil.rows(rows))
+
+    def at_time(self, time: Any) -> ObservationTable:
+        """The observations at ``time`` (equal to the ``time`` coordinate)."""
+        return self.isel(np.flatnonzero(self.data["time"].values == time))
+
+
 def validate_observations(
     obs: xr.Dataset | pd.DataFrame,
     grid_lat: Any,
@@ -366,6 +426,27 @@ def validate_observations(
     >>> float(clean.value[0]), round(float(clean.error_std[0]), 3), report.outside_grid, report.duplicates_merged
     (2.0, 1.002, 1, 1)
     """
+    table = ObservationTable.validate(
+        obs, grid_lat, grid_lon, grid_depth, ocean_mask, variables, channels=channels, periodic=periodic,
+        duplicates=duplicates, default_error_std=default_error_std, extrapolate_above=extrapolate_above,
+    )  # fmt: skip
+    return table.data, table.report
+
+
+def _validate(
+    obs: xr.Dataset | pd.DataFrame,
+    grid_lat: Any,
+    grid_lon: Any,
+    grid_depth: Any,
+    ocean_mask: Any,
+    variables: Sequence[str] | Mapping[str, Any] | None,
+    *,
+    channels: Sequence[tuple[Any, Any]] | None,
+    periodic: bool | None,
+    duplicates: str,
+    default_error_std: float | Mapping[str, float] | None,
+    extrapolate_above: bool,
+) -> ObservationTable:
     if duplicates not in _DUPLICATE_POLICIES:
         raise ObservationError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {duplicates!r}")
     table = as_observations(obs, default_error_std=default_error_std)
@@ -434,21 +515,22 @@ def validate_observations(
         raise ObservationError(f"no usable observation on this grid\n{report}")
     clean = table.isel(obs=keep)
     clean = clean.assign_coords(lon=clean["lon"].copy(data=stencil.lon[keep]))
-    clean, report = _merge_duplicates(clean, report, duplicates)
+    clean, report, merged = _merge_duplicates(clean, report, duplicates)
     report.kept = clean.sizes["obs"]
     clean.attrs["geodiff_validation"] = str(report)
-    return clean, report
+    return ObservationTable(clean, report, stencil.rows(keep[merged]))
 
 
 def _merge_duplicates(
     table: xr.Dataset, report: ObservationReport, policy: str
-) -> tuple[xr.Dataset, ObservationReport]:
+) -> tuple[xr.Dataset, ObservationReport, np.ndarray]:
+    """``(merged table, report, the row of the table each merged record comes from)``."""
     keys = [name for name in ("variable", "time", "lat", "lon", "depth") if name in table.coords]
     frame = pd.DataFrame({name: table[name].to_numpy() for name in keys})
     group = frame.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
     count = np.bincount(group)
     if count.max() == 1:
-        return table, report
+        return table, report, np.arange(table.sizes["obs"])
     value = table["value"].to_numpy()
     error = table["error_std"].to_numpy()
     n = count[group]
@@ -476,4 +558,4 @@ def _merge_duplicates(
         merged["value"] = merged["value"].copy(data=mean[first_index])
         merged["error_std"] = merged["error_std"].copy(data=combined[first_index])
         merged["n_merged"] = ("obs", n[first_index])
-    return merged, report
+    return merged, report, first_index

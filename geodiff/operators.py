@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ from geodiff.grid import (
     is_periodic,
     point_stencil,
 )
+
+if TYPE_CHECKING:  # the table module is xarray's side; operators only read its stencils
+    from geodiff.observations import ObservationTable
 
 __all__ = [
     "LinearOperator",
@@ -248,6 +251,22 @@ class PointOperator(WeightedGatherOperator):
         """
         columns = {name: np.asarray(table[name]) for name in ("depth", "variable") if name in table}
         return cls(grid_lat, grid_lon, np.asarray(table["lat"]), np.asarray(table["lon"]), **columns, **kwargs)
+
+    @classmethod
+    def from_table(cls, table: ObservationTable) -> PointOperator:
+        """The operator of a validated table (:meth:`geodiff.observations.ObservationTable.validate`), from the
+        stencils its validation computed: nothing is interpolated again, and every observation is kept.
+
+        >>> import pandas as pd
+        >>> from geodiff.observations import ObservationTable
+        >>> frame = pd.DataFrame({"value": [1.0], "error_std": 0.1, "lat": [0.5], "lon": [0.5], "time": 0.0})
+        >>> PointOperator.from_table(ObservationTable.validate(frame, [0.0, 1.0], [0.0, 1.0])).weight.tolist()
+        [[0.25, 0.25, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0]]
+        """
+        stencil = table.stencil
+        op = cls.from_weights(torch.from_numpy(stencil.index), torch.from_numpy(stencil.weight), stencil.field_shape)
+        op.periodic = stencil.periodic
+        return op
 
     @classmethod
     def from_weights(cls, index: Tensor, weight: Tensor, field_shape: tuple[int, int, int]) -> PointOperator:

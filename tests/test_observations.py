@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import xarray as xr
 
 from geodiff import observations
 from geodiff.errors import ObservationError
-from geodiff.observations import ObservationReport, as_observations, validate_observations
+from geodiff.observations import ObservationReport, ObservationTable, as_observations, validate_observations
 from geodiff.operators import PointOperator
 
 TIME = pd.Timestamp("2020-01-15")
@@ -125,20 +126,39 @@ def test_every_record_is_accounted_for():
     assert "10 in, 3 kept" in text and "unknown variable 'so': 1" in text and "outside the grid: 2" in text
 
 
-def test_land_check_agrees_with_the_operator():
+def test_the_validated_table_hands_the_operator_its_stencil():
     rng = np.random.default_rng(0)
     n = 300
-    frame = pd.DataFrame({"value": 1.0, "error_std": 0.1, "lat": rng.uniform(-10, 10, n),
-                          "lon": rng.uniform(0, 360, n), "depth": rng.uniform(0, 100, n), "time": TIME})
+    frame = pd.DataFrame({"value": 1.0, "error_std": 0.1, "lat": rng.uniform(-12, 12, n),
+                          "lon": rng.uniform(-360, 360, n), "depth": rng.uniform(0, 120, n),
+                          "time": pd.to_datetime(rng.choice(["2020-01-15", "2020-02-15"], n))})
     frame.loc[:9, "lat"] = 0.0  # a few exactly on grid rows / levels
     frame.loc[:4, "depth"] = 20.0
-    mask = rng.random((3, LAT.size, LON.size)) > 0.6
-    clean, report = validate_observations(frame, LAT, LON, DEPTH, ocean_mask=mask)
-    op = PointOperator(LAT, LON, frame.lat, frame.lon, depth=frame.depth, grid_depth=DEPTH, mask=mask,
-                       on_invalid="drop")
-    assert report.on_land == op.dropped["land"].size > 0
-    assert clean.obs_id.values.tolist() == op.kept.tolist()
-    PointOperator.from_columns(clean, LAT, LON, grid_depth=DEPTH, mask=mask)  # nothing left to drop
+    table = ObservationTable.validate(frame, LAT, LON, DEPTH)
+    inside = (np.abs(frame.lat) <= 10) & (frame.depth <= 100)
+    assert table.size == inside.sum() == table.report.kept and table.stencil.index.shape == (table.size, 8)
+    # a field linear in depth and latitude (constant in longitude) is interpolated exactly
+    field = torch.from_numpy(DEPTH[:, None, None] + 2.0 * LAT[None, :, None] + 0.0 * LON)[None]
+    depth = np.maximum(table.data.depth.values, DEPTH[0])  # shallower than 5 m takes the first level
+    op = PointOperator.from_table(table)
+    np.testing.assert_allclose(op(field)[0].numpy(), depth + 2.0 * table.data.lat.values, rtol=0, atol=1e-12)
+    at_time = table.at_time(np.datetime64("2020-02-15"))
+    assert at_time.size == (table.data.time.values == np.datetime64("2020-02-15")).sum()
+    assert PointOperator.from_table(at_time).n_obs == at_time.size and at_time.report is table.report
+    np.testing.assert_array_equal(at_time.stencil.lon, at_time.data.lon.values)
+    # the operator from the stencil is the operator of the clean positions, to the bit
+    again = PointOperator.from_columns(table.data, LAT, LON, grid_depth=DEPTH)
+    assert torch.equal(op.index, again.index) and torch.equal(op.weight, again.weight)
+
+
+def test_land_records_are_counted_and_their_stencils_renormalised():
+    mask = np.ones((DEPTH.size, LAT.size, LON.size), dtype=bool)
+    mask[:, 2, 0] = False  # (0 N, 0 E) is land at every level
+    frame = table(lat=[0.0, 0.0, 2.5], lon=[0.0, 360.0, 15.0], depth=[5.0, 50.0, 5.0])
+    validated = ObservationTable.validate(frame, LAT, LON, DEPTH, ocean_mask=mask)
+    assert validated.report.on_land == 2 and validated.size == 1
+    # 2.5 N, 15 E: corners (0 N, 0 E) land, (0 N, 30 E), (5 N, 0 E), (5 N, 30 E) with 1/4 each, renormalised
+    np.testing.assert_allclose(validated.stencil.weight[0, :4], [0.0, 1 / 3, 1 / 3, 1 / 3], rtol=0, atol=1e-15)
 
 
 def test_duplicates_average_first_and_error():

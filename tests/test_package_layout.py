@@ -63,7 +63,8 @@ def test_the_graph_reads_relative_and_function_level_imports(tmp_path):
     package = tmp_path / "geodiff"
     (package / "inner").mkdir(parents=True)
     (package / "inner" / "__init__.py").write_text("")
-    (package / "inner" / "a.py").write_text("from ..grid import wrap_longitude\ndef f():\n    import geodiff.io.codec\n")
+    source = "from ..grid import wrap_longitude\ndef f():\n    import geodiff.io.codec\n"
+    (package / "inner" / "a.py").write_text(source)
     (package / "grid.py").write_text("from geodiff import provenance\n")
     assert import_graph(package) == {"inner": {"grid", "io"}, "grid": {"provenance"}}
 

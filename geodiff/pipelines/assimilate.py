@@ -59,7 +59,7 @@ from geodiff.guidance import DecodedOperator, DPSGuidance, LatentMMPSGuidance, R
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
-from geodiff.observations import as_observations, validate_observations
+from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.units import model_units, to_model_units
@@ -470,8 +470,9 @@ def assimilate(
     background = to_model_units(background, model_units(codec, codec.variables), "background")
     codec.check_grid(background)
     table = as_observations(observations, default_error_std=default_error_std)
-    clean, report = validate_observations(table, codec.lat, codec.lon, ocean_mask=codec.mask.cpu().numpy(),
+    validated = ObservationTable.validate(table, codec.lat, codec.lon, ocean_mask=codec.mask.cpu().numpy(),
                                           channels=codec.channels, default_error_std=default_error_std)  # fmt: skip
+    clean, report = validated.data, validated.report
     if "time" not in clean.coords:
         raise ObservationError("the observation table has no 'time' coordinate; assimilate works time by time")
     times = background["time"].values
@@ -485,12 +486,12 @@ def assimilate(
     fields, n_used, runaways = [], {}, {}
     with engine:
         for t, time in enumerate(times):
-            at_time = clean.isel(obs=np.flatnonzero(clean["time"].values == time))
+            observed = validated.at_time(time)
+            at_time = observed.data
             n_used[str(time)] = int(at_time.sizes["obs"])
             operator = y = error_std = None
             if at_time.sizes["obs"]:
-                operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
-                                                      mask=codec.mask.cpu().numpy()).to(device)
+                operator = PointOperator.from_table(observed).to(device)
                 y = torch.as_tensor(at_time["value"].values, dtype=torch.float64)
                 error_std = torch.as_tensor(at_time["error_std"].values, dtype=torch.float64)
             guide = _analysis_guidance(model, operator, y, error_std, guidance=guidance,

@@ -57,7 +57,7 @@ from geodiff.grid import coarse_coords, refine_coords
 from geodiff.guidance import CoarseGuidance, combine
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.io.codec import Codec
-from geodiff.observations import as_observations, validate_observations
+from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import CoarsenOperator, PointOperator
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.units import model_units, to_model_units
@@ -309,11 +309,12 @@ def downscale(
     operator = CoarsenOperator((channels, height, width), factor, mask=valid, grid_lat=lat).to(device)
     fine_codec, coarse_codec = output_codec(coarse, target, factor, valid), output_codec(coarse, target, 1)
     channel_list = [(v, None) for v in target]
-    table = report = None
+    table = report = validated = None
     if stations is not None:
         table = as_observations(stations, default_error_std=station_error_std)
-        table, report = validate_observations(table, lat, lon, ocean_mask=valid, channels=channel_list,
+        validated = ObservationTable.validate(table, lat, lon, ocean_mask=valid, channels=channel_list,
                                               default_error_std=station_error_std)
+        table, report = validated.data, validated.report
 
     base = bundle.denoiser if cfg_scale == 1.0 else ClassifierFreeDenoiser(bundle.denoiser, cfg_scale)
     train_patch = tuple(int(p) for p in (patch or spec["patch"]))
@@ -350,11 +351,12 @@ def downscale(
                 e = error_n.reshape(-1)[torch.as_tensor(operator.kept)]
                 guide = CoarseGuidance(y.to(device), operator, e.to(device), **(guidance_options or {}))
                 if table is not None:
-                    at_time = table
+                    observed = validated
                     if time is not None and TIME in table.coords:
-                        at_time = table.isel(obs=np.flatnonzero(table[TIME].values == time))
+                        observed = validated.at_time(time)
+                    at_time = observed.data
                     if at_time.sizes["obs"]:
-                        point = PointOperator.from_columns(at_time, lat, lon, channels=channel_list, mask=valid)
+                        point = PointOperator.from_table(observed)
                         op_n, y_n, e_n = point.to_normalized(at_time["value"].values, at_time["error_std"].values,
                                                              *bundle.statistics(time, fine_codec))
                         guide = guide.with_stations(y_n.to(device), op_n.to(device), e_n.to(device))

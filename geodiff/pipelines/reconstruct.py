@@ -40,7 +40,7 @@ from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, ObservationError
 from geodiff.guidance import observation_method
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
-from geodiff.observations import as_observations, validate_observations
+from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
 from geodiff.provenance import append_history, provenance_attrs
 from geodiff.runtime import optimize, precision_context
@@ -160,10 +160,11 @@ def reconstruct(
     denoiser.eval()
     valid = codec.mask.cpu().numpy().astype(bool)  # [C, H, W], True = ocean
     table = as_observations(observations, default_error_std=default_error_std)
-    clean, report = validate_observations(
+    validated = ObservationTable.validate(
         table, codec.lat, codec.lon, ocean_mask=valid, channels=codec.channels,
         default_error_std=default_error_std,
     )  # fmt: skip
+    clean, report = validated.data, validated.report
     if "time" not in clean.coords:
         raise ObservationError("the observation table has no 'time' coordinate; reconstruct works time by time")
     wanted = np.unique(clean["time"].values) if times is None else np.atleast_1d(np.asarray(times))
@@ -183,11 +184,11 @@ def reconstruct(
     fields, described, runaways = [], None, {}
     with engine:
         for time in wanted:
-            at_time = clean.isel(obs=np.flatnonzero(clean["time"].values == time))
+            observed = validated.at_time(time)
+            at_time = observed.data
             if at_time.sizes["obs"] == 0:
                 raise ObservationError(f"no valid observation at time {time}; the report says:\n{report}")
-            operator = PointOperator.from_columns(at_time, codec.lat, codec.lon, channels=codec.channels,
-                                                  mask=valid).to(device)
+            operator = PointOperator.from_table(observed).to(device)
             mean_np, std_np = bundle.statistics(time)  # [C, H, W] float64
             op_n, y_n, e_n = operator.to_normalized(at_time["value"].values, at_time["error_std"].values,
                                                     mean_np, std_np)
