@@ -28,8 +28,10 @@ import pandas as pd
 import xarray as xr
 
 from geodiff.adapters.files import INCOMPLETE, check_netcdf
-from geodiff.adapters.standardize import convert_units, record, wrap_longitude
+from geodiff.adapters.standardize import convert_units, record
 from geodiff.errors import DataError, ObservationError
+from geodiff.grid import wrap_longitude
+from geodiff.observations import as_observations
 
 __all__ = ["observation_table", "read_stations"]
 
@@ -61,9 +63,11 @@ def observation_table(
 ) -> xr.Dataset:
     """An observation table (dim ``obs``) from columns; scalars are broadcast.
 
-    Checks (each an :class:`~geodiff.errors.ObservationError` naming the column): finite values, positive
-    finite ``error_std``, ``|lat| <= 90``, longitudes within -180..360 (wrapped to ``lon_convention``), valid
-    times, non-negative depths, unique ``obs_id`` (default ``"<source>:<index>"``).
+    The table is checked by :func:`geodiff.observations.as_observations` (each problem an
+    :class:`~geodiff.errors.ObservationError` naming the column: positive finite ``error_std``, ``|lat| <= 90``,
+    longitudes within -360..720, no infinite value, non-negative depths, unique ``obs_id``, default
+    ``"<source>:<index>"``); times must parse. Longitudes are wrapped to ``lon_convention``. Missing (NaN) values
+    or positions stay in the table: :func:`geodiff.observations.validate_observations` counts and drops them.
     """
     value = np.asarray(value, dtype="float64")
     if value.ndim != 1:
@@ -80,20 +84,6 @@ def observation_table(
     else:
         parsed = pd.to_datetime(pd.Series(time_raw), utc=True, errors="coerce")
         time_a = parsed.dt.tz_localize(None).to_numpy("datetime64[ns]")
-    bad = ~np.isfinite(value)
-    if bad.any():
-        raise ObservationError(
-            f"column 'value' has {int(bad.sum())} non-finite values; drop them before building the table"
-        )
-    bad = ~np.isfinite(error) | (error <= 0)
-    if bad.any():
-        raise ObservationError(f"column 'error_std' has {int(bad.sum())} values that are not positive and finite")
-    bad = ~np.isfinite(lat_a) | (np.abs(lat_a) > 90.0)
-    if bad.any():
-        raise ObservationError(f"column 'lat' has {int(bad.sum())} values outside -90..90 (e.g. {lat_a[bad][0]:g})")
-    bad = ~np.isfinite(lon_a) | (lon_a < -180.0) | (lon_a > 360.0)
-    if bad.any():
-        raise ObservationError(f"column 'lon' has {int(bad.sum())} values outside -180..360 (e.g. {lon_a[bad][0]:g})")
     bad = np.isnat(time_a)
     if bad.any():
         raise ObservationError(f"column 'time' has {int(bad.sum())} missing or unparseable times")
@@ -103,18 +93,13 @@ def observation_table(
         obs_id_a = np.array([f"{s}:{i}" for i, s in enumerate(source_a)])
     else:
         obs_id_a = _column(obs_id, n, "obs_id").astype(str)
-    if len(set(obs_id_a.tolist())) != n:
-        raise ObservationError("column 'obs_id' has duplicate identifiers; expected one per observation")
     coord_vars: dict[str, Any] = {
         "lat": ("obs", lat_a, {"standard_name": "latitude", "units": "degrees_north"}),
-        "lon": ("obs", wrap_longitude(lon_a, lon_convention), {"standard_name": "longitude", "units": "degrees_east"}),
+        "lon": ("obs", lon_a, {"standard_name": "longitude", "units": "degrees_east"}),
         "time": ("obs", time_a, {"standard_name": "time"}),
     }
     if depth is not None:
         depth_a = _column(depth, n, "depth", "float64")
-        bad = ~np.isfinite(depth_a) | (depth_a < 0)
-        if bad.any():
-            raise ObservationError(f"column 'depth' has {int(bad.sum())} missing or negative depths")
         coord_vars["depth"] = ("obs", depth_a, {"standard_name": "depth", "units": "m", "positive": "down"})
     # strings as objects: variable-length in netCDF and zarr v3
     coord_vars["variable"] = ("obs", variable_a.astype(object))
@@ -136,7 +121,8 @@ def observation_table(
         coords=coord_vars,
         attrs={"geodiff_lon_convention": lon_convention, **dict(attrs or {})},
     )
-    return ds
+    as_observations(ds)  # the table's schema: raises ObservationError naming the column
+    return ds.assign_coords(lon=ds["lon"].copy(data=wrap_longitude(lon_a, lon_convention)))
 
 
 def _read_table(source: Any) -> tuple[Any, str]:
