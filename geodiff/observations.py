@@ -18,8 +18,9 @@ name             kind         meaning
 
 A ``pandas.DataFrame`` with these columns is accepted wherever a table is. :func:`as_observations` checks the
 structure (malformed tables raise :class:`~geodiff.errors.ObservationError` naming the column);
-:func:`validate_observations` checks the table against a model grid and returns the usable observations with
-an :class:`ObservationReport` that accounts for every record dropped, merged, filled or converted.
+:meth:`ObservationTable.validate` checks the table against a model grid and keeps the usable observations, an
+:class:`ObservationReport` that accounts for every record dropped, merged, filled or converted, and each
+observation's interpolation stencil (:func:`validate_observations` returns the first two).
 
 This module uses xarray / pandas / numpy only (no torch); observation operators live in
 :mod:`geodiff.operators`.
@@ -352,12 +353,105 @@ class ObservationTable:
         default_error_std: float | Mapping[str, float] | None = None,
         extrapolate_above: bool = True,
     ) -> ObservationTable:
-        """Check an observation table against a model grid; the arguments and rules are those of
-        :func:`validate_observations`."""
-        return _validate(
-            obs, grid_lat, grid_lon, grid_depth, ocean_mask, variables, channels=channels, periodic=periodic,
-            duplicates=duplicates, default_error_std=default_error_std, extrapolate_above=extrapolate_above,
+        """Check an observation table against a model grid: the usable records, with their stencils.
+
+        Parameters
+        ----------
+        obs: the table (``xr.Dataset`` with dimension ``obs`` or ``pandas.DataFrame``), see :func:`as_observations`.
+        grid_lat, grid_lon: the field's ascending latitudes ``[H]`` and longitudes ``[W]`` (degrees).
+        grid_depth: depth levels ``[L]`` (metres, positive down) of the 3-D variables, or None for 2-D fields.
+        ocean_mask: bool ``[H, W]`` or ``[C, H, W]`` (channels as in the layout), True = ocean / valid.
+        variables: the field's variables: names (each on ``grid_depth``) or ``{name: levels or None}``; None accepts
+            a table of a single variable (or without a ``variable`` column).
+        channels: alternatively the codec's ``(variable, level)`` list (:attr:`geodiff.io.Codec.channels`).
+        periodic: longitude wraps around (None: decided from ``grid_lon``).
+        duplicates: records with the same (variable, time, lat, lon, depth): identical ones are one record listed
+            twice and are kept once; with conflicting values, ``"average"`` (default) merges them into one record with
+            the mean value and ``error_std = sqrt(mean(error_std^2) / n + var(values))`` (error of the mean plus the
+            spread of the conflicting values; the count goes to ``n_merged``), ``"first"`` keeps the first record,
+            ``"error"`` raises :class:`~geodiff.errors.ObservationError` naming the ``obs_id`` involved.
+        default_error_std: the stated error for missing ``error_std`` (number or ``{variable: number}``).
+        extrapolate_above: observations shallower than the first level use the first level (counted); else they are
+            outside the grid.
+
+        Each record is dropped for the first reason that applies, in order: unknown variable, NaN value, NaN position
+        (lat, lon, time, or depth of a 3-D variable), missing error_std, outside the grid (lat/lon range, deeper
+        than the last level), on land (every interpolation corner -- bilinear in lat/lon, linear in depth -- is
+        masked out: :func:`geodiff.grid.point_stencil`, whose stencils the operator uses); then duplicates are merged.
+        Longitudes are converted to the grid's convention ``[lon0, lon0 + 360)`` (counted). The clean table's
+        ``attrs["geodiff_validation"]`` holds the report text. Zero usable observations raise ObservationError.
+        """
+        if duplicates not in _DUPLICATE_POLICIES:
+            raise ObservationError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {duplicates!r}")
+        table = as_observations(obs, default_error_std=default_error_std)
+        pairs = _channels_of(variables, grid_depth, channels)
+        layout = channel_layout(pairs, None if pairs is not None else grid_depth)
+        size = table.sizes["obs"]
+        report = ObservationReport(total=size, duplicate_policy=duplicates)
+        report.error_std_filled = int(table.attrs.get("error_std_filled", 0))
+        report.default_error_std = table.attrs.get("error_std_default")
+        reason = np.full(size, "", dtype=object)
+
+        # variables
+        named = list(layout) != [None]
+        if "variable" in table.coords:
+            variable = table["variable"].to_numpy().astype(object)
+        else:
+            variable = None
+        if named:
+            if variable is None:
+                if len(layout) > 1:
+                    raise ObservationError(
+                        f"the field has variables {sorted(map(str, layout))}: the table needs a 'variable' column"
+                    )
+                report.variable_assigned = str(next(iter(layout)))
+                variable = np.full(size, next(iter(layout)), dtype=object)
+                table = table.assign_coords(variable=("obs", variable.astype(str)))
+            known = pd.Series(variable).isin(list(layout)).to_numpy()
+            for name in pd.unique(variable[~known]):
+                report.unknown_variable[str(name)] = int(np.sum(variable[~known] == name))
+            reason[~known] = "unknown_variable"
+            three_d = np.array([layout[v][1] is not None if k else False for v, k in zip(variable, known)], dtype=bool)
+        else:
+            if variable is not None and len(pd.unique(variable)) > 1:
+                names = sorted(map(str, pd.unique(variable)))
+                raise ObservationError(f"the table has variables {names}; pass variables= (the field's names)")
+            three_d = np.full(size, layout[None][1] is not None)
+        if three_d.any() and "depth" not in table.coords:
+            raise ObservationError("observations of 3-D variables need a 'depth' column (metres, positive down)")
+
+        # where each record sits on the grid: bilinear in lat/lon, linear in depth, land-aware (geodiff.grid)
+        stencil = point_stencil(
+            grid_lat, grid_lon, layout, table["lat"].to_numpy(), table["lon"].to_numpy(),
+            table["depth"].to_numpy() if "depth" in table.coords else None, variable if named else None,
+            mask=None if ocean_mask is None else _ocean_mask(ocean_mask, layout, grid_lat, grid_lon),
+            periodic=periodic, extrapolate_above=extrapolate_above,
         )  # fmt: skip
+
+        # each record is dropped for the first reason that applies
+        lon = table["lon"].to_numpy()
+        no_position = (stencil.reason == "missing") | pd.isnull(table["time"].to_numpy())
+        reason[(reason == "") & np.isnan(table["value"].to_numpy())] = "missing_value"
+        reason[(reason == "") & no_position] = "missing_position"
+        reason[(reason == "") & np.isnan(table["error_std"].to_numpy())] = "missing_error_std"
+        reason[(reason == "") & (stencil.reason == "outside")] = "outside_grid"
+        reason[(reason == "") & (stencil.reason == "land")] = "on_land"
+        converted = ~np.isnan(lon) & ~np.isclose(stencil.lon, lon, rtol=0, atol=1e-12)
+        above = stencil.above
+
+        for key in ("missing_value", "missing_position", "missing_error_std", "outside_grid", "on_land"):
+            setattr(report, key, int(np.sum(reason == key)))
+        keep = np.flatnonzero(reason == "")
+        report.lon_converted = int(np.sum(converted[keep]))
+        report.depth_above_first_level = int(np.sum(above[keep]))
+        if keep.size == 0:
+            raise ObservationError(f"no usable observation on this grid\n{report}")
+        clean = table.isel(obs=keep)
+        clean = clean.assign_coords(lon=clean["lon"].copy(data=stencil.lon[keep]))
+        clean, report, merged = _merge_duplicates(clean, report, duplicates)
+        report.kept = clean.sizes["obs"]
+        clean.attrs["geodiff_validation"] = str(report)
+        return cls(clean, report, stencil.rows(keep[merged]))
 
     @property
     def size(self) -> int:
@@ -375,46 +469,10 @@ class ObservationTable:
 
 
 def validate_observations(
-    obs: xr.Dataset | pd.DataFrame,
-    grid_lat: Any,
-    grid_lon: Any,
-    grid_depth: Any = None,
-    ocean_mask: Any = None,
-    variables: Sequence[str] | Mapping[str, Any] | None = None,
-    *,
-    channels: Sequence[tuple[Any, Any]] | None = None,
-    periodic: bool | None = None,
-    duplicates: str = "average",
-    default_error_std: float | Mapping[str, float] | None = None,
-    extrapolate_above: bool = True,
+    obs: xr.Dataset | pd.DataFrame, grid_lat: Any, grid_lon: Any, *args: Any, **options: Any
 ) -> tuple[xr.Dataset, ObservationReport]:
-    """Check an observation table against a model grid: ``(clean table, report)``.
-
-    Parameters
-    ----------
-    obs: the table (``xr.Dataset`` with dimension ``obs`` or ``pandas.DataFrame``), see :func:`as_observations`.
-    grid_lat, grid_lon: the field's ascending latitudes ``[H]`` and longitudes ``[W]`` (degrees).
-    grid_depth: depth levels ``[L]`` (metres, positive down) of the 3-D variables, or None for 2-D fields.
-    ocean_mask: bool ``[H, W]`` or ``[C, H, W]`` (channels as in the layout), True = ocean / valid.
-    variables: the field's variables: names (each on ``grid_depth``) or ``{name: levels or None}``; None accepts
-        a table of a single variable (or without a ``variable`` column).
-    channels: alternatively the codec's ``(variable, level)`` list (:attr:`geodiff.io.Codec.channels`).
-    periodic: longitude wraps around (None: decided from ``grid_lon``).
-    duplicates: records with the same (variable, time, lat, lon, depth): identical ones are one record listed
-        twice and are kept once; with conflicting values, ``"average"`` (default) merges them into one record with
-        the mean value and ``error_std = sqrt(mean(error_std^2) / n + var(values))`` (error of the mean plus the
-        spread of the conflicting values; the count goes to ``n_merged``), ``"first"`` keeps the first record,
-        ``"error"`` raises :class:`~geodiff.errors.ObservationError` naming the ``obs_id`` involved.
-    default_error_std: the stated error for missing ``error_std`` (number or ``{variable: number}``).
-    extrapolate_above: observations shallower than the first level use the first level (counted); else they are
-        outside the grid.
-
-    Each record is dropped for the first reason that applies, in order: unknown variable, NaN value, NaN position
-    (lat, lon, time, or depth of a 3-D variable), missing error_std, outside the grid (lat/lon range, deeper
-    than the last level), on land (every interpolation corner -- bilinear in lat/lon, linear in depth -- is
-    masked out: the same rule as :class:`geodiff.operators.PointOperator`); then duplicates are merged.
-    Longitudes are converted to the grid's convention ``[lon0, lon0 + 360)`` (counted). The clean table's
-    ``attrs["geodiff_validation"]`` holds the report text. Zero usable observations raise ObservationError.
+    """Check an observation table against a model grid: ``(clean table, report)``, the ``data`` and ``report`` of
+    :meth:`ObservationTable.validate` (same arguments and rules).
 
     Example
     -------
@@ -426,99 +484,8 @@ def validate_observations(
     >>> float(clean.value[0]), round(float(clean.error_std[0]), 3), report.outside_grid, report.duplicates_merged
     (2.0, 1.002, 1, 1)
     """
-    table = ObservationTable.validate(
-        obs, grid_lat, grid_lon, grid_depth, ocean_mask, variables, channels=channels, periodic=periodic,
-        duplicates=duplicates, default_error_std=default_error_std, extrapolate_above=extrapolate_above,
-    )  # fmt: skip
+    table = ObservationTable.validate(obs, grid_lat, grid_lon, *args, **options)
     return table.data, table.report
-
-
-def _validate(
-    obs: xr.Dataset | pd.DataFrame,
-    grid_lat: Any,
-    grid_lon: Any,
-    grid_depth: Any,
-    ocean_mask: Any,
-    variables: Sequence[str] | Mapping[str, Any] | None,
-    *,
-    channels: Sequence[tuple[Any, Any]] | None,
-    periodic: bool | None,
-    duplicates: str,
-    default_error_std: float | Mapping[str, float] | None,
-    extrapolate_above: bool,
-) -> ObservationTable:
-    if duplicates not in _DUPLICATE_POLICIES:
-        raise ObservationError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {duplicates!r}")
-    table = as_observations(obs, default_error_std=default_error_std)
-    pairs = _channels_of(variables, grid_depth, channels)
-    layout = channel_layout(pairs, None if pairs is not None else grid_depth)
-    size = table.sizes["obs"]
-    report = ObservationReport(total=size, duplicate_policy=duplicates)
-    report.error_std_filled = int(table.attrs.get("error_std_filled", 0))
-    report.default_error_std = table.attrs.get("error_std_default")
-    reason = np.full(size, "", dtype=object)
-
-    # variables
-    named = list(layout) != [None]
-    if "variable" in table.coords:
-        variable = table["variable"].to_numpy().astype(object)
-    else:
-        variable = None
-    if named:
-        if variable is None:
-            if len(layout) > 1:
-                raise ObservationError(
-                    f"the field has variables {sorted(map(str, layout))}: the table needs a 'variable' column"
-                )
-            report.variable_assigned = str(next(iter(layout)))
-            variable = np.full(size, next(iter(layout)), dtype=object)
-            table = table.assign_coords(variable=("obs", variable.astype(str)))
-        known = pd.Series(variable).isin(list(layout)).to_numpy()
-        for name in pd.unique(variable[~known]):
-            report.unknown_variable[str(name)] = int(np.sum(variable[~known] == name))
-        reason[~known] = "unknown_variable"
-        three_d = np.array([layout[v][1] is not None if k else False for v, k in zip(variable, known)], dtype=bool)
-    else:
-        if variable is not None and len(pd.unique(variable)) > 1:
-            raise ObservationError(
-                f"the table has variables {sorted(map(str, pd.unique(variable)))}; pass variables= (the field's names)"
-            )
-        three_d = np.full(size, layout[None][1] is not None)
-    if three_d.any() and "depth" not in table.coords:
-        raise ObservationError("observations of 3-D variables need a 'depth' column (metres, positive down)")
-
-    # where each record sits on the grid: bilinear in lat/lon, linear in depth, land-aware (geodiff.grid)
-    stencil = point_stencil(
-        grid_lat, grid_lon, layout, table["lat"].to_numpy(), table["lon"].to_numpy(),
-        table["depth"].to_numpy() if "depth" in table.coords else None, variable if named else None,
-        mask=None if ocean_mask is None else _ocean_mask(ocean_mask, layout, grid_lat, grid_lon),
-        periodic=periodic, extrapolate_above=extrapolate_above,
-    )  # fmt: skip
-
-    # each record is dropped for the first reason that applies
-    lon = table["lon"].to_numpy()
-    no_position = (stencil.reason == "missing") | pd.isnull(table["time"].to_numpy())
-    reason[(reason == "") & np.isnan(table["value"].to_numpy())] = "missing_value"
-    reason[(reason == "") & no_position] = "missing_position"
-    reason[(reason == "") & np.isnan(table["error_std"].to_numpy())] = "missing_error_std"
-    reason[(reason == "") & (stencil.reason == "outside")] = "outside_grid"
-    reason[(reason == "") & (stencil.reason == "land")] = "on_land"
-    converted = ~np.isnan(lon) & ~np.isclose(stencil.lon, lon, rtol=0, atol=1e-12)
-    above = stencil.above
-
-    for key in ("missing_value", "missing_position", "missing_error_std", "outside_grid", "on_land"):
-        setattr(report, key, int(np.sum(reason == key)))
-    keep = np.flatnonzero(reason == "")
-    report.lon_converted = int(np.sum(converted[keep]))
-    report.depth_above_first_level = int(np.sum(above[keep]))
-    if keep.size == 0:
-        raise ObservationError(f"no usable observation on this grid\n{report}")
-    clean = table.isel(obs=keep)
-    clean = clean.assign_coords(lon=clean["lon"].copy(data=stencil.lon[keep]))
-    clean, report, merged = _merge_duplicates(clean, report, duplicates)
-    report.kept = clean.sizes["obs"]
-    clean.attrs["geodiff_validation"] = str(report)
-    return ObservationTable(clean, report, stencil.rows(keep[merged]))
 
 
 def _merge_duplicates(
