@@ -38,7 +38,7 @@ import xarray as xr
 from geodiff import metrics
 from geodiff.backbones.conditional import ConditionalUNet
 from geodiff.baselines.interpolation import bicubic, bilinear
-from geodiff.baselines.regression import RegressionModel, train_regression
+from geodiff.baselines.regression import RegressionModel
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.io import Codec, ModelBundle, Normalizer
@@ -47,6 +47,7 @@ from geodiff.operators import PointOperator
 from geodiff.pipelines.downscale import coarsen, downscale, downscaling_metadata
 from geodiff.training import train
 from geodiff.training.pairs import DownscalingPairs
+from geodiff.training.regression import train_regression
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTOR = 4

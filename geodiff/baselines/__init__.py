@@ -7,8 +7,8 @@
 * :func:`dineof`: iterative EOF gap filling (Beckers & Rixen 2003) with cross-validated number of modes;
 * :func:`eof_projection`: its stable limit with training data: ridge least-squares fit of training EOFs;
 * downscaling: :func:`bilinear`, :func:`bicubic` (:func:`interpolate`), and a deterministic regression network
-  with the diffusion model's backbone (:class:`RegressionModel`, :func:`train_regression`, imported on first use:
-  they need torch);
+  with the diffusion model's backbone (:class:`RegressionModel`, imported on first use: it needs torch; trained by
+  :func:`geodiff.training.regression.train_regression`);
 * assimilation: 3D-Var with a static background covariance (:func:`fit_background_covariance`,
   :func:`var3d_analysis`, :func:`var3d_cost`) and the (localised) ensemble transform Kalman filter :func:`etkf`.
 
@@ -34,11 +34,11 @@ from geodiff.baselines.var3d import fit_background_covariance, var3d_analysis, v
 
 __all__ = [
     "climatology", "dineof", "eof_projection", "fit_covariance", "optimal_interpolation",
-    "bilinear", "bicubic", "interpolate", "RegressionModel", "train_regression",
+    "bilinear", "bicubic", "interpolate", "RegressionModel",
     "fit_background_covariance", "var3d_analysis", "var3d_cost", "etkf",
 ]  # fmt: skip
 
-_LAZY = {"RegressionModel", "train_regression"}
+_LAZY = {"RegressionModel"}
 
 
 def __getattr__(name: str) -> Any:

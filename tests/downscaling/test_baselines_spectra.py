@@ -7,9 +7,10 @@ import xarray as xr
 
 from geodiff import metrics
 from geodiff.baselines.interpolation import bicubic, bilinear
-from geodiff.baselines.regression import RegressionModel, train_regression
+from geodiff.baselines.regression import RegressionModel
 from geodiff.errors import GridError
 from geodiff.training.pairs import DownscalingPairs
+from geodiff.training.regression import train_regression
 
 from .conftest import tiny_net
 

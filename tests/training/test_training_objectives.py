@@ -10,11 +10,12 @@ import geodiff
 from geodiff.alignment.dpo import DPOObjective, dpo_finetune
 from geodiff.backbones.autoencoder import Autoencoder, train_autoencoder
 from geodiff.backbones.unet import UNet
-from geodiff.baselines.regression import RegressionModel, train_regression
+from geodiff.baselines.regression import RegressionModel
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.errors import CheckpointError, ConfigError, DataError, GridError
 from geodiff.training import AutoencoderObjective, RegressionObjective, read_checkpoint
 from geodiff.training.pairs import DownscalingPairs
+from geodiff.training.regression import train_regression
 
 from tests.downscaling.conftest import tiny_net
 from tests.training.training_helpers import gaussian_data, tiny_denoiser
