@@ -99,7 +99,8 @@ def write_checkpoint(
 ) -> Path:
     """Write the checkpoint of ``step`` atomically and remove every other one; returns its folder.
 
-    ``tensors``: group (``model``, ``ema``, ``optimizer``, ``best``, ``objective``) -> name -> tensor; ``meta``: JSON for ``trainer.json``;
+    ``tensors``: group (``model``, ``ema``, ``optimizer``, ``best``, ``objective``) -> name -> tensor; ``meta``:
+    JSON for ``trainer.json``;
     ``configs``: group -> JSON written as ``<group>/config.json`` (so the folder loads with ``from_pretrained``).
     """
     from safetensors.torch import save_file

@@ -173,8 +173,8 @@ class AutoencoderObjective(Objective):
 
     def terms(self, model, x, cond, draw, mask):
         reconstruction, latent = model(x, with_latent=True)
-        per_sample = (reconstruction - x).pow(2).flatten(1).mean(1) + self.latent_weight * latent.pow(2).flatten(1).mean(1)
-        return per_sample.sum()
+        error = (reconstruction - x).pow(2).flatten(1).mean(1)
+        return (error + self.latent_weight * latent.pow(2).flatten(1).mean(1)).sum()
 
 
 class RegressionObjective(Objective):

@@ -23,7 +23,8 @@ The loss of a step is the objective's terms summed over the global batch divided
 (denoising: :meth:`~geodiff.diffusion.losses.DenoisingLoss.terms`) or of its samples; the learning rate of step
 ``s`` (0-based) is ``lr * min(1, (s + 1) / warmup_steps)``, times ``(1 + cos(pi s / cosine_steps)) / 2`` with a
 cosine decay. A non-finite loss stops training with :class:`~geodiff.errors.ConfigError` (except with fp16
-autocast, whose gradient scaler skips such steps). The validity mask of a batch (cropped with the fields) is passed to the model with each call.
+autocast, whose gradient scaler skips such steps). The validity mask of a batch (cropped with the fields) is
+passed to the model with each call.
 
 Example
 -------
@@ -40,7 +41,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import math
