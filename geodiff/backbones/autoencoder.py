@@ -3,34 +3,31 @@
 A small convolutional encoder/decoder (residual blocks, strided convolutions down, nearest-neighbour up-sampling;
 ``f = 2 ** (len(channel_mults) - 1)``) with circular padding in longitude (``periodic_lon``) and latitude
 (``periodic_lat``, for doubly periodic twin domains). The latent is kept near unit scale by a small penalty on
-its mean square (``latent_weight`` in :func:`train_autoencoder`), so a diffusion model can work on it directly.
+its mean square (``latent_weight`` of :func:`geodiff.training.autoencoder.train_autoencoder`), so a diffusion model
+can work on it directly.
 Saved and loaded with :meth:`~geodiff.config.Configurable.save_pretrained` / ``from_pretrained`` (config.json +
 model.safetensors).
 
 Example
 -------
 >>> import torch
->>> from geodiff.backbones.autoencoder import Autoencoder, train_autoencoder
+>>> from geodiff.backbones.autoencoder import Autoencoder
 >>> ae = Autoencoder(in_channels=3, latent_channels=4, base_channels=8, channel_mults=(1, 2))
 >>> ae.encode(torch.zeros(2, 3, 16, 16)).shape
 torch.Size([2, 4, 8, 8])
->>> result = train_autoencoder(ae, torch.randn(8, 3, 16, 16), steps=2, batch_size=4, progress=False)
->>> len(result.losses)
-2
+>>> reconstruction, z = ae(torch.zeros(2, 3, 16, 16), with_latent=True)
+>>> reconstruction.shape, z.shape
+(torch.Size([2, 3, 16, 16]), torch.Size([2, 4, 8, 8]))
 """
 
 from __future__ import annotations
-
-import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor, nn
 
 from geodiff.config import Configurable
 from geodiff.errors import ConfigError, GridError
 
-__all__ = ["Autoencoder", "AutoencoderTrainResult", "train_autoencoder"]
+__all__ = ["Autoencoder"]
 
 
 class _Conv(nn.Conv2d):
@@ -140,45 +137,3 @@ class Autoencoder(Configurable, nn.Module):
         """Reconstruction ``decode(encode(x))`` ``[B, C, H, W]``; with ``with_latent``, ``(reconstruction, z)``."""
         z = self.encode(x)
         return (self.decoder(z), z) if with_latent else self.decoder(z)
-
-
-@dataclass
-class AutoencoderTrainResult:
-    """``autoencoder`` (trained, in place, eval mode), ``losses`` per step (:class:`AutoencoderObjective`: mean
-    squared reconstruction error plus the latent penalty), ``seconds``."""
-
-    autoencoder: Autoencoder
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def train_autoencoder(
-    autoencoder: Autoencoder,
-    data: Tensor,
-    *,
-    steps: int,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    latent_weight: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-    **options: Any,
-) -> AutoencoderTrainResult:
-    """Fit ``autoencoder`` to normalised states ``data [N, C, H, W]`` with :func:`geodiff.train` and the
-    :class:`~geodiff.training.objectives.AutoencoderObjective` (mean squared reconstruction error +
-    ``latent_weight * mean(z^2)``): AdamW with a cosine decay over ``steps``, no gradient clipping, no EMA.
-    ``options`` go to :func:`geodiff.train` (``checkpoint_dir``, ``resume``, ``device``, ...): resume and
-    determinism are those of the training loop (to stop early and resume to more steps, fix the decay's length
-    with ``cosine_steps=``)."""
-    from geodiff.training.objectives import AutoencoderObjective
-    from geodiff.training.trainer import train
-
-    if data.ndim != 4 or data.shape[1] != autoencoder.in_channels:
-        raise GridError(f"data must be [N, {autoencoder.in_channels}, H, W]; got {list(data.shape)}")
-    autoencoder.latent_shape(*data.shape[-2:])
-    start = time.perf_counter()
-    options = {"grad_clip": None, "ema_decay": None, "cosine_steps": steps, **options}
-    result = train(autoencoder, data, objective=AutoencoderObjective(latent_weight), steps=steps,
-                   batch_size=min(batch_size, data.shape[0]), lr=lr, seed=seed, progress=progress, **options)
-    autoencoder.eval()
-    return AutoencoderTrainResult(autoencoder=autoencoder, losses=result.losses, seconds=time.perf_counter() - start)

@@ -212,7 +212,7 @@ class AssimilationModel:
         """Train a model on pairs ``(truth[t], background[t])`` (same times, variables and grid): the autoencoder
         on truths and backgrounds, then the latent denoiser of ``z(truth)`` given ``z(background)`` with
         :func:`geodiff.train` (EDM loss, ``sigma_data`` the latents' std; the EMA weights are kept)."""
-        from geodiff.backbones.autoencoder import train_autoencoder
+        from geodiff.training.autoencoder import train_autoencoder
         from geodiff.training.trainer import train
 
         if truth.sizes.get("time") != background.sizes.get("time"):

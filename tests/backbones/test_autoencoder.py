@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from geodiff.backbones.autoencoder import Autoencoder, train_autoencoder
+from geodiff.backbones.autoencoder import Autoencoder
+from geodiff.training.autoencoder import train_autoencoder
 from geodiff.errors import CheckpointError, GridError
 
 

@@ -8,12 +8,13 @@ import torch
 
 import geodiff
 from geodiff.alignment.dpo import DPOObjective, dpo_finetune
-from geodiff.backbones.autoencoder import Autoencoder, train_autoencoder
+from geodiff.backbones.autoencoder import Autoencoder
 from geodiff.backbones.unet import UNet
 from geodiff.baselines.regression import RegressionModel
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.errors import CheckpointError, ConfigError, DataError, GridError
 from geodiff.training import AutoencoderObjective, RegressionObjective, read_checkpoint
+from geodiff.training.autoencoder import train_autoencoder
 from geodiff.training.pairs import DownscalingPairs
 from geodiff.training.regression import train_regression
 
