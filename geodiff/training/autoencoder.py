@@ -5,10 +5,10 @@ Example
 >>> import torch
 >>> from geodiff.backbones.autoencoder import Autoencoder
 >>> from geodiff.training.autoencoder import train_autoencoder
->>> ae = Autoencoder(in_channels=3, latent_channels=4, base_channels=8, channel_mults=(1, 2))
->>> result = train_autoencoder(ae, torch.randn(8, 3, 16, 16), steps=2, batch_size=4, progress=False)
->>> len(result.losses), result.autoencoder is ae
-(2, True)
+>>> data = torch.randn(8, 3, 16, 16)
+>>> result = train_autoencoder(Autoencoder(3, 4, base_channels=8), data, steps=2, batch_size=4, progress=False)
+>>> len(result.losses), result.autoencoder.training  # trained, then left in eval mode
+(2, False)
 """
 
 from __future__ import annotations
