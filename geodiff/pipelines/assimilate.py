@@ -451,7 +451,7 @@ def assimilate(
     runaway_factor: float | None = RUNAWAY_FACTOR,
 ) -> xr.Dataset:
     """Analysis ensemble of ``background`` (dims ``(time, lat, lon)``, the model's variables and grid) given the
-    observation table (DESIGN section 4) at the same times; returns dims ``(member, time, lat, lon)``.
+    observation table (:mod:`geodiff.observations`) at the same times; returns dims ``(member, time, lat, lon)``.
 
     ``guidance``: ``"mmps"`` (linearised MMPS through the decoder, ``guidance_options`` e.g.
     ``{"cg_iterations": 2}``), ``"dps"`` (``{"scale": ...}``) or ``"none"``. ``reward``/``reward_scale``: reward

@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,12 @@ from geodiff.baselines import climatology, eof_projection, optimal_interpolation
 from geodiff.errors import ConfigError
 from geodiff.io.bundle import load
 from geodiff.pipelines.reconstruct import reconstruct
+from geodiff.tutorial import prior_path
 
 __all__ = ["prior_path", "run_demo", "DemoResult", "score_table"]
 
 DEMO_MONTH = 7  # August: the held-out month reconstructed by the demo (index into the 12 climatological months)
 OBSERVATION_ERROR = 0.1  # degC, Gaussian noise added to the observed truth and given as error_std
-
-
-def prior_path() -> Path:
-    """Folder of the small pretrained prior bundle shipped in the package (``geodiff/data/woa_prior``)."""
-    return Path(str(files("geodiff") / "data" / "woa_prior"))
 
 
 @dataclass

@@ -442,15 +442,6 @@ def output_template(model: ModelBundle, coarse: xr.Dataset | xr.DataArray, *, me
 # shipped sample
 
 
-def sample_paths() -> dict[str, Any]:
-    """Paths of the shipped downscaling sample: :func:`geodiff.tutorial.downscaling_paths`.
-
-    >>> sorted(sample_paths())
-    ['heldout', 'model', 'topography']
-    """
-    return downscaling_paths()
-
-
-def open_sample() -> tuple[xr.Dataset, xr.Dataset]:
-    """``(heldout fields, topography)`` of the shipped sample: :func:`geodiff.tutorial.open_downscaling`."""
-    return open_downscaling()
+#: the shipped sample's paths and reader are :mod:`geodiff.tutorial`'s (kept under these names here)
+sample_paths = downscaling_paths
+open_sample = open_downscaling

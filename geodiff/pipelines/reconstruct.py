@@ -117,7 +117,7 @@ def reconstruct(
     Parameters
     ----------
     model: a :class:`~geodiff.io.ModelBundle` or the path of one (``geodiff.load``).
-    observations: observation table (``xr.Dataset`` with dim ``obs`` or ``DataFrame``; DESIGN section 4), in the
+    observations: observation table (``xr.Dataset`` with dim ``obs`` or ``DataFrame`` with the columns of :mod:`geodiff.observations`), in the
         units of the model's variables; validated against the model grid (the report is kept in the attrs).
     guidance: registered guidance name (``mmps``, ``dps``, ``sda``, ``reconmost``, ``repaint``) with
         ``guidance_options`` (e.g. ``{"cg_iterations": 3}``).
