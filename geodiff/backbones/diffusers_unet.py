@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geodiff.backbones.layers import assemble_input, crop, noise_labels, pad_to_multiple
+from geodiff.backbones.layers import crop, grid_input
 from geodiff.config import Configurable
 from geodiff.errors import ConfigError
 
@@ -114,14 +114,5 @@ class DiffusersUNet(Configurable, nn.Module):
         cond: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``x [B, in_channels, H, W]``, ``noise_label [B]`` (or scalar) -> ``[B, out_channels, H, W]``."""
-        h = assemble_input(
-            x,
-            in_channels=self.in_channels,
-            mask=mask,
-            mask_aware=self.mask_aware,
-            cond=cond,
-            cond_channels=self.cond_channels,
-        )
-        label = noise_labels(noise_label, x.shape[0], x.device)
-        h, pads = pad_to_multiple(h, self.downsampling_factor, periodic_lon=self.periodic_lon)
+        h, label, pads = grid_input(self, x, noise_label, mask, cond)
         return crop(self.unet(h, label, return_dict=False)[0], pads)

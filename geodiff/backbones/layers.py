@@ -173,6 +173,24 @@ def assemble_input(
     return stacked
 
 
+def grid_input(
+    backbone: nn.Module,
+    x: torch.Tensor,
+    noise_label: torch.Tensor | float,
+    mask: torch.Tensor | None,
+    cond: Mapping[str, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int]]:
+    """The start every grid backbone's ``forward`` shares: ``(h, labels [B], pads)`` with ``h`` the input channels
+    (:func:`assemble_input`: field, mask, conditioning) padded to the backbone's ``downsampling_factor``
+    (:func:`pad_to_multiple`); crop the output with ``crop(out, pads)``. ``backbone`` has ``in_channels``,
+    ``mask_aware``, ``cond_channels``, ``downsampling_factor`` and ``periodic_lon``."""
+    h = assemble_input(x, in_channels=backbone.in_channels, mask=mask, mask_aware=backbone.mask_aware, cond=cond,
+                       cond_channels=backbone.cond_channels)
+    labels = noise_labels(noise_label, x.shape[0], x.device)
+    h, pads = pad_to_multiple(h, backbone.downsampling_factor, periodic_lon=backbone.periodic_lon)
+    return h, labels, pads
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     """True when ``x [B, C, H, W]`` is stored channels-last and not also plain contiguous (C or H*W > 1)."""
     return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

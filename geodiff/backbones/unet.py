@@ -22,11 +22,9 @@ from geodiff.backbones.layers import (
     ResBlock,
     SelfAttention,
     Upsample,
-    assemble_input,
     crop,
     group_norm,
-    noise_labels,
-    pad_to_multiple,
+    grid_input,
 )
 from geodiff.config import Configurable
 from geodiff.errors import ConfigError
@@ -202,16 +200,8 @@ class UNet(Configurable, nn.Module):
         cond: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``x [B, in_channels, H, W]``, ``noise_label [B]`` (or scalar) -> ``[B, out_channels, H, W]``."""
-        h = assemble_input(
-            x,
-            in_channels=self.in_channels,
-            mask=mask,
-            mask_aware=self.mask_aware,
-            cond=cond,
-            cond_channels=self.cond_channels,
-        )
-        emb = self.embedding(noise_labels(noise_label, x.shape[0], x.device))
-        h, pads = pad_to_multiple(h, self.downsampling_factor, periodic_lon=self.periodic_lon)
+        h, labels, pads = grid_input(self, x, noise_label, mask, cond)
+        emb = self.embedding(labels)
         h = self.input_conv(h)
         skips = [h]
         for block in self.encoder:

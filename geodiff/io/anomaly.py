@@ -41,7 +41,7 @@ import pandas as pd
 import xarray as xr
 
 from geodiff.errors import ConfigError, CoordinateError, DataError, GridError
-from geodiff.io.normalize import NORMALIZED_ATTR, level_dimension
+from geodiff.io.normalize import NORMALIZED_ATTR, apply_per_variable, level_dimension
 
 if TYPE_CHECKING:
     from geodiff.io.codec import Codec
@@ -359,17 +359,7 @@ class AnomalyNormalizer:
         return self._apply(data, inverse=True)
 
     def _apply(self, data: xr.Dataset | xr.DataArray, *, inverse: bool) -> xr.Dataset | xr.DataArray:
-        if isinstance(data, xr.DataArray):
-            if not isinstance(data.name, str):
-                raise GridError("a DataArray to (de)normalise needs the variable's name (da.name)")
-            return self._apply_one(data.name, data, inverse)
-        if not isinstance(data, xr.Dataset):
-            raise GridError(f"expected an xarray Dataset or DataArray, got {type(data).__name__}")
-        new = {name: self._apply_one(str(name), da, inverse) for name, da in data.data_vars.items()}
-        out = data.copy(deep=False, data={name: da.data for name, da in new.items()})
-        for name, da in new.items():
-            out[name].attrs = da.attrs
-        return out
+        return apply_per_variable(data, lambda name, da: self._apply_one(name, da, inverse))
 
     def _apply_one(self, name: str, da: xr.DataArray, inverse: bool) -> xr.DataArray:
         if da.dtype.kind != "f":

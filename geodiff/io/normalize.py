@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -316,17 +316,7 @@ class Normalizer:
         return self._apply(data, inverse=True)
 
     def _apply(self, data: xr.Dataset | xr.DataArray, *, inverse: bool) -> xr.Dataset | xr.DataArray:
-        if isinstance(data, xr.DataArray):
-            if not isinstance(data.name, str):
-                raise GridError("a DataArray to (de)normalise needs the variable's name (da.name)")
-            return self._apply_one(data.name, data, inverse)
-        if not isinstance(data, xr.Dataset):
-            raise GridError(f"expected an xarray Dataset or DataArray, got {type(data).__name__}")
-        new = {name: self._apply_one(str(name), da, inverse) for name, da in data.data_vars.items()}
-        out = data.copy(deep=False, data={name: da.data for name, da in new.items()})
-        for name, da in new.items():
-            out[name].attrs = da.attrs
-        return out
+        return apply_per_variable(data, lambda name, da: self._apply_one(name, da, inverse))
 
     def _apply_one(self, name: str, da: xr.DataArray, inverse: bool) -> xr.DataArray:
         if da.dtype.kind != "f":
@@ -446,6 +436,23 @@ def _assemble(data_vars: Mapping[str, xr.DataArray]) -> xr.Dataset:
     stats = xr.Dataset(dict(data_vars), attrs={"title": "geodiff normalisation statistics",
                                                "convention": "normalised = (value - mean) / std"})
     return stats.assign_coords({STATISTIC: np.array(["mean", "std"])})
+
+
+def apply_per_variable(data: xr.Dataset | xr.DataArray,
+                       apply_one: Callable[[str, xr.DataArray], xr.DataArray]) -> xr.Dataset | xr.DataArray:
+    """``apply_one(name, da)`` on a named DataArray or on every data variable of a Dataset (coords and attributes of
+    the Dataset kept; each variable's attributes as ``apply_one`` returns them)."""
+    if isinstance(data, xr.DataArray):
+        if not isinstance(data.name, str):
+            raise GridError("a DataArray to (de)normalise needs the variable's name (da.name)")
+        return apply_one(data.name, data)
+    if not isinstance(data, xr.Dataset):
+        raise GridError(f"expected an xarray Dataset or DataArray, got {type(data).__name__}")
+    new = {name: apply_one(str(name), da) for name, da in data.data_vars.items()}
+    out = data.copy(deep=False, data={name: da.data for name, da in new.items()})
+    for name, da in new.items():
+        out[name].attrs = da.attrs
+    return out
 
 
 def level_dimension(name: str, da: xr.DataArray) -> str | None:
