@@ -229,7 +229,8 @@ def fit(
         per-cell mean), ``"month"``, ``"season"``, ``"none"`` (per-cell mean and std, no climatology) or ``"off"``
         (one mean and std per variable and level: :class:`~geodiff.io.Normalizer`).
     prior: ``"hybrid"`` (default): the network learns a correction to an exact Gaussian prior whose covariance
-        mixes the training anomalies and a stationary model, mixed as chosen on the validation period
+        mixes the anomalies of the whole training period (validation included, once the mix is chosen) and a
+        stationary model, mixed as chosen on the validation period
         (:mod:`geodiff.training.hybrid_prior`; whole fields, up to 8000 valid cells); ``"network"``: a plain
         EDM denoiser (any grid size, patches).
     base_channels, batch_size, lr, ema_decay, patch_size: network width, global batch, AdamW learning rate, EMA
@@ -294,9 +295,11 @@ def fit(
         chosen = np.unique(np.linspace(0, n_train - 1, min(n_train, MAX_PRIOR_TIMES)).astype(int))
         fields = data if isinstance(data, Tensor) and chosen.size == n_train else \
             _in_memory(FieldStream(ds, codec, normalizer, chosen))
+        everything = np.unique(np.linspace(0, n_times - 1, min(n_times, MAX_PRIOR_TIMES)).astype(int))
         prior_spec, factor, prior_report = fit_hybrid_prior(
             fields, validation_fields, mask, lat=codec.lat, lon=codec.lon,
-            times=ds["time"].values[chosen], seed=seed)
+            times=ds["time"].values[chosen], seed=seed,
+            final=_in_memory(FieldStream(ds, codec, normalizer, everything)))
         torch.manual_seed(seed)
         denoiser: Denoiser = GaussianResidualDenoiser(UNet(**arch), prior=prior_spec, sigma_data=1.0, mask=mask)
         with torch.no_grad():

@@ -4,9 +4,10 @@ From normalised training anomalies ``[N, C, H, W]`` (land = 0, ``mask`` True = v
 
 1. a stationary covariance per channel, fitted to the anomalies' semivariograms with the fit optimal interpolation
    uses (:func:`geodiff.covariance.fit_variograms`), for each candidate model;
-2. the shrinkage ``alpha`` between the training anomalies' second moment and that stationary covariance,
-   ``S = (1 - alpha) A^T A / (N - 1) + alpha K``, and the model, chosen by the exact posterior mean's error on the
-   *validation* fields from random observations at 2, 5 and 10 % of their valid cells (never the test period).
+2. the shrinkage ``alpha`` between the training anomalies' second moment and that stationary covariance, and the
+   variance ``v`` of a uniform shift of each channel, ``S = (1 - alpha) A^T A / (N - 1) + alpha K + v 1 1^T``,
+   and the model, chosen by the exact posterior mean's error on the *validation* fields from random observations
+   at 2, 5 and 10 % of their valid cells (never the test period).
 
 Everything is in normalised units (the anomaly normaliser's per-cell std), so the observation error used for the
 choice, ``VALIDATION_ERROR`` = 0.01, is 1 % of a cell's anomaly std.
@@ -21,8 +22,8 @@ Example
 >>> mask = torch.ones(1, 6, 8, dtype=torch.bool)
 >>> prior, factor, report = fit_hybrid_prior(fields[:32], fields[32:], mask, lat=range(6), lon=range(8),
 ...                                          times=[f"2000-01-{d + 1:02d}" for d in range(32)])
->>> factor.shape, prior["cells"], 0.0 <= report["alpha"] <= 1.0
-(torch.Size([32, 48]), 48, True)
+>>> factor.shape[1], prior["cells"], 0.0 <= report["alpha"] <= 1.0, report["offset"] in (0.0, 0.25, 1.0, 4.0)
+(48, 48, True, True)
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ from torch import Tensor
 from geodiff.covariance import empirical_variograms, fit_variograms, stationary_covariance
 from geodiff.errors import ConfigError, GeodiffError
 
-__all__ = ["fit_hybrid_prior", "ALPHAS", "CANDIDATE_MODELS", "VALIDATION_ERROR", "MAX_PRIOR_CELLS"]
+__all__ = ["fit_hybrid_prior", "ALPHAS", "OFFSETS", "CANDIDATE_MODELS", "VALIDATION_ERROR", "MAX_PRIOR_CELLS"]
 
 ALPHAS = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)
+#: variances (normalised units squared) of a uniform shift of each channel: a period whose climate departs from
+#: the training period's (a trend, another season) moves whole fields, which neither part above allows for
+OFFSETS = (0.0, 0.25, 1.0, 4.0)
 CANDIDATE_MODELS = ("exponential", "matern32")
 VALIDATION_ERROR = 0.01
 VALIDATION_COVERAGES = (0.02, 0.05, 0.10)
@@ -80,17 +84,21 @@ def _block_stationary(parts: list[dict[str, Any]], mask: np.ndarray, lat: np.nda
     return cov
 
 
-def _validation_error(second_moment: np.ndarray, stationary: np.ndarray, alpha: float, fields: np.ndarray,
-                      draws: list[list[np.ndarray]], rng_noise: list[list[np.ndarray]]) -> float:
-    """Mean over coverages of the RMSE (unobserved valid cells) of the exact posterior mean on ``fields [M, P]``."""
-    cov = (1 - alpha) * second_moment + alpha * stationary
+def _validation_error(anomalies: np.ndarray, stationary: np.ndarray, channel: np.ndarray, alpha: float,
+                      offset: float, fields: np.ndarray, draws: list[list[np.ndarray]],
+                      noises: list[list[np.ndarray]]) -> float:
+    """Mean over coverages of the RMSE (unobserved valid cells) of the exact posterior mean on ``fields [M, P]``
+    under ``S = (1 - alpha) A^T A / (N - 1) + alpha K + offset [same channel]``; only the observed columns of ``S``
+    are formed."""
+    scale = (1 - alpha) / (anomalies.shape[0] - 1)
     errors = []
-    for per_coverage, noises in zip(draws, rng_noise):
+    for per_coverage, per_noise in zip(draws, noises):
         total, count = 0.0, 0
-        for field, observed, noise in zip(fields, per_coverage, noises):
-            y = field[observed] + noise
-            k_oo = cov[np.ix_(observed, observed)] + VALIDATION_ERROR**2 * np.eye(observed.size)
-            mean = cov[:, observed] @ np.linalg.solve(k_oo, y)
+        for field, observed, noise in zip(fields, per_coverage, per_noise):
+            columns = (scale * anomalies.T @ anomalies[:, observed] + alpha * stationary[:, observed]
+                       + offset * (channel[:, None] == channel[None, observed]))
+            k_oo = columns[observed] + VALIDATION_ERROR**2 * np.eye(observed.size)
+            mean = columns @ np.linalg.solve(k_oo, field[observed] + noise)
             hidden = np.ones(field.size, bool)
             hidden[observed] = False
             total += float(((mean - field)[hidden] ** 2).sum())
@@ -101,13 +109,16 @@ def _validation_error(second_moment: np.ndarray, stationary: np.ndarray, alpha: 
 
 def fit_hybrid_prior(
     training: Tensor, validation: Tensor, mask: Tensor, *, lat: Sequence[float], lon: Sequence[float],
-    times: Sequence[Any], seed: int = 0,
+    times: Sequence[Any], seed: int = 0, final: Tensor | None = None,
 ) -> tuple[dict[str, Any], Tensor, dict[str, Any]]:
     """The hybrid prior of normalised ``training [N, C, H, W]`` anomalies, shrinkage chosen on ``validation``.
 
     Returns ``(prior, factor [N, P] float32, report)``: ``prior`` is the ``prior`` argument of
     :class:`~geodiff.diffusion.gaussian_prior.GaussianResidualDenoiser` (stationary parts already scaled by
-    ``alpha``), ``factor`` its buffer, ``report`` the chosen model and ``alpha`` with the validation errors.
+    ``alpha``), ``factor`` its buffer (the scaled anomalies, then one row per channel for the shift), ``report``
+    the chosen model, ``alpha`` and shift variance with the validation errors. ``final`` (default ``training``):
+    the fields whose anomalies make the low-rank part once the choice is made, e.g. the whole training period
+    with its validation part, the months closest to what is reconstructed next.
     """
     mask_np = mask.cpu().numpy().astype(bool)
     cells = int(mask_np.sum())
@@ -119,7 +130,7 @@ def fit_hybrid_prior(
     lat_np, lon_np = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
     flat_mask = mask_np.reshape(-1)
     anomalies = training.reshape(training.shape[0], -1).double().cpu().numpy()[:, flat_mask]
-    second_moment = anomalies.T @ anomalies / (anomalies.shape[0] - 1)
+    channel = np.repeat(np.arange(mask_np.shape[0]), mask_np.reshape(mask_np.shape[0], -1).sum(1))
     held_out = validation.reshape(validation.shape[0], -1).double().cpu().numpy()[:, flat_mask]
     rng = np.random.default_rng(seed)
     order = [rng.permutation(cells) for _ in held_out]
@@ -141,19 +152,25 @@ def fit_hybrid_prior(
         stationary = _block_stationary(parts, mask_np, lat_np, lon_np)
         scores[model] = {}
         for alpha in ALPHAS:
-            try:
-                error = _validation_error(second_moment, stationary, alpha, held_out, draws, noise)
-            except np.linalg.LinAlgError:
-                continue
-            scores[model][str(alpha)] = error
-            if best is None or error < best[0]:
-                best = (error, model, alpha, parts)
+            for offset in OFFSETS:
+                try:
+                    error = _validation_error(anomalies, stationary, channel, alpha, offset, held_out, draws, noise)
+                except np.linalg.LinAlgError:
+                    continue
+                scores[model][f"alpha={alpha},offset={offset}"] = error
+                if best is None or error < best[0]:
+                    best = (error, model, alpha, offset, parts)
     if best is None:
         raise ConfigError(f"no covariance model could be fitted to the training anomalies: {scores}")
-    error, model, alpha, parts = best
-    prior = {"lat": lat_np.tolist(), "lon": lon_np.tolist(), "rank": int(anomalies.shape[0]), "cells": cells,
+    error, model, alpha, offset, parts = best
+    if final is not None:
+        anomalies = final.reshape(final.shape[0], -1).double().cpu().numpy()[:, flat_mask]
+    rows = [np.sqrt((1 - alpha) / (anomalies.shape[0] - 1)) * anomalies]
+    if offset > 0:  # a uniform shift of each channel: one row per channel, sqrt(offset) on its cells
+        rows.append(np.sqrt(offset) * (channel[None, :] == np.arange(mask_np.shape[0])[:, None]))
+    factor = torch.from_numpy(np.concatenate(rows)).float()
+    prior = {"lat": lat_np.tolist(), "lon": lon_np.tolist(), "rank": int(factor.shape[0]), "cells": cells,
              "stationary": [{**p, "variance": alpha * p["variance"], "nugget": alpha * p["nugget"]} for p in parts]}
-    factor = torch.from_numpy(np.sqrt((1 - alpha) / (anomalies.shape[0] - 1)) * anomalies).float()
-    report = {"model": model, "alpha": alpha, "validation_rmse": error, "candidates": scores,
+    report = {"model": model, "alpha": alpha, "offset": offset, "validation_rmse": error, "candidates": scores,
               "validation_coverages": list(VALIDATION_COVERAGES), "validation_error": VALIDATION_ERROR}
     return prior, factor, report
