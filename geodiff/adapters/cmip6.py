@@ -42,7 +42,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from geodiff.adapters.files import INCOMPLETE, netcdf_files
+from geodiff.adapters.files import netcdf_files, open_netcdf_files
 from geodiff.adapters.regrid import regrid, target_grid
 from geodiff.adapters.standardize import (
     CANONICAL_UNITS,
@@ -60,16 +60,7 @@ _QUERY_COLUMNS = ("activity_id", "institution_id", "source_id", "experiment_id",
 
 
 def _open(paths: Sequence[Path]) -> xr.Dataset:
-    coder = xr.coders.CFDatetimeCoder(use_cftime=True)
-    try:
-        if len(paths) == 1:
-            return xr.open_dataset(paths[0], decode_times=coder, chunks={})
-        return xr.open_mfdataset(
-            [str(p) for p in paths], decode_times=coder, combine="nested", concat_dim="time", data_vars="minimal",
-            coords="minimal", compat="override", join="override",
-        )
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot open {[str(p) for p in paths]} as netCDF ({INCOMPLETE} or not netCDF): {err}") from err
+    return open_netcdf_files(paths, "CMIP6", along="time", decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
 
 
 def open_dataset(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from geodiff.adapters.files import INCOMPLETE, netcdf_files
+from geodiff.adapters.files import INCOMPLETE, netcdf_files, open_netcdf_files
 from geodiff.adapters.standardize import convert_units, record, standardize
 from geodiff.adapters.stations import observation_table
 from geodiff.errors import DataError, ObservationError
@@ -72,19 +72,7 @@ def open_analysis(
     ({'time': 1, 'depth': 42, 'lat': 173, 'lon': 360}, 'degC', -180.0)
     """
     files = netcdf_files(paths, "EN4")
-    try:
-        if len(files) == 1:
-            ds = xr.open_dataset(files[0], chunks={})
-        else:
-            ds = xr.open_mfdataset([str(f) for f in files], combine="nested", concat_dim="time", data_vars="minimal",
-                                   coords="minimal", compat="override", join="override")
-    except (OSError, ValueError) as err:
-        raise DataError(
-            f"cannot open EN4 analyses {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
-        ) from err
-    missing = [v for v in variables if v not in ds.data_vars]
-    if missing:
-        raise DataError(f"EN4 analysis variables {missing} not found in {files[0].name}; found {list(ds.data_vars)}")
+    ds = open_netcdf_files(files, "EN4 analysis", variables, along="time")
     keep = list(variables) + [n for n in ("depth_bnds", "time_bnds") if n in ds.data_vars]
     ds = ds[keep]
     wanted = {v: (units or {}).get(v, _ANALYSIS_UNITS.get(v, ds[v].attrs.get("units"))) for v in variables}

@@ -32,7 +32,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import xarray as xr
 
 from geodiff.errors import DataError
 
@@ -239,3 +241,26 @@ def netcdf_files(paths: str | Path | Sequence[str | Path], product: str, *, fold
     for item in items:
         check_netcdf(item)
     return sorted(items)
+
+
+def open_netcdf_files(files: Sequence[Path], product: str, variables: Sequence[str] = (), *, along: str = "coords",
+                      **open_options: Any) -> xr.Dataset:
+    """Checked netCDF ``files`` of ``product`` (:func:`netcdf_files`) as one lazy dataset: one file as it is, several
+    concatenated along ``time`` (``along="time"``) or combined by their coordinates (``along="coords"``).
+    :class:`~geodiff.errors.DataError` names the files when they cannot be read and the ``variables`` missing."""
+    try:
+        if len(files) == 1:
+            ds = xr.open_dataset(files[0], chunks={}, **open_options)
+        elif along == "time":
+            ds = xr.open_mfdataset([str(f) for f in files], combine="nested", concat_dim="time", data_vars="minimal",
+                                   coords="minimal", compat="override", join="override", **open_options)
+        else:
+            ds = xr.open_mfdataset([str(f) for f in files], combine="by_coords", data_vars="minimal",
+                                   coords="minimal", compat="override", **open_options)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot open {product} files {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
+                        ) from err
+    missing = [v for v in variables if v not in ds.data_vars]
+    if missing:
+        raise DataError(f"{product} variables {missing} not found in {files[0].name}; found {list(ds.data_vars)}")
+    return ds

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from geodiff.adapters.files import INCOMPLETE, netcdf_files
+from geodiff.adapters.files import netcdf_files, open_netcdf_files
 from geodiff.adapters.standardize import select_bbox, standardize
-from geodiff.errors import DataError
 
 __all__ = ["CHANNELS", "open_dataset"]
 
@@ -48,19 +47,7 @@ def open_dataset(
     longitudes then run continuously in 0..360, recorded). Only the selected cells are read.
     """
     files = netcdf_files(paths, "GridSat-B1")
-    try:
-        if len(files) == 1:
-            ds = xr.open_dataset(files[0], chunks={})
-        else:
-            ds = xr.open_mfdataset([str(f) for f in files], combine="by_coords", data_vars="minimal",
-                                   coords="minimal", compat="override")
-    except (OSError, ValueError) as err:
-        raise DataError(
-            f"cannot open GridSat-B1 files {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
-        ) from err
-    missing = [v for v in variables if v not in ds.data_vars]
-    if missing:
-        raise DataError(f"GridSat-B1 variables {missing} not found in {files[0].name}; found {list(ds.data_vars)}")
+    ds = open_netcdf_files(files, "GridSat-B1", variables)
     ds = ds[list(variables)]
     ds = standardize(ds, variables={}, lon=lon)  # coordinates only: nothing is read yet
     if bbox is not None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import xarray as xr
 
-from geodiff.adapters.files import INCOMPLETE, netcdf_files
+from geodiff.adapters.files import netcdf_files, open_netcdf_files
 from geodiff.adapters.standardize import standardize
 from geodiff.errors import DataError
 
@@ -75,16 +75,8 @@ def open_dataset(
     if product not in PRODUCTS:
         raise DataError(f"unknown sounder product {product!r}; products are {sorted(PRODUCTS)}")
     spec = PRODUCTS[product]
-    try:
-        ds = xr.open_dataset(files[0], chunks={}) if len(files) == 1 else xr.open_mfdataset(
-            [str(f) for f in files], combine="by_coords", data_vars="minimal", coords="minimal", compat="override")
-    except (OSError, ValueError) as err:
-        raise DataError(
-            f"cannot open sounder files {[str(f) for f in files]} ({INCOMPLETE} or not netCDF): {err}"
-        ) from err
     variable = spec["variable"]
-    if variable not in ds.data_vars:
-        raise DataError(f"{product} file {files[0].name!r} has no variable {variable!r}; found {list(ds.data_vars)}")
+    ds = open_netcdf_files(files, product, [variable])
     out = standardize(ds[[variable]], variables={variable: spec["units"]}, lon=lon)
     out.attrs["geodiff_sounder_product"] = product
     out.attrs["geodiff_source_files"] = json.dumps([f.name for f in files])

@@ -78,7 +78,7 @@ def test_sounder_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="cannot tell the sounder product"):
         sounders.product_of("something.nc")
     path = products.write_sounder(tmp_path, "hirs_olr")
-    with pytest.raises(DataError, match="no variable 'uth'"):
+    with pytest.raises(DataError, match="variables \\['uth'\\] not found"):
         sounders.open_dataset(path, product="hirs_uth")
 
 
