@@ -81,5 +81,5 @@ for name in args.sets.split(","):
                    "seconds_per_field": (time.time() - t1) / test.sizes["time"]}
         print(name, cv, {k: round(float(v), 3) for k, v in res[cv].items()}, flush=True)
     out[name] = {"alpha": rep["alpha"], "model": rep["model"], "fit_seconds": fit_s, "scores": res}
-    print(name, "alpha", rep["alpha"], "offset", rep.get("offset"), rep["model"], "fit s", round(fit_s, 1), flush=True)
+    print(name, "alpha", rep["alpha"], "offset", rep.get("offset"), "inflation", rep.get("inflation"), rep["model"], "fit s", round(fit_s, 1), flush=True)
 (args.cache / "hybrid_gaussian_limit.json").write_text(json.dumps(out, indent=1, default=float))

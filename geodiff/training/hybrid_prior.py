@@ -7,7 +7,8 @@ From normalised training anomalies ``[N, C, H, W]`` (land = 0, ``mask`` True = v
 2. the shrinkage ``alpha`` between the training anomalies' second moment and that stationary covariance, and the
    variance ``v`` of a uniform shift of each channel, ``S = (1 - alpha) A^T A / (N - 1) + alpha K + v 1 1^T``,
    and the model, chosen by the exact posterior mean's error on the *validation* fields from random observations
-   at 2, 5 and 10 % of their valid cells (never the test period).
+   at 2, 5 and 10 % of their valid cells (never the test period); then a factor on the whole covariance (the
+   spread) chosen by the posterior's CRPS on the same fields.
 
 Everything is in normalised units (the anomaly normaliser's per-cell std), so the observation error used for the
 choice, ``VALIDATION_ERROR`` = 0.01, is 1 % of a cell's anomaly std.
@@ -45,6 +46,8 @@ ALPHAS = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)
 #: variances (normalised units squared) of a uniform shift of each channel: a period whose climate departs from
 #: the training period's (a trend, another season) moves whole fields, which neither part above allows for
 OFFSETS = (0.0, 0.25, 1.0, 4.0)
+#: factors on the whole covariance, chosen by the validation CRPS once the mix is chosen (the mix sets the mean)
+INFLATIONS = (1.0, 1.5, 2.0, 3.0, 4.0)
 CANDIDATE_MODELS = ("exponential", "matern32")
 VALIDATION_ERROR = 0.01
 VALIDATION_COVERAGES = (0.02, 0.05, 0.10)
@@ -107,6 +110,31 @@ def _validation_error(anomalies: np.ndarray, stationary: np.ndarray, channel: np
     return float(np.mean(errors))
 
 
+def _validation_crps(anomalies: np.ndarray, stationary: np.ndarray, channel: np.ndarray, alpha: float, offset: float,
+                     inflation: float, fields: np.ndarray, draws: list[list[np.ndarray]],
+                     noises: list[list[np.ndarray]]) -> float:
+    """Mean Gaussian CRPS (unobserved valid cells, all coverages) of the exact posterior under ``inflation * S``."""
+    from scipy.stats import norm
+
+    scale = (1 - alpha) / (anomalies.shape[0] - 1)
+    prior_var = inflation * (scale * (anomalies**2).sum(0) + alpha * np.diag(stationary) + offset)
+    total, count = 0.0, 0
+    for per_coverage, per_noise in zip(draws, noises):
+        for field, observed, noise in zip(fields, per_coverage, per_noise):
+            columns = inflation * (scale * anomalies.T @ anomalies[:, observed] + alpha * stationary[:, observed]
+                                   + offset * (channel[:, None] == channel[None, observed]))
+            k_oo = columns[observed] + VALIDATION_ERROR**2 * np.eye(observed.size)
+            solved = np.linalg.solve(k_oo, np.concatenate([(field[observed] + noise)[:, None], columns.T], axis=1))
+            mean = columns @ solved[:, 0]
+            std = np.sqrt(np.clip(prior_var - np.einsum("ij,ji->i", columns, solved[:, 1:]), 1e-12, None))
+            hidden = np.ones(field.size, bool)
+            hidden[observed] = False
+            z = (field - mean)[hidden] / std[hidden]
+            total += float((std[hidden] * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / np.sqrt(np.pi))).sum())
+            count += int(hidden.sum())
+    return total / count
+
+
 def fit_hybrid_prior(
     training: Tensor, validation: Tensor, mask: Tensor, *, lat: Sequence[float], lon: Sequence[float],
     times: Sequence[Any], seed: int = 0, final: Tensor | None = None,
@@ -163,14 +191,20 @@ def fit_hybrid_prior(
     if best is None:
         raise ConfigError(f"no covariance model could be fitted to the training anomalies: {scores}")
     error, model, alpha, offset, parts = best
+    stationary = _block_stationary(parts, mask_np, lat_np, lon_np)
+    crps = {str(g): _validation_crps(anomalies, stationary, channel, alpha, offset, g, held_out, draws, noise)
+            for g in INFLATIONS}
+    inflation = float(min(INFLATIONS, key=lambda g: crps[str(g)]))
     if final is not None:
         anomalies = final.reshape(final.shape[0], -1).double().cpu().numpy()[:, flat_mask]
-    rows = [np.sqrt((1 - alpha) / (anomalies.shape[0] - 1)) * anomalies]
+    rows = [np.sqrt(inflation * (1 - alpha) / (anomalies.shape[0] - 1)) * anomalies]
     if offset > 0:  # a uniform shift of each channel: one row per channel, sqrt(offset) on its cells
-        rows.append(np.sqrt(offset) * (channel[None, :] == np.arange(mask_np.shape[0])[:, None]))
+        rows.append(np.sqrt(inflation * offset) * (channel[None, :] == np.arange(mask_np.shape[0])[:, None]))
     factor = torch.from_numpy(np.concatenate(rows)).float()
     prior = {"lat": lat_np.tolist(), "lon": lon_np.tolist(), "rank": int(factor.shape[0]), "cells": cells,
-             "stationary": [{**p, "variance": alpha * p["variance"], "nugget": alpha * p["nugget"]} for p in parts]}
-    report = {"model": model, "alpha": alpha, "offset": offset, "validation_rmse": error, "candidates": scores,
+             "stationary": [{**p, "variance": inflation * alpha * p["variance"], "nugget": inflation * alpha * p["nugget"]}
+                            for p in parts]}
+    report = {"model": model, "alpha": alpha, "offset": offset, "inflation": inflation, "validation_rmse": error,
+              "validation_crps": crps, "candidates": scores,
               "validation_coverages": list(VALIDATION_COVERAGES), "validation_error": VALIDATION_ERROR}
     return prior, factor, report
