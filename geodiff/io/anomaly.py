@@ -41,7 +41,7 @@ import pandas as pd
 import xarray as xr
 
 from geodiff.errors import ConfigError, CoordinateError, DataError, GridError
-from geodiff.io.normalize import NORMALIZED_ATTR, apply_per_variable, level_dimension
+from geodiff.io.normalize import NORMALIZED_ATTR, FieldStatistics, level_dimension, with_record
 
 if TYPE_CHECKING:
     from geodiff.io.codec import Codec
@@ -132,7 +132,7 @@ def _smooth(field: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
         return np.where(valid, total / weight, field)
 
 
-class AnomalyNormalizer:
+class AnomalyNormalizer(FieldStatistics):
     """Per-cell climatology and anomaly scale of each variable (and level); module docstring for the maths.
 
     Build it with :meth:`fit` (or :meth:`from_dict` / :meth:`load`). ``stats`` holds, per variable ``v``,
@@ -350,17 +350,6 @@ class AnomalyNormalizer:
     # -------------------------------------------------------------------------------------------------------
     # apply
 
-    def normalize(self, data: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
-        """``(value - climatology) / std`` for every data variable (lazy for dask data; dims, coords, attrs kept)."""
-        return self._apply(data, inverse=False)
-
-    def denormalize(self, data: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
-        """``value * std + climatology`` (the inverse of :meth:`normalize`)."""
-        return self._apply(data, inverse=True)
-
-    def _apply(self, data: xr.Dataset | xr.DataArray, *, inverse: bool) -> xr.Dataset | xr.DataArray:
-        return apply_per_variable(data, lambda name, da: self._apply_one(name, da, inverse))
-
     def _apply_one(self, name: str, da: xr.DataArray, inverse: bool) -> xr.DataArray:
         if da.dtype.kind != "f":
             raise GridError(f"variable {name!r} has dtype {da.dtype}; expected floating point")
@@ -393,13 +382,8 @@ class AnomalyNormalizer:
             which = self._periods(da["time"].values).item() if self.climatology != "none" else 0
             mean_data = mean[which]
         data = canonical.data * std + mean_data if inverse else (canonical.data - mean_data) / std
-        out = canonical.copy(deep=False, data=data).transpose(*da.dims)
-        out.attrs = dict(da.attrs)
-        if inverse:
-            out.attrs.pop(NORMALIZED_ATTR, None)
-        else:
-            out.attrs[NORMALIZED_ATTR] = "(value - climatology) / std with geodiff anomaly statistics"
-        return out
+        return with_record(canonical.copy(deep=False, data=data).transpose(*da.dims), da, inverse,
+                           "(value - climatology) / std with geodiff anomaly statistics")
 
     # -------------------------------------------------------------------------------------------------------
     # storage

@@ -58,7 +58,27 @@ _HORIZONTAL = ("member", "time", "lat", "lon")  # dims averaged over by ``fit``
 _LEVEL_RTOL = 1e-6  # level coordinates match when equal to float32 rounding
 
 
-class Normalizer:
+class FieldStatistics:
+    """What every normaliser shares: :meth:`normalize` and :meth:`denormalize` of Datasets / named DataArrays,
+    variable by variable through the subclass's ``_apply_one(name, da, inverse)``."""
+
+    def normalize(self, data: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
+        """Normalised values of every data variable (lazy for dask data; dtype, coords, attrs kept).
+
+        Every data variable needs statistics (:class:`~geodiff.errors.GridError` naming it otherwise);
+        attribute ``geodiff_normalized`` records the map and is removed again by :meth:`denormalize`.
+        """
+        return apply_per_variable(data, lambda name, da: self._apply_one(name, da, False))
+
+    def denormalize(self, data: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
+        """Physical values of every data variable (the inverse of :meth:`normalize`)."""
+        return apply_per_variable(data, lambda name, da: self._apply_one(name, da, True))
+
+    def _apply_one(self, name: str, da: xr.DataArray, inverse: bool) -> xr.DataArray:
+        raise NotImplementedError
+
+
+class Normalizer(FieldStatistics):
     """Per-variable (per-level) ``mean`` / ``std``: ``normalize(ds) = (ds - mean) / std`` and back.
 
     Build it with :meth:`fit`, :meth:`affine`, :meth:`from_range`, :meth:`load` or from a statistics
@@ -303,21 +323,6 @@ class Normalizer:
     # -------------------------------------------------------------------------------------------------------
     # apply
 
-    def normalize(self, data: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
-        """``(value - mean) / std`` for every data variable (lazy for dask data; dtype, coords, attrs kept).
-
-        Every data variable needs statistics (:class:`~geodiff.errors.GridError` naming it otherwise);
-        attribute ``geodiff_normalized`` records the map and is removed again by :meth:`denormalize`.
-        """
-        return self._apply(data, inverse=False)
-
-    def denormalize(self, data: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
-        """``value * std + mean`` for every data variable (the inverse of :meth:`normalize`)."""
-        return self._apply(data, inverse=True)
-
-    def _apply(self, data: xr.Dataset | xr.DataArray, *, inverse: bool) -> xr.Dataset | xr.DataArray:
-        return apply_per_variable(data, lambda name, da: self._apply_one(name, da, inverse))
-
     def _apply_one(self, name: str, da: xr.DataArray, inverse: bool) -> xr.DataArray:
         if da.dtype.kind != "f":
             raise GridError(f"variable {name!r} has dtype {da.dtype}; expected floating point")
@@ -342,13 +347,8 @@ class Normalizer:
         mean = mean.astype(da.dtype).reshape(shape) if shape else mean.astype(da.dtype)[0]
         std = std.astype(da.dtype).reshape(shape) if shape else std.astype(da.dtype)[0]
         values = da.data * std + mean if inverse else (da.data - mean) / std
-        out = da.copy(deep=False, data=values)
-        out.attrs = dict(da.attrs)
-        if inverse:
-            out.attrs.pop(NORMALIZED_ATTR, None)
-        else:
-            out.attrs[NORMALIZED_ATTR] = "(value - mean) / std with geodiff normaliser statistics"
-        return out
+        return with_record(da.copy(deep=False, data=values), da, inverse,
+                           "(value - mean) / std with geodiff normaliser statistics")
 
     # -------------------------------------------------------------------------------------------------------
     # storage
@@ -436,6 +436,17 @@ def _assemble(data_vars: Mapping[str, xr.DataArray]) -> xr.Dataset:
     stats = xr.Dataset(dict(data_vars), attrs={"title": "geodiff normalisation statistics",
                                                "convention": "normalised = (value - mean) / std"})
     return stats.assign_coords({STATISTIC: np.array(["mean", "std"])})
+
+
+def with_record(out: xr.DataArray, source: xr.DataArray, inverse: bool, note: str) -> xr.DataArray:
+    """``out`` with ``source``'s attributes and the :data:`NORMALIZED_ATTR` record: ``note`` after normalising,
+    removed after de-normalising."""
+    out.attrs = dict(source.attrs)
+    if inverse:
+        out.attrs.pop(NORMALIZED_ATTR, None)
+    else:
+        out.attrs[NORMALIZED_ATTR] = note
+    return out
 
 
 def apply_per_variable(data: xr.Dataset | xr.DataArray,
