@@ -27,6 +27,7 @@ Example
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -58,7 +59,7 @@ _HORIZONTAL = ("member", "time", "lat", "lon")  # dims averaged over by ``fit``
 _LEVEL_RTOL = 1e-6  # level coordinates match when equal to float32 rounding
 
 
-class FieldStatistics:
+class FieldStatistics(ABC):
     """What every normaliser shares: :meth:`normalize` and :meth:`denormalize` of Datasets / named DataArrays,
     variable by variable through the subclass's ``_apply_one(name, da, inverse)``."""
 
@@ -74,8 +75,9 @@ class FieldStatistics:
         """Physical values of every data variable (the inverse of :meth:`normalize`)."""
         return apply_per_variable(data, lambda name, da: self._apply_one(name, da, True))
 
+    @abstractmethod
     def _apply_one(self, name: str, da: xr.DataArray, inverse: bool) -> xr.DataArray:
-        raise NotImplementedError
+        """``da`` of variable ``name`` normalised (``inverse=False``) or back in physical units."""
 
 
 class Normalizer(FieldStatistics):
