@@ -30,16 +30,19 @@ def utc_stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def append_history(attrs: Mapping[str, Any], line: str) -> dict[str, Any]:
-    """A copy of ``attrs`` with ``line`` (prefixed by :func:`utc_stamp`) appended to ``history`` on a new line;
-    an existing history is kept as it is.
+def append_history(attrs: Mapping[str, Any], line: str, *, stamped: bool = True) -> dict[str, Any]:
+    """A copy of ``attrs`` with ``line`` (prefixed by :func:`utc_stamp` unless ``stamped=False``) appended to
+    ``history`` on a new line; an existing history is kept as it is. Unstamped lines are for deterministic
+    conversions whose output must be byte-for-byte reproducible (the shipped samples).
 
     >>> append_history({}, "geodiff coarsen")["history"][20:]
     ' geodiff coarsen'
+    >>> append_history({"history": "a"}, "b", stamped=False)["history"].splitlines()
+    ['a', 'b']
     """
     previous = attrs.get("history")
-    stamped = f"{utc_stamp()} {line}"
-    return {**attrs, "history": f"{previous}\n{stamped}" if previous else stamped}
+    entry = f"{utc_stamp()} {line}" if stamped else line
+    return {**attrs, "history": f"{previous}\n{entry}" if previous else entry}
 
 
 def provenance_attrs(**fields: Any) -> dict[str, Any]:
