@@ -306,21 +306,16 @@ def batch_finalise(ctx: typer.Context, store: Path = typer.Argument(..., help="z
 # evaluate, validate
 
 
-def _open_output(path: Path) -> Any:
-    import xarray as xr
-
-    if path.suffix == ".zarr" or (path / "zarr.json").exists():
-        return xr.open_zarr(path)
-    return xr.open_dataset(path)
 
 
 def _evaluate(config: Any, line: str) -> dict[str, Any]:
     import numpy as np
 
     from geodiff import metrics
+    from geodiff.io.paths import open_dataset
     from geodiff.provenance import append_history
 
-    prediction, truth = _open_output(config.prediction), _open_output(config.truth)
+    prediction, truth = open_dataset(config.prediction), open_dataset(config.truth)
     names = config.variables or [name for name in prediction.data_vars if name in truth.data_vars]
     if not names:
         raise ConfigError(f"no data variable is in both {config.prediction} and {config.truth}")

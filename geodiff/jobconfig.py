@@ -35,7 +35,8 @@ from pydantic import (
     ValidationInfo,
 )
 
-from geodiff.errors import ConfigError
+from geodiff.errors import ConfigError, GeodiffError
+from geodiff.io.paths import Location, exists, is_url
 
 __all__ = ["load_config", "COMMANDS", "TrainConfig", "ReconstructConfig", "DownscaleConfig", "AssimilateConfig",
            "EvaluateConfig", "BatchSettings", "open_input"]
@@ -46,15 +47,24 @@ def _resolve(path: Path, info: ValidationInfo) -> Path:
     return path if path.is_absolute() or base is None else Path(base) / path
 
 
-def _existing(path: Path, info: ValidationInfo) -> Path:
-    path = _resolve(path, info)
-    if not path.exists():
-        raise ValueError(f"file {path} does not exist")
-    return path
+def _location(text: str | Path, info: ValidationInfo) -> Location:
+    """A URL as it is (``memory://``, ``s3://``, ...), a local path relative to the configuration file."""
+    return text if is_url(text) else _resolve(Path(text), info)
 
 
-#: a path that must exist (file or folder), relative to the configuration file
-InputPath = Annotated[Path, AfterValidator(_existing)]
+def _existing(text: str | Path, info: ValidationInfo) -> Location:
+    location = _location(text, info)
+    try:
+        found = exists(location)
+    except GeodiffError as err:
+        raise ValueError(str(err)) from None
+    if not found:
+        raise ValueError(f"file {location} does not exist")
+    return location
+
+
+#: a path or URL that must exist (file, folder or store), local paths relative to the configuration file
+InputPath = Annotated[str | Path, AfterValidator(_existing)]
 #: a path written by the command, relative to the configuration file
 OutputPath = Annotated[Path, AfterValidator(_resolve)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
@@ -248,18 +258,9 @@ def _check_options(path: Path, kind: str, options: dict[str, Any]) -> None:
                           f"pipeline (allowed: {', '.join(allowed)})")
 
 
-def open_input(path: Path) -> Any:
-    """Open an input lazily: ``.zarr`` (xarray, dask), ``.nc`` (xarray, dask), ``.csv`` (pandas, ``time`` parsed)."""
-    import pandas as pd
-    import xarray as xr
+def open_input(path: Location) -> Any:
+    """Open an input lazily (:func:`geodiff.io.paths.open_input`): zarr or netCDF (xarray, dask), CSV (pandas);
+    local paths or URLs."""
+    from geodiff.io.paths import open_input as open_location
 
-    if path.suffix == ".zarr" or (path / "zarr.json").exists():
-        return xr.open_zarr(path)
-    if path.suffix in (".nc", ".nc4", ".netcdf"):
-        return xr.open_dataset(path, chunks={})
-    if path.suffix == ".csv":
-        table = pd.read_csv(path)
-        if "time" in table.columns:
-            table["time"] = pd.to_datetime(table["time"])
-        return table
-    raise ConfigError(f"cannot open {path}: expected a .nc, .zarr or .csv file")
+    return open_location(path)
