@@ -6,7 +6,7 @@ Layout (this module is the one definition; readers, baselines and operators foll
 name             kind         meaning
 ===============  ===========  ===============================================================
 ``value``        data (float) the observed value, in the units of the field's variable
-``error_std``    data (float) observation error standard deviation (same units), > 0
+``error_std``    data (float) observation error standard deviation (same units), >= 0 (0: exact)
 ``lat``          coord        degrees north, in [-90, 90]
 ``lon``          coord        degrees east, any convention (taken into the grid's one)
 ``time``         coord        observation time (datetime64, cftime or numeric)
@@ -122,7 +122,8 @@ def as_observations(
     Raises :class:`~geodiff.errors.ObservationError` naming the column when a required column (``value``, ``lat``,
     ``lon``, ``time``; ``error_std`` unless ``default_error_std`` is given) is missing, a numeric column is not
     numeric, ``lat`` is outside [-90, 90], ``lon`` is outside [-360, 720] (e.g. a fill value 1e20), ``depth`` is
-    negative, ``error_std`` is not positive and finite, a ``value`` is infinite, ``obs_id`` has duplicates, or a
+    negative, ``error_std`` is negative or not finite (0 states an exact observation: optimal interpolation
+    honours it exactly; guided sampling needs a positive error and refuses it), a ``value`` is infinite, ``obs_id`` has duplicates, or a
     column is not along ``obs``.
 
     ``default_error_std`` (a number, or ``{variable: number}``) fills a missing ``error_std`` column and NaN
@@ -197,10 +198,10 @@ def as_observations(
     if "error_std" not in columns:
         columns["error_std"] = np.full(size, np.nan)
     error_std = columns["error_std"]
-    bad = ~np.isnan(error_std) & ~((error_std > 0) & np.isfinite(error_std))
+    bad = ~np.isnan(error_std) & ~((error_std >= 0) & np.isfinite(error_std))
     if np.any(bad):
         raise ObservationError(
-            f"observation column 'error_std' must be positive and finite; obs_id {_first_id(ids, bad)!r} has "
+            f"observation column 'error_std' must be finite and >= 0; obs_id {_first_id(ids, bad)!r} has "
             f"{_plain(error_std[bad][0])}"
         )
     if default_error_std is not None:

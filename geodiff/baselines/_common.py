@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from geodiff.errors import CoordinateError, GridError, ObservationError
 from geodiff.grid import wrap_longitude
+from geodiff.observations import ObservationTable
 from geodiff.provenance import append_history, provenance_attrs
 
 CANONICAL = ("time", "depth", "lat", "lon")
@@ -95,62 +97,42 @@ class Observations:
 
 
 def read_observations(observations: Any, variable: str, grid: xr.DataArray) -> Observations:
-    """Validate an observation table (xr.Dataset with dim ``obs`` or a DataFrame) against the target ``grid``."""
-    if hasattr(observations, "to_xarray") and not isinstance(observations, xr.Dataset | xr.DataArray):
-        frame = observations.reset_index(drop=True)
-        observations = xr.Dataset({c: ("obs", frame[c].to_numpy()) for c in frame.columns})
-    if not isinstance(observations, xr.Dataset):
+    """The observations of ``variable`` that :meth:`geodiff.observations.ObservationTable.validate` keeps on
+    ``grid`` (the same schema, checks, land and domain rules and duplicate merging as the diffusion pipelines, so
+    every method is scored on the same records), as float64 arrays; the validation report goes to ``notes``.
+
+    A table without ``time`` is accepted for a grid with at most one time (its records are at that time).
+    """
+    if isinstance(observations, xr.DataArray) or not isinstance(observations, xr.Dataset | pd.DataFrame):
         raise ObservationError(f"observations must be an xr.Dataset with dim 'obs' or a DataFrame, "
                                f"got {type(observations).__name__}")
-    if "obs" not in observations.dims:
-        raise ObservationError(f"observation table has no dimension 'obs'; dims are {tuple(observations.dims)}")
-    table = observations
-    for name in ("value", "error_std", "lat", "lon"):
-        if name not in table.variables:
-            raise ObservationError(f"observation table has no field {name!r}")
-    notes = []
-    if "variable" in table.variables:
-        names = np.asarray(table["variable"].values).astype(str)
-        keep = names == variable
-        if not keep.any():
-            raise ObservationError(f"observation table has no observation of variable {variable!r} "
-                                   f"(it has {sorted(set(names.tolist()))})")
-        if not keep.all():
-            notes.append(f"{int((~keep).sum())} observations of other variables ignored")
-        table = table.isel(obs=np.flatnonzero(keep))
-    n = table.sizes["obs"]
-    if n == 0:
-        raise ObservationError("observation table is empty")
+    table = observations.to_xarray().rename({"index": "obs"}) if isinstance(observations, pd.DataFrame) \
+        else observations
+    if "obs" not in table.dims:
+        raise ObservationError(f"observation table has no dimension 'obs'; dims are {tuple(table.dims)}")
+    timed = "time" in grid.dims and grid.sizes["time"] > 1
+    if "time" not in table.variables:
+        if timed:
+            raise ObservationError("observation table has no field 'time' but the target grid has several times")
+        stamp = grid["time"].values.reshape(-1)[0] if "time" in grid.coords else _EPOCH
+        table = table.assign_coords(time=("obs", np.full(table.sizes["obs"], stamp)))
+    levels = grid["depth"].values if "depth" in grid.dims and grid.sizes["depth"] > 1 else None
+    if levels is None and "depth" in grid.dims and "depth" in table.variables:
+        levels = grid["depth"].values
+    ocean = xr.DataArray(ocean_of(grid), dims=grid.dims)
+    ocean = ocean.any([d for d in ("time", "depth") if d in grid.dims and (d == "time" or levels is None)])
+    validated = ObservationTable.validate(
+        table, grid["lat"].values, grid["lon"].values, levels, ocean_mask=ocean.values, variables=[variable],
+    ).data
+    n = validated.sizes["obs"]
 
     def numeric(name: str) -> np.ndarray:
-        values = np.asarray(table[name].values, dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(values)):
-            raise ObservationError(f"observation field {name!r} has {int((~np.isfinite(values)).sum())} "
-                                   "non-finite entries")
-        return values
+        return np.asarray(validated[name].values, dtype=np.float64).reshape(-1)
 
-    value, error_std, lat, lon = (numeric(k) for k in ("value", "error_std", "lat", "lon"))
-    if np.any(error_std < 0):
-        raise ObservationError(f"observation field 'error_std' has {int((error_std < 0).sum())} negative entries")
-    if np.any(np.abs(lat) > 90):
-        raise ObservationError("observation field 'lat' has values outside [-90, 90]")
-    if "depth" in grid.dims and grid.sizes["depth"] > 1:
-        if "depth" not in table.variables:
-            raise ObservationError("observation table has no field 'depth' but the target grid has depth levels")
-        depth = numeric("depth")
-    elif "depth" in table.variables:
-        depth = numeric("depth")
-    else:
-        depth = np.full(n, np.nan)
-    if "time" in grid.dims and grid.sizes["time"] > 1:
-        if "time" not in table.variables:
-            raise ObservationError("observation table has no field 'time' but the target grid has several times")
-        time = to_days(table["time"].values, "observation")
-    elif "time" in table.variables:
-        time = to_days(table["time"].values, "observation")
-    else:
-        time = np.full(n, np.nan)
-    return Observations(value, error_std, lat, lon, time, depth, notes)
+    depth = numeric("depth") if "depth" in validated.variables else np.full(n, np.nan)
+    time = to_days(validated["time"].values, "observation") if "time" in grid.dims else np.full(n, np.nan)
+    notes = [line.strip() for line in str(validated.attrs["geodiff_validation"]).splitlines()[1:] if line.strip()]
+    return Observations(numeric("value"), numeric("error_std"), numeric("lat"), numeric("lon"), time, depth, notes)
 
 
 def _nearest(coord: np.ndarray, points: np.ndarray, periodic: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,7 @@ from geodiff.errors import (
     StoreError,
     UnitsError,
 )
+from geodiff.guidance.likelihood import GaussianLikelihood
 from geodiff.io.bundle import BUNDLE_FILES, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.pipelines.reconstruct import reconstruct
@@ -376,8 +377,11 @@ CASES: list[Case] = [
     C("observations NaN or all NaN", "NaN error_std without a default",
       lambda p: report_of(table(error_std=[0.1, np.nan]), lambda r: r.missing_error_std == 1), HANDLED,
       "missing error_std and no default: 1"),
-    C("observations NaN or all NaN", "zero error_std", lambda p: as_observations(table(error_std=[0.1, 0.0])),
-      ObservationError, "column 'error_std'"),
+    C("observations NaN or all NaN", "zero error_std (exact observation) given to guided sampling",
+      lambda p: GaussianLikelihood(torch.ones(2), lambda x: x, torch.tensor([0.1, 0.0])),
+      ObservationError, "error_std must be positive"),
+    C("observations NaN or all NaN", "negative error_std", lambda p: as_observations(table(error_std=[0.1, -1.0])),
+      ObservationError, "column 'error_std' must be finite and >= 0"),
     C("observations NaN or all NaN", "no error_std column",
       lambda p: as_observations(table().drop(columns="error_std")),
       ObservationError, "['error_std']"),
