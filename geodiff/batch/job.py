@@ -3,7 +3,8 @@
 A batch cuts a long time axis into regions (consecutive blocks of times, one zarr chunk each) and asks the job
 for the output of one region at a time. A job says what its output looks like for one time (``sample``), which
 times it covers (``times``), how it is configured (``describe``: plain JSON, recorded in the store) and computes
-a region (``run``). Inputs may be dask-backed: a job selects and loads only the times of the region it runs.
+a region (``run``). Inputs may be dask-backed: a job selects and loads only the times of the region it runs
+(:class:`~geodiff.pipelines.blocks.PipelineBlock`, the per-block function that lazy pipeline results use too).
 
 :class:`PipelineJob` wraps a pipeline function ``fn(model, *inputs, members=, seed=, **options) -> xr.Dataset``
 (``geodiff.reconstruct``, ``downscale``, ``assimilate``); the known pipelines are listed in :data:`JOB_KINDS`,
@@ -13,11 +14,9 @@ global generator from ``(seed, region)`` before each region, so a region re-run 
 
 Example
 -------
->>> import numpy as np, pandas as pd
->>> from geodiff.batch.job import select_times
->>> table = pd.DataFrame({"time": pd.to_datetime(["2000-01-01", "2000-02-01", "2000-02-01"]), "value": [1., 2., 3.]})
->>> select_times(table, np.array(["2000-02-01"], dtype="datetime64[ns]"))["value"].tolist()
-[2.0, 3.0]
+>>> from geodiff.batch.job import JOB_KINDS
+>>> sorted(JOB_KINDS), JOB_KINDS["reconstruct"].time_input
+(['assimilate', 'downscale', 'reconstruct'], 'observations')
 """
 
 from __future__ import annotations
@@ -26,17 +25,17 @@ import functools
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from geodiff.diffusion.engine import derive_seed
 from geodiff.errors import ConfigError
+from geodiff.pipelines.blocks import PipelineBlock, select_times, time_axis
 
 __all__ = ["BatchJob", "JobKind", "JOB_KINDS", "PipelineJob", "select_times", "region_seed"]
 
@@ -67,44 +66,6 @@ def region_seed(seed: int, region: int) -> int:
     True
     """
     return derive_seed("geodiff.batch", int(seed), int(region))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# selecting the times of a region in any input
-
-
-def select_times(value: Any, times: np.ndarray) -> Any:
-    """The part of ``value`` at ``times``, loaded into memory; values without a time axis are returned as they are.
-
-    Gridded ``xr.Dataset``/``DataArray`` with a ``time`` dimension: ``.sel(time=times)``; observation tables (a
-    ``Dataset`` with dimension ``obs`` and a ``time`` coordinate, or a DataFrame with a ``time`` column): the rows
-    at those times; dicts and lists: each item.
-    """
-    if isinstance(value, (xr.Dataset, xr.DataArray)):  # before Mapping: a Dataset is one
-        if "time" in value.dims:
-            return value.sel(time=times).load()
-        if "obs" in value.dims and "time" in value.coords:
-            keep = np.flatnonzero(np.isin(value["time"].values, times))
-            return value.isel(obs=keep).load()
-        return value
-    if isinstance(value, pd.DataFrame):
-        return value[np.isin(value["time"].to_numpy(), times)] if "time" in value.columns else value
-    if isinstance(value, Mapping):
-        return {key: select_times(item, times) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(select_times(item, times) for item in value)
-    return value
-
-
-def time_axis(value: Any, name: str) -> np.ndarray:
-    """Sorted unique times of an input: a gridded dataset's ``time`` or an observation table's time values."""
-    if isinstance(value, (xr.Dataset, xr.DataArray)) and "time" in value.dims:
-        return np.asarray(value["time"].values)
-    if isinstance(value, (xr.Dataset, xr.DataArray)) and "time" in value.coords:
-        return np.unique(value["time"].values)
-    if isinstance(value, pd.DataFrame) and "time" in value.columns:
-        return np.unique(value["time"].to_numpy())
-    raise ConfigError(f"input {name!r} has no time axis (a 'time' dimension, coordinate or column)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,14 +214,18 @@ class PipelineJob:
         zeros = torch.zeros(self.members, 1, *layout.codec.shape)
         return layout.decode(zeros, member=True, time=first)
 
-    def run(self, times: np.ndarray) -> xr.Dataset:
-        """Run the pipeline on the inputs at ``times``."""
+    def block(self) -> PipelineBlock:
+        """The per-block function of this job (:class:`~geodiff.pipelines.blocks.PipelineBlock`), the one a lazy
+        pipeline result computes too."""
         spec = JOB_KINDS[self.kind]
         function = spec.load()
-        args = [select_times(self.inputs[name], times) for name in spec.inputs]
-        kwargs = {name: select_times(self.inputs[name], times) for name in spec.keyword_inputs if name in self.inputs}
-        if spec.passes_times:
-            kwargs["times"] = times
+        options = {"members": self.members, "seed": self.seed, **self.options}
         if "progress" in inspect.signature(function).parameters and "progress" not in self.options:
-            kwargs["progress"] = False  # the batch shows progress over regions
-        return function(self.bundle, *args, members=self.members, seed=self.seed, **kwargs, **self.options)
+            options["progress"] = False  # the batch shows progress over regions
+        keywords = {name: self.inputs[name] for name in spec.keyword_inputs if name in self.inputs}
+        return PipelineBlock(function, self.bundle, tuple(self.inputs[name] for name in spec.inputs), keywords,
+                             options, pass_times=spec.passes_times)
+
+    def run(self, times: np.ndarray) -> xr.Dataset:
+        """Run the pipeline on the inputs at ``times``."""
+        return self.block()(times)

@@ -42,6 +42,7 @@ from geodiff.guidance import observation_method
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
+from geodiff.pipelines.blocks import PipelineBlock, is_lazy, lazy_over_time, time_axis
 from geodiff.provenance import append_history, provenance_attrs
 from geodiff.runtime import optimize, precision_context
 
@@ -111,6 +112,8 @@ def reconstruct(
     max_normalized: float | str | None = "auto",
     on_runaway: str = "resample",
     runaway_factor: float | None = RUNAWAY_FACTOR,
+    lazy: bool | None = None,
+    time_chunk: int = 1,
 ) -> xr.Dataset:
     """Reconstruct the model's fields from sparse observations; returns an ensemble ``xr.Dataset``.
 
@@ -149,13 +152,23 @@ def reconstruct(
         ``"raise"`` or ``"keep"`` (keep and flag it). Attribute ``geodiff_runaway`` records the settings and, per
         time, every runaway member, why, and how often it was redrawn. ``runaway_factor=None`` switches the relative
         check off.
+    lazy: return a dask-backed result (default: when the observation table is dask-backed, e.g. opened from a
+        zarr store or netCDF file with :func:`geodiff.io.paths.open_dataset`). Blocks of ``time_chunk`` times are
+        reconstructed when the result is computed (``.compute()``, ``.load()``, ``.to_zarr()``), each from the
+        observations at its times only (:class:`~geodiff.pipelines.blocks.PipelineBlock`, as a batch region), so
+        memory stays that of a few blocks however long the series. The values equal the eager result's bit for
+        bit; the attributes carry the settings but not the per-call reports (observations used, runaway members),
+        which only exist once computed (a batch job keeps them per region). Bad observations raise on compute.
 
     Returns a Dataset with dims ``(member, time, [depth,] lat, lon)`` on the model grid.
     """
+    settings = {name: value for name, value in locals().items() if name not in ("model", "observations", "times")}
     bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
     bundle = bundle.to(device)
     if members < 1 or (batch_size is not None and batch_size < 1):
         raise ConfigError(f"members and batch_size must be >= 1, got members={members}, batch_size={batch_size}")
+    if lazy or (lazy is None and is_lazy(observations)):
+        return _reconstruct_lazily(bundle, observations, times, settings)
     codec, denoiser = bundle.codec, bundle.denoiser
     denoiser.eval()
     valid = codec.mask.cpu().numpy().astype(bool)  # [C, H, W], True = ocean
@@ -209,3 +222,22 @@ def reconstruct(
               "precision": precision, "max_normalized": max_normalized}
     return record_provenance(out, out.attrs, "geodiff.reconstruct", config, model_sha256=bundle.sha256, seed=seed,
                              observations=report.as_dict(), runaway={**engine.runaway.describe(), "members": runaways})
+
+
+def _reconstruct_lazily(bundle: ModelBundle, observations: Any, times: Any, settings: dict[str, Any]) -> xr.Dataset:
+    """The dask-backed result of :func:`reconstruct` (``lazy=True``): one :class:`PipelineBlock` per block of
+    ``settings["time_chunk"]`` times, the attributes of the eager result without its per-call reports."""
+    wanted = time_axis(observations, "observations") if times is None else np.atleast_1d(np.asarray(times))
+    if wanted.size == 0:
+        raise ObservationError("no time to reconstruct: the observation table has no time")
+    options = {name: value for name, value in settings.items() if name not in ("lazy", "time_chunk")}
+    block = PipelineBlock(reconstruct, bundle, (observations,), options={**options, "progress": False, "lazy": False},
+                          pass_times=True)
+    template = bundle.decode(torch.zeros(settings["members"], 1, *bundle.codec.shape), member=True, time=wanted[:1])
+    config = {name: settings[name] for name in ("guidance", "sampler", "steps", "members", "seed", "precision",
+                                                "max_normalized", "time_chunk")}
+    config.update(guidance_options=settings["guidance_options"] or {},
+                  sampler_options=settings["sampler_options"] or {}, lazy=True)
+    attrs = record_provenance(template, template.attrs, "geodiff.reconstruct", config, model_sha256=bundle.sha256,
+                              seed=settings["seed"]).attrs
+    return lazy_over_time(block, template, wanted, settings["time_chunk"], attrs)
