@@ -45,10 +45,12 @@ def main() -> None:
     truth.to_netcdf(args.output / "truth.nc")
 
     config = yaml.safe_load((CONFIGS / "reconstruct_woa_batch.yaml").read_text())
-    config.update(model=str(prior_path()), members=args.members, seed=args.seed)
+    config.update(model=str(prior_path()), observations="observations.nc", members=args.members, seed=args.seed,
+                  progress=True)
     config["options"]["steps"] = args.steps
     (args.output / "reconstruct.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (args.output / "evaluate.yaml").write_text((CONFIGS / "evaluate.yaml").read_text())
+    scoring = yaml.safe_load((CONFIGS / "evaluate.yaml").read_text())
+    (args.output / "evaluate.yaml").write_text(yaml.safe_dump({**scoring, "truth": "truth.nc"}, sort_keys=False))
 
     for part in range(1, args.parts + 1):
         geodiff_command("reconstruct", "--config", str(args.output / "reconstruct.yaml"), "--part",

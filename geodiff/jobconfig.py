@@ -199,11 +199,15 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
         else f"key {key!r}: {message}"
 
 
+_PIPELINES = ("reconstruct", "downscale", "assimilate")
+
+
 def load_config(path: str | Path, command: str) -> Any:
     """Read and validate the YAML configuration of ``command``; returns the validated settings.
 
     For ``command="batch"`` the file names its pipeline with ``job: reconstruct|downscale|assimilate`` and the
-    output must be a ``.zarr`` store; the settings returned carry ``.job``.
+    output must be a ``.zarr`` store; the settings returned carry ``.job``. The pipeline's own command
+    (``geodiff reconstruct``) reads such a file too when ``job`` names it.
     Raises :class:`~geodiff.errors.ConfigError` naming the file and every bad key.
     """
     path = Path(path)
@@ -218,11 +222,16 @@ def load_config(path: str | Path, command: str) -> Any:
     job = None
     if command == "batch":
         job = data.pop("job", None)
-        if job not in ("reconstruct", "downscale", "assimilate"):
+        if job not in _PIPELINES:
             raise ConfigError(f"{path}: key 'job' must be one of reconstruct, downscale, assimilate; got {job!r}")
         schema = COMMANDS[job]
     elif command in COMMANDS:
         schema = COMMANDS[command]
+        if command in _PIPELINES and "job" in data:  # a batch configuration run by its pipeline's own command
+            if data["job"] != command:
+                raise ConfigError(f"{path}: key 'job' is {data['job']!r}, so run it with `geodiff {data['job']}` "
+                                  f"or `geodiff batch run`, not `geodiff {command}`")
+            data.pop("job")
     else:
         raise ConfigError(f"unknown command {command!r}; expected one of {', '.join([*COMMANDS, 'batch'])}")
     try:
@@ -232,7 +241,7 @@ def load_config(path: str | Path, command: str) -> Any:
         raise ConfigError(f"{path}: {problems}") from None
     if job is not None and config.output.suffix != ".zarr":
         raise ConfigError(f"{path}: key 'output' must be a .zarr store for a batch job, got {config.output}")
-    pipeline_kind = job or (command if command in ("reconstruct", "downscale", "assimilate") else None)
+    pipeline_kind = job or (command if command in _PIPELINES else None)
     if pipeline_kind is not None:
         _check_options(path, pipeline_kind, config.options)
     return config.model_copy(update={"job": job}) if job else config

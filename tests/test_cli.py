@@ -230,19 +230,3 @@ def test_downscale_and_assimilate_name_an_unavailable_pipeline(workspace, tmp_pa
     assert result.exit_code == 2
     assert f"pipeline '{absent}' is not available in this installation" in result.output
     assert not (tmp_path / "out.zarr").exists()
-
-
-@pytest.mark.parametrize(("name", "command"), [("reconstruct_woa_batch.yaml", "reconstruct"),
-                                               ("evaluate.yaml", "evaluate"), ("train.yaml", "train")])
-def test_shipped_example_configs_are_valid(tmp_path, name, command):
-    from pathlib import Path
-
-    from geodiff.jobconfig import load_config
-
-    source = Path(__file__).resolve().parents[1] / "examples" / "configs" / name
-    config = tmp_path / name
-    config.write_text(source.read_text())
-    for key in ("model", "observations", "data", "prediction", "truth"):  # the inputs the example writes
-        (tmp_path / str(yaml.safe_load(source.read_text()).get(key, "unused"))).mkdir(exist_ok=True)
-    settings = load_config(config, command)
-    assert settings.output.parent == tmp_path
