@@ -22,7 +22,14 @@ so it can be scored with :func:`geodiff.metrics.crps_gaussian`). The background 
 :func:`geodiff.baselines.climatology` of the training data; the covariance defaults to the one fitted to the
 training anomalies from that same kind of background (the zonal mean when the target lies outside the training
 data, as in a geographic hold-out). The solve is dense per level (Cholesky of the ``n_obs x n_obs`` matrix), so
-``max_obs`` observations per level at most.
+``max_obs`` observations per level at most: time ``O(n_obs^3 + cells n_obs^2)`` with the std, memory
+``O(n_obs^2)``.
+
+With ``neighbours=k`` the analysis is **local**, as in operational OI: every cell is analysed from its ``k`` nearest
+observations on its level (a :class:`scipy.spatial.cKDTree` on unit vectors, so across the date line and the
+poles), one ``k x k`` solve per cell: time ``O(n_obs log n_obs + cells k^3)``, memory ``O(n_obs + k^2)`` per cell
+of a block, no ``max_obs`` limit. It is the exact analysis when ``k >= n_obs`` and approaches it as ``k`` grows
+past the number of observations within a few length scales (``benchmarks/scaling.py`` measures the gap).
 
 Example
 -------
@@ -46,6 +53,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from scipy import linalg
+from scipy.spatial import cKDTree
 
 from geodiff.baselines._common import (
     CANONICAL,
@@ -202,6 +210,46 @@ def covariance_matrix(covariance: xr.Dataset, lat: Any, lon: Any, mask: Any = No
                                  params["length_scale"], params["nugget"], lat, lon, mask)
 
 
+def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Points on the unit sphere ``[N, 3]`` of ``lat``, ``lon`` (degrees): chord order = great-circle order."""
+    phi, lam = np.deg2rad(lat), np.deg2rad(lon)
+    return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=-1)
+
+
+def _local_analysis(p: dict[str, float], model: str, o_lat: np.ndarray, o_lon: np.ndarray, o_t: np.ndarray,
+                    innovation: np.ndarray, error_var: np.ndarray, c_lat: np.ndarray, c_lon: np.ndarray,
+                    c_times: np.ndarray, tau: float, period: float | None, neighbours: int,
+                    block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Local OI of one level: increment and posterior variance ``[P, T]`` at cells ``c_lat, c_lon [P]`` and times
+    ``c_times [T]`` (days) from each cell's ``neighbours`` nearest observations ``[N]`` (``innovation``,
+    ``error_var``: units and units squared); the same covariance model as the exact analysis."""
+    k = min(neighbours, o_lat.size)
+    _, near = cKDTree(_unit_vectors(o_lat, o_lon)).query(_unit_vectors(c_lat, c_lon), k=k)
+    near = np.asarray(near).reshape(c_lat.size, k)
+    prior_var = p["variance"] + p["nugget"]
+    increment = np.empty((c_lat.size, c_times.size))
+    variance = np.empty((c_lat.size, c_times.size))
+    diagonal = np.arange(k)
+    for start in range(0, c_lat.size, block):
+        idx = near[start:start + block]  # [b, k]
+        la, lo, t = o_lat[idx], o_lon[idx], o_t[idx]
+        d_oo = great_circle_km(la[:, :, None], lo[:, :, None], la[:, None, :], lo[:, None, :])
+        lag_oo = time_lag(t[:, :, None], t[:, None, :], period)
+        c_oo = p["variance"] * correlation(model, d_oo / p["length_scale"]) * temporal_correlation(lag_oo, tau)
+        c_oo += p["nugget"] * ((d_oo < 1e-3) & (lag_oo < 1e-6))
+        c_oo[:, diagonal, diagonal] += error_var[idx] + 1e-8 * prior_var
+        d_to = great_circle_km(c_lat[start:start + block, None], c_lon[start:start + block, None], la, lo)  # [b, k]
+        rho = p["variance"] * correlation(model, d_to / p["length_scale"])
+        lags = time_lag(c_times[None, :, None], t[:, None, :], period)  # [b, T, k]
+        c_to = rho[:, None, :] * temporal_correlation(lags, tau) + p["nugget"] * ((d_to < 1e-3)[:, None, :]
+                                                                                   & (lags < 1e-6))
+        rhs = np.concatenate([innovation[idx][:, :, None], np.swapaxes(c_to, 1, 2)], axis=2)  # [b, k, 1 + T]
+        solved = np.linalg.solve(c_oo, rhs)
+        increment[start:start + block] = np.einsum("btk,bk->bt", c_to, solved[:, :, 0])
+        variance[start:start + block] = prior_var - np.einsum("btk,bkt->bt", c_to, solved[:, :, 1:])
+    return increment, variance
+
+
 def _background_at(background: np.ndarray, index: GridIndex, lat: np.ndarray, lon: np.ndarray,
                    grid_lat: np.ndarray, grid_lon: np.ndarray) -> np.ndarray:
     """The background ``[T, D, H, W]`` at each observation ``[N]``: bilinear (:func:`geodiff.grid.point_stencil`) on
@@ -235,6 +283,7 @@ def optimal_interpolation(
     time_correlation: bool = True,
     return_std: bool = True,
     max_obs: int = 4000,
+    neighbours: int | None = None,
     seed: int = 0,
 ) -> xr.Dataset:
     """Optimal interpolation of ``observations`` onto the ``target`` grid; posterior mean and std per cell.
@@ -255,6 +304,8 @@ def optimal_interpolation(
         reconstruction, the protocol of a per-field generative model).
     return_std : also compute the posterior std (``<variable>_std``); costs one triangular solve per target.
     max_obs : largest number of observations per level (dense solve); more raise ``ObservationError``.
+    neighbours : analyse each cell from its ``neighbours`` nearest observations only (local OI, module docstring;
+        ``max_obs`` then does not apply); None (default): every observation of the level (exact).
 
     Returns
     -------
@@ -278,6 +329,8 @@ def optimal_interpolation(
     name = str(variable or grid.name)
     if max_obs < 1:
         raise ConfigError(f"max_obs must be >= 1, got {max_obs}")
+    if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1):
+        raise ConfigError(f"neighbours must be None or an integer >= 1, got {neighbours!r}")
     obs = read_observations(observations, name, grid)
     train = select_field(training, name, "training") if training is not None else None
     if background is None:
@@ -343,7 +396,7 @@ def optimal_interpolation(
         for times_out, only in groups:
             sel = level_sel if only is None else level_sel & (index.time == only)
             n_obs = int(sel.sum())
-            if n_obs > max_obs:
+            if n_obs > max_obs and neighbours is None:
                 raise ObservationError(f"{n_obs} observations at depth index {k} exceed max_obs={max_obs} (dense "
                                        "solve); thin the observations, raise max_obs or use time_correlation=False")
             if n_obs == 0:
@@ -354,6 +407,15 @@ def optimal_interpolation(
             o_lat, o_lon = used.lat[sel], used.lon[sel]
             o_t = obs_times[sel] if only is None else np.full(n_obs, grid_times[only])
             innovation = used.value[sel] - bg_at_obs[sel]
+            if neighbours is not None:
+                rows, cols = rows_all[cells], cols_all[cells]
+                increment, variance = _local_analysis(
+                    p, model_used, o_lat, o_lon, o_t, innovation, used.error_std[sel] ** 2, lat2[rows, cols],
+                    lon2[rows, cols], grid_times[times_out], tau, period, neighbours)
+                for n, t in enumerate(times_out):
+                    mean[t, k, rows, cols] = bg[t, k, rows, cols] + increment[:, n]
+                    std[t, k, rows, cols] = np.sqrt(np.maximum(variance[:, n], 0.0))
+                continue
             d_oo = great_circle_km(o_lat[:, None], o_lon[:, None], o_lat[None, :], o_lon[None, :])
             lag_oo = time_lag(o_t[:, None], o_t[None, :], period)
             c_oo = (p["variance"] * correlation(model_used, d_oo / p["length_scale"])
@@ -383,9 +445,10 @@ def optimal_interpolation(
     return output_dataset(
         outputs, grid, source_attrs,
         f"geodiff.baselines.optimal_interpolation(model={model_used!r}, by={by!r}, "
-        f"time_correlation={time_correlation}, n_obs={int((~bad).sum())})",
+        f"time_correlation={time_correlation}, neighbours={neighbours}, n_obs={int((~bad).sum())})",
         {"baseline": "optimal_interpolation", "oi_background": bg_note, "oi_covariance": cov_note,
          "oi_covariance_model": model_used, "oi_covariance_parameters": json.dumps(cov_attrs),
          "oi_time_period_days": float(period) if period else 0.0,
-         "oi_time_correlation": int(time_correlation), "notes": "; ".join(notes) or "none"},
+         "oi_time_correlation": int(time_correlation),
+         "oi_neighbours": "all" if neighbours is None else int(neighbours), "notes": "; ".join(notes) or "none"},
     )

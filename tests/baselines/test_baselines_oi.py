@@ -244,3 +244,48 @@ def test_depth_errors():
         fit_covariance(xr.DataArray(np.zeros((2, 2, 2)), dims=("time", "lat", "lon"), name="a",
                                     coords={"time": np.array(["2000-01-01", "2000-02-01"], "datetime64[ns]"),
                                             "lat": [0.0, 1.0], "lon": [0.0, 1.0]}))
+
+
+# ------------------------------------------------------------------------------------------- local OI
+def _scattered(gp, lat, lon, n, seed, err=0.05, times=None):
+    truth = gp(lat, lon, model="matern32", length_scale=600.0, n=1, seed=seed)[0]
+    rng = np.random.default_rng(seed)
+    ii, jj = rng.integers(0, lat.size, n), rng.integers(0, lon.size, n)
+    coords = {"lat": ("obs", lat[ii]), "lon": ("obs", lon[jj])}
+    if times is not None:
+        coords["time"] = ("obs", times[rng.integers(0, len(times), n)])
+    obs = xr.Dataset({"value": ("obs", truth[ii, jj] + rng.normal(scale=err, size=n)),
+                      "error_std": ("obs", np.full(n, err))}, coords=coords)
+    return truth, obs
+
+
+def test_local_oi_with_every_observation_is_the_exact_analysis(gp, months):
+    lat, lon = np.arange(0.0, 20.0, 2.0), np.arange(170.0, 200.0, 2.0)  # across the date line
+    lon = (lon + 180.0) % 360.0 - 180.0
+    lon.sort()
+    times = months(2)
+    grid = _grid(lat, lon, times=times)
+    _, obs = _scattered(gp, lat, lon, 30, seed=1, times=times)
+    cov = _cov(1.0, 600.0, 0.05, time_scale=45.0)
+    exact = optimal_interpolation(obs, grid, background=grid, covariance=cov)
+    local = optimal_interpolation(obs, grid, background=grid, covariance=cov, neighbours=30)
+    np.testing.assert_allclose(local.t.values, exact.t.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(local.t_std.values, exact.t_std.values, rtol=1e-5, atol=1e-6)
+    assert local.attrs["oi_neighbours"] == 30 and exact.attrs["oi_neighbours"] == "all"
+
+
+def test_local_oi_approaches_the_exact_analysis_and_lifts_the_dense_limit(gp, small_grid):
+    lat, lon = small_grid
+    grid = _grid(lat, lon)
+    truth, obs = _scattered(gp, lat, lon, 300, seed=2)
+    cov = _cov(1.0, 600.0)
+    exact = optimal_interpolation(obs, grid, background=grid, covariance=cov)
+    gaps = []
+    for k in (4, 16, 64):
+        local = optimal_interpolation(obs, grid, background=grid, covariance=cov, neighbours=k, max_obs=10)
+        gaps.append(float(np.sqrt(np.mean((local.t.values - exact.t.values) ** 2))))
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.02 * float(np.std(truth))
+    with pytest.raises(ObservationError, match="max_obs"):
+        optimal_interpolation(obs, grid, background=grid, covariance=cov, max_obs=10)
+    with pytest.raises(ConfigError, match="neighbours"):
+        optimal_interpolation(obs, grid, background=grid, covariance=cov, neighbours=0)
