@@ -129,7 +129,9 @@ class FieldStream(Dataset):
     """Normalised, encoded fields ``[C, H, W]`` float32 of the times ``indices`` of a (dask-backed) dataset.
 
     Each item reads one time from ``ds`` (a chunk of a zarr store, say), normalises and encodes it; nothing is
-    loaded ahead, so a series of any length trains within the memory of a batch.
+    loaded ahead, so a series of any length trains within the memory of a batch. A DataLoader fetches a whole batch
+    with one read (:meth:`__getitems__`): one dask graph and one decode per store chunk for the batch instead of
+    per sample (on a 2-degree 8-level zarr series, 85 -> 11 ms per sample; ``benchmarks/training_io.py``).
     """
 
     def __init__(self, ds: xr.Dataset, codec: Codec, normalizer: AnomalyNormalizer | Normalizer,
@@ -140,10 +142,18 @@ class FieldStream(Dataset):
     def __len__(self) -> int:
         return int(self.indices.size)
 
+    def read(self, items: Sequence[int]) -> Tensor:
+        """Items ``items`` (positions in this stream, any order, repeats allowed) as ``[n, C, H, W]`` float32, read
+        from ``ds`` in one go, each distinct time once."""
+        times, inverse = np.unique(self.indices[np.asarray(items, dtype=np.int64)], return_inverse=True)
+        x, _ = self.codec.encode(self.normalizer.normalize(self.ds.isel(time=times).load()))
+        return x[torch.as_tensor(inverse.reshape(-1))]
+
     def __getitem__(self, item: int) -> Tensor:
-        one = self.ds.isel(time=[int(self.indices[item])]).load()
-        x, _ = self.codec.encode(self.normalizer.normalize(one))
-        return x[0]
+        return self.read([item])[0]
+
+    def __getitems__(self, items: Sequence[int]) -> list[Tensor]:
+        return list(self.read(items))
 
 
 def _in_memory(stream: FieldStream, block: int = 64) -> Tensor:
@@ -151,8 +161,7 @@ def _in_memory(stream: FieldStream, block: int = 64) -> Tensor:
     (a dask-backed series is never held whole in float64)."""
     out = torch.empty(len(stream), *stream.codec.shape)
     for start in range(0, len(stream), block):
-        chosen = stream.ds.isel(time=stream.indices[start:start + block]).load()
-        out[start:start + block] = stream.codec.encode(stream.normalizer.normalize(chosen))[0]
+        out[start:start + block] = stream.read(range(start, min(start + block, len(stream))))
     return out
 
 

@@ -86,7 +86,9 @@ class TrainResult:
     step from step 1 (including steps of resumed runs); ``step``: steps done; ``checkpoint``: the newest checkpoint
     folder (None without ``checkpoint_dir``); ``steps_per_second``: training speed of this call (None when no step
     ran); with ``validation``: ``validation_losses`` at steps ``0, eval_every, 2 eval_every, ...`` and
-    ``best_step``, the step whose weights the model holds at the end.
+    ``best_step``, the step whose weights the model holds at the end. ``seconds``: wall time of this call's steps;
+    ``data_seconds``: the part of it spent waiting for batches (reading, decoding, collating; the data-loading share
+    of a step is ``data_seconds / seconds``).
     """
 
     ema: nn.Module | None
@@ -97,6 +99,8 @@ class TrainResult:
     steps_per_second: float | None = None
     validation_losses: list[float] = field(default_factory=list)
     best_step: int | None = None
+    seconds: float = 0.0
+    data_seconds: float = 0.0
 
     @property
     def model(self) -> nn.Module:
@@ -464,11 +468,14 @@ def _train(
 
         bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     rng_devices = [device] if device.type == "cuda" else []
-    t0, ran = time.perf_counter(), 0
+    t0, ran, waited = time.perf_counter(), 0, 0.0
     shown = None
     try:
         batches = _batches(data, cond, plan, start, steps, info, num_workers)
-        for step, (batch, batch_cond) in zip(range(start, steps), batches):
+        for step in range(start, steps):
+            fetch = time.perf_counter()
+            batch, batch_cond = next(batches)
+            waited += time.perf_counter() - fetch
             corners = plan.crops(step)
             local_corners = None if corners is None else corners[info.rank * local : (info.rank + 1) * local]
             x0 = crop_batch(batch, local_corners, plan.patch_size).to(device, non_blocking=True)
@@ -537,6 +544,8 @@ def _train(
         step=start + ran,
         checkpoint=checkpoint,
         steps_per_second=ran / elapsed if ran and elapsed > 0 else None,
+        seconds=elapsed,
+        data_seconds=waited,
         validation_losses=list(validated.losses),
         best_step=validated.best_step,
     )

@@ -127,6 +127,30 @@ def test_a_dask_backed_series_streams_without_loading_it(tmp_path):
     assert spy.largest >= series_bytes
 
 
+def test_a_stream_reads_a_batch_at_once_with_the_fields_of_single_reads(tmp_path):
+    """A batch read (one isel, each distinct time once, any order, repeats) gives exactly the single-item fields;
+    the training loop reports the time it waited for batches."""
+    from geodiff.backbones.unet import UNet
+    from geodiff.diffusion.denoiser import Denoiser
+    from geodiff.io import Codec
+
+    warnings.simplefilter("ignore")  # zarr's consolidated-metadata notice
+    monthly(times=24).chunk({"time": 5}).to_zarr(tmp_path / "series.zarr")
+    lazy = xr.open_zarr(tmp_path / "series.zarr")
+    codec = Codec.from_dataset(lazy.isel(time=[0]))
+    stream = FieldStream(lazy, codec, AnomalyNormalizer.fit(lazy), range(3, 24))
+    items = [7, 2, 7, 20, 0]
+    batch = stream.__getitems__(items)
+    assert len(batch) == len(items)
+    for item, field in zip(items, batch):
+        assert torch.equal(field, stream[item])
+    assert not torch.equal(batch[0], batch[1])
+    torch.manual_seed(0)
+    net = Denoiser(UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=()))
+    result = geodiff.train(net, stream, mask=codec.mask, steps=3, batch_size=4, seed=0, progress=False)
+    assert 0 < result.data_seconds < result.seconds
+
+
 def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior():
     """With the network's output at zero the bundle is exactly Gaussian: the whole pipeline (per-cell anomaly
     statistics, observation normalisation, guidance, sampler, decoding) must give the Kalman posterior."""
