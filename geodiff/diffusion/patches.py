@@ -12,6 +12,12 @@ pointwise map) gives exactly the same field as without patches: the blending its
 blend is a fixed linear combination, the patch denoiser is differentiable and works under guidance (MMPS takes
 vector-Jacobian products through it).
 
+**Masked domains** (``mask [C, H, W]``, True = valid, e.g. the ocean): each window's denoiser call gets its crop of
+the mask (``denoiser(x_k, sigma, cond_k, mask=mask_k)``, the call of a masked
+:class:`~geodiff.diffusion.denoiser.Denoiser`, whose estimate is 0 on masked cells), and windows without a
+valid cell are skipped: such a window only adds zeros, so the result is the same, and an all-land tile costs
+nothing. Cells that no computed window covers are 0.
+
 Conditioning sources live on their own grids spanning the same area as the field (cell edges aligned), e.g. the
 field coarsened by an integer factor (``[C, H/4, W/4]``) or a finer topography (``[1, 2H, 2W]``): a window
 ``[i0, i1) x [j0, j1)`` of the field is ``[i0 r, i1 r) x [j0 r, j1 r)`` on a source with ``r = H_s / H``, which
@@ -123,6 +129,8 @@ class PatchDenoiser:
     ``overlap = (oh, ow)`` cells shared by neighbouring windows (the cosine taper's width). Sources in ``cond``
     are cropped per window (module docstring); windows start on multiples of :func:`alignment`. With
     ``max_batch`` windows are denoised together in batches of up to that many fields (``B`` per window).
+    ``mask``: validity ``[C, H, W]`` of the whole domain (module docstring); windows without a valid cell are
+    skipped unless ``skip_masked=False``.
     """
 
     def __init__(
@@ -132,6 +140,8 @@ class PatchDenoiser:
         patch: tuple[int, int],
         overlap: tuple[int, int] = (8, 8),
         max_batch: int | None = None,
+        mask: Tensor | None = None,
+        skip_masked: bool = True,
     ):
         patch = tuple(int(p) for p in patch)
         overlap = tuple(int(o) for o in overlap)
@@ -143,6 +153,10 @@ class PatchDenoiser:
         self.patch = patch
         self.overlap = overlap
         self.max_batch = max_batch
+        self.mask = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        if self.mask is not None and self.mask.ndim != 3:
+            raise GridError(f"mask must be a bool tensor [C, H, W], got shape {list(self.mask.shape)}")
+        self.skip_masked = bool(skip_masked)
 
     def windows(self, height: int, width: int, align: int = 1) -> Iterator[tuple[int, int, int, int]]:
         """The windows ``(i0, i1, j0, j1)`` covering a ``height x width`` domain."""
@@ -161,12 +175,26 @@ class PatchDenoiser:
             out.append(((i0, i1, j0, j1), wy[:, None] * wx[None, :]))
         return out
 
+    def computed(self, height: int, width: int, align: int = 1) -> list[tuple[tuple[int, int, int, int], Tensor]]:
+        """The windows (with weights) that are denoised: all of :meth:`weights` but those without a valid cell."""
+        plan = self.weights(height, width, align)
+        if self.mask is None or not self.skip_masked:
+            return plan
+        if tuple(self.mask.shape[-2:]) != (height, width):
+            raise GridError(f"the mask covers {tuple(self.mask.shape[-2:])} cells, the field {(height, width)}")
+        valid = self.mask.any(dim=0)
+        return [(w, weight) for w, weight in plan if bool(valid[w[0]:w[1], w[2]:w[3]].any())]
+
     def __call__(self, x: Tensor, sigma: float | Tensor, cond: Mapping[str, Tensor] | None = None) -> Tensor:
         height, width = x.shape[-2:]
+        mask = None if self.mask is None else self.mask.to(x.device)
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[1:]):
+            raise GridError(f"the mask has shape {list(mask.shape)}; the field is {list(x.shape[1:])}")
         if height <= self.patch[0] and width <= self.patch[1]:
-            return self.denoiser(x, sigma, dict(cond) if cond is not None else None)
+            extra = {} if mask is None else {"mask": mask}
+            return self.denoiser(x, sigma, dict(cond) if cond is not None else None, **extra)
         align = alignment(cond, (height, width))
-        plan = self.weights(height, width, align)
+        plan = self.computed(height, width, align)
         total = torch.zeros(height, width, dtype=x.dtype, device=x.device)
         numerator = torch.zeros_like(x)
         batch = x.shape[0]
@@ -181,12 +209,18 @@ class PatchDenoiser:
             sigmas = sigma
             if isinstance(sigma, Tensor) and sigma.ndim == 1 and sigma.numel() == batch > 1:
                 sigmas = sigma.repeat(len(group))
-            out = self.denoiser(xs, sigmas, conds)
+            extra = {}
+            if mask is not None:
+                extra["mask"] = torch.cat([mask[:, i0:i1, j0:j1].expand(batch, -1, -1, -1)
+                                           for (i0, i1, j0, j1), _ in group])
+            out = self.denoiser(xs, sigmas, conds, **extra)
             for k, ((i0, i1, j0, j1), weight) in enumerate(group):
                 w = weight.to(device=x.device, dtype=x.dtype)
                 piece = out[k * batch : (k + 1) * batch] * w
                 numerator = _add_window(numerator, piece, (i0, i1, j0, j1))
                 total[i0:i1, j0:j1] += w
+        if len(plan) < len(list(self.windows(height, width, align))):  # cells under skipped windows only: 0
+            total = torch.where(total > 0, total, torch.ones_like(total))
         return numerator / total
 
 

@@ -36,6 +36,8 @@ import xarray as xr
 
 from geodiff import registry
 from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine, derive_seed
+from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
+from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, ObservationError
 from geodiff.guidance import observation_method
@@ -90,6 +92,18 @@ def _check_observation_range(table: xr.Dataset, y_normalized: torch.Tensor, boun
     )
 
 
+def _patched(denoiser: Any, mask: torch.Tensor, patch: Any, overlap: Any) -> PatchDenoiser:
+    """``denoiser`` in windows of ``patch`` cells (``overlap`` default a quarter), skipping all-land windows."""
+    if isinstance(denoiser, GaussianResidualDenoiser):
+        raise ConfigError("patch: a hybrid prior (Gaussian part + network) denoises whole fields only; leave patch "
+                          "unset")
+    if not (isinstance(patch, (tuple, list)) and len(patch) == 2 and all(isinstance(p, int) and p > 0
+                                                                       for p in patch)):  # fmt: skip
+        raise ConfigError(f"patch must be two positive integers (lat, lon cells), got {patch!r}")
+    overlap = tuple(overlap) if overlap is not None else (patch[0] // 4, patch[1] // 4)
+    return PatchDenoiser(denoiser, patch=tuple(patch), overlap=overlap, mask=mask)
+
+
 def reconstruct(
     model: ModelBundle | str,
     observations: xr.Dataset | pd.DataFrame,
@@ -114,6 +128,8 @@ def reconstruct(
     runaway_factor: float | None = RUNAWAY_FACTOR,
     lazy: bool | None = None,
     time_chunk: int = 1,
+    patch: tuple[int, int] | None = None,
+    overlap: tuple[int, int] | None = None,
 ) -> xr.Dataset:
     """Reconstruct the model's fields from sparse observations; returns an ensemble ``xr.Dataset``.
 
@@ -159,6 +175,12 @@ def reconstruct(
         memory stays that of a few blocks however long the series. The values equal the eager result's bit for
         bit; the attributes carry the settings but not the per-call reports (observations used, runaway members),
         which only exist once computed (a batch job keeps them per region). Bad observations raise on compute.
+    patch, overlap: denoise in overlapping windows of ``patch = (lat, lon)`` cells blended without seams
+        (:class:`~geodiff.diffusion.patches.PatchDenoiser`; ``overlap`` default a quarter of the patch), skipping
+        every window without an ocean cell: a land-heavy domain pays for its ocean tiles only, and a network
+        trained on crops (``geodiff.fit`` crops grids larger than 64 cells) denoises inputs of its training size.
+        Not for hybrid priors, whose Gaussian part is a whole-field covariance. None (default): the whole domain
+        in one call.
 
     Returns a Dataset with dims ``(member, time, [depth,] lat, lon)`` on the model grid.
     """
@@ -184,12 +206,13 @@ def reconstruct(
     if wanted.size == 0:
         raise ObservationError("no time to reconstruct: the observation table is empty after validation")
     optimize(denoiser, freeze=False, compile=compile, allocator=False)  # channels-last network
+    network = denoiser if patch is None else _patched(denoiser, codec.mask.to(device), patch, overlap)
     guidance_cls = observation_method(guidance)
     if max_normalized == "auto":
         max_normalized = float(getattr(bundle.normalizer, "bound", MAX_NORMALIZED))
     bound = None if max_normalized is None else float(max_normalized)
     engine = SamplingEngine(
-        registry.get("sampler", sampler)(**(sampler_options or {})), denoiser, (schedule or EDMSchedule()).sigmas(steps),
+        registry.get("sampler", sampler)(**(sampler_options or {})), network, (schedule or EDMSchedule()).sigmas(steps),
         members=members, batch_size=batch_size, clip=bound, device=device, progress=progress, fields=len(wanted),
         runaway=RunawayCheck(on_runaway, runaway_factor, bound=bound),
         autocast=precision_context(precision, torch.device(device).type), label="reconstruct",
@@ -220,6 +243,10 @@ def reconstruct(
               "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
               "nfe_per_member": engine.nfe(), "members": members, "seed": seed,
               "precision": precision, "max_normalized": max_normalized}
+    if patch is not None:
+        config["patch"] = {"patch": list(network.patch), "overlap": list(network.overlap),
+                           "windows": len(network.computed(*codec.shape[-2:])),
+                           "of": len(list(network.windows(*codec.shape[-2:])))}
     return record_provenance(out, out.attrs, "geodiff.reconstruct", config, model_sha256=bundle.sha256, seed=seed,
                              observations=report.as_dict(), runaway={**engine.runaway.describe(), "members": runaways})
 
@@ -238,6 +265,8 @@ def _reconstruct_lazily(bundle: ModelBundle, observations: Any, times: Any, sett
                                                 "max_normalized", "time_chunk")}
     config.update(guidance_options=settings["guidance_options"] or {},
                   sampler_options=settings["sampler_options"] or {}, lazy=True)
+    if settings["patch"] is not None:
+        config.update(patch=list(settings["patch"]), overlap=settings["overlap"])
     attrs = record_provenance(template, template.attrs, "geodiff.reconstruct", config, model_sha256=bundle.sha256,
                               seed=settings["seed"]).attrs
     return lazy_over_time(block, template, wanted, settings["time_chunk"], attrs)

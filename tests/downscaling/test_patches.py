@@ -67,3 +67,44 @@ def test_gradients_pass_through_the_blend():
     x = torch.randn(1, 1, 20, 28, requires_grad=True)
     (grad,) = torch.autograd.grad((patched(x, 1.0) * weight).sum(), x)
     assert torch.allclose(grad, 2.0 * weight, atol=1e-6)
+
+
+def test_all_land_windows_are_skipped_with_the_same_result():
+    """A masked denoiser under a domain mask: windows without a valid cell are not computed, and the field (valid
+    cells and land, and the gradient guidance takes through it) is exactly the one of computing every window."""
+    from geodiff.backbones.unet import UNet
+    from geodiff.diffusion.denoiser import Denoiser
+
+    torch.manual_seed(0)
+    mask = torch.zeros(2, 24, 40, dtype=torch.bool)
+    mask[:, 4:14, 22:38] = True  # an ocean basin in a land-heavy domain
+    mask[1, 4:8, 22:26] = False  # a shallower deep level
+    net = UNet(in_channels=2, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(),
+               mid_attention=False, mask_aware=True)
+    torch.nn.init.normal_(net.output[-1].weight, std=0.1)
+    base = Denoiser(net, sigma_data=1.0)
+    calls = []
+
+    def counted(x, sigma, cond=None, **kw):
+        calls.append(x.shape[0])
+        return base(x, sigma, cond, **kw)
+
+    x = torch.randn(2, 2, 24, 40, requires_grad=True)
+    full = PatchDenoiser(counted, patch=(8, 8), overlap=(4, 4), mask=mask, skip_masked=False)
+    skipping = PatchDenoiser(counted, patch=(8, 8), overlap=(4, 4), mask=mask)
+    reference = full(x, 0.7)
+    computed_full = sum(calls)
+    calls.clear()
+    out = skipping(x, 0.7)
+    assert sum(calls) < computed_full / 2  # most windows are land only
+    assert len(skipping.computed(24, 40)) < len(full.computed(24, 40))
+    assert torch.equal(out, reference)
+    assert bool((out[:, ~mask] == 0).all()) and bool((out[:, mask] != 0).all())
+    v = torch.randn_like(out)
+    (g_full,) = torch.autograd.grad(reference, x, v)
+    (g_skip,) = torch.autograd.grad(out, x, v)
+    assert torch.equal(g_skip, g_full)
+    with pytest.raises(GridError, match="mask"):
+        PatchDenoiser(counted, patch=(8, 8), overlap=(4, 4), mask=mask[0])
+    with pytest.raises(GridError, match="mask"):
+        skipping(torch.zeros(1, 2, 24, 32), 0.7)

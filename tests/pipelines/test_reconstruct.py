@@ -165,3 +165,27 @@ def test_guidance_without_observations_is_refused_by_name(setup):
     model, _, obs = setup
     with pytest.raises(ConfigError, match="'reward' is not built from observations"):
         reconstruct(model, obs, guidance="reward", members=1, steps=2, progress=False)
+
+
+def test_patches_skip_land_windows_with_the_result_of_computing_them(setup, monkeypatch):
+    """``patch=``: the domain is denoised in windows; the all-land ones are not computed (recorded), and the
+    ensemble is the one computing every window gives."""
+    from geodiff.pipelines import reconstruct as module
+
+    model, _, obs = setup
+    one = obs.isel(obs=np.flatnonzero(obs["time"].values == obs["time"].values[0]))
+    options = dict(members=2, steps=4, seed=2, progress=False, patch=(8, 8), on_runaway="keep")  # cost, not skill
+    out = reconstruct(model, one, **options)
+    windows = json.loads(out.attrs["geodiff_guidance"])["patch"]
+    assert windows["overlap"] == [2, 2] and windows["windows"] < windows["of"]
+    land = ~model.codec.mask.numpy()
+    field = out[woa.VARIABLE].isel(time=0).values  # [member, depth, lat, lon]
+    assert np.isnan(field[:, land]).all() and np.isfinite(field[:, ~land]).all()
+
+    patched = module._patched
+    monkeypatch.setattr(module, "_patched", lambda *a: setattr(p := patched(*a), "skip_masked", False) or p)
+    every = reconstruct(model, one, **options)
+    assert json.loads(every.attrs["geodiff_guidance"])["patch"]["windows"] == windows["of"]
+    xr.testing.assert_equal(every[woa.VARIABLE], out[woa.VARIABLE])
+    with pytest.raises(ConfigError, match="patch"):
+        reconstruct(model, one, members=2, steps=2, progress=False, patch=(8,))
