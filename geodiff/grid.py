@@ -425,3 +425,20 @@ def coarse_coords(values: Any, factor: int, name: str = "coordinate") -> np.ndar
     if values.size % factor:
         raise GridError(f"coordinate {name!r} has {values.size} cells, not a multiple of the factor {factor}")
     return values.reshape(-1, factor).mean(axis=1)
+
+
+def grid_for_ratio(values: Any, ratio: Any, name: str = "coordinate") -> np.ndarray:
+    """Cell centres of the grid with ``ratio`` cells per cell of ``values`` over the same extent (``ratio`` an
+    integer or 1 / integer, e.g. a :class:`fractions.Fraction` or ``"1/4"``).
+
+    >>> grid_for_ratio(np.array([0.5, 1.5, 2.5, 3.5]), "1/2").tolist(), grid_for_ratio(np.array([0.0, 1.0]), 2).tolist()
+    ([1.0, 3.0], [-0.25, 0.25, 0.75, 1.25])
+    """
+    from fractions import Fraction
+
+    ratio = Fraction(ratio)
+    if ratio <= 0 or (ratio.denominator != 1 and ratio.numerator != 1):
+        raise GridError(f"grid ratio {ratio} of {name!r} must be an integer or 1 / integer")
+    refined = np.asarray(values, dtype=np.float64) if ratio.numerator == 1 else \
+        refine_coords(values, ratio.numerator, name)
+    return refined if ratio.denominator == 1 else coarse_coords(refined, ratio.denominator, name)

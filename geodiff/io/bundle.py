@@ -118,16 +118,17 @@ def _pickle_magic(data: bytes) -> str | None:
 class ModelBundle:
     """A denoiser with the codec and normaliser it was trained with, plus JSON ``metadata``.
 
-    ``denoiser`` is a :class:`~geodiff.diffusion.denoiser.Denoiser`; its mask, when set, must equal
-    ``codec.mask``. ``normalizer`` must have statistics for every codec channel.
+    ``denoiser`` is a :class:`~geodiff.diffusion.denoiser.Denoiser` (or a deterministic
+    :class:`~geodiff.diffusion.residual.RegressionModel`); its mask, when set, must equal ``codec.mask``. ``normalizer`` must have statistics for every codec channel.
     """
 
     def __init__(self, denoiser: Any, codec: Codec, normalizer: Normalizer | AnomalyNormalizer,
                  metadata: Mapping[str, Any] | None = None):
         from geodiff.diffusion.denoiser import Denoiser
+        from geodiff.diffusion.residual import RegressionModel
 
-        if not isinstance(denoiser, Denoiser):
-            raise ConfigError(f"denoiser must be a geodiff Denoiser, got {type(denoiser).__name__}")
+        if not isinstance(denoiser, (Denoiser, RegressionModel)):
+            raise ConfigError(f"denoiser must be a geodiff Denoiser or RegressionModel, got {type(denoiser).__name__}")
         if not isinstance(codec, Codec):
             raise ConfigError(f"codec must be a geodiff Codec, got {type(codec).__name__}")
         if not isinstance(normalizer, (Normalizer, AnomalyNormalizer)):
@@ -360,6 +361,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
 
     from geodiff.diffusion.denoiser import Denoiser
     from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
+    from geodiff.diffusion.residual import RegressionModel, ResidualDenoiser
 
     folder = Path(folder)
     files = _read_checked(folder)
@@ -398,7 +400,12 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     except GeodiffError as err:
         raise CheckpointError(f"{folder / NORMALIZER} does not hold valid statistics: {err}") from err
     try:
-        denoiser_class = GaussianResidualDenoiser if "prior" in config["denoiser"] else Denoiser
+        described = config["denoiser"]
+        # the configuration names its class by its keys: a Gaussian prior, a regression mean, or neither; a
+        # regression model has only a backbone (no noise preconditioning)
+        denoiser_class = (GaussianResidualDenoiser if "prior" in described else ResidualDenoiser
+                          if "mean" in described else RegressionModel if set(described) == {"backbone"}
+                          else Denoiser)
         denoiser = denoiser_class.from_config(config["denoiser"])
     except (GeodiffError, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{folder / CONFIG} does not describe a denoiser that can be built: {err}") from err

@@ -39,7 +39,6 @@ Example
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -53,7 +52,7 @@ from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngin
 from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, CoordinateError, GridError
-from geodiff.grid import coarse_coords, refine_coords
+from geodiff.grid import coarse_coords, grid_for_ratio, refine_coords
 from geodiff.guidance import CoarseGuidance, combine
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.io.codec import Codec
@@ -62,6 +61,7 @@ from geodiff.operators import CoarsenOperator, PointOperator
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.units import model_units, to_model_units
 from geodiff.provenance import append_history
+from geodiff.training.pairs import downscaling_metadata
 from geodiff.tutorial import downscaling_paths, open_downscaling
 
 __all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscaling_metadata", "output_codec",
@@ -73,14 +73,6 @@ LAT, LON, TIME = "lat", "lon", "time"
 
 # ---------------------------------------------------------------------------------------------------------------
 # grids
-
-
-def _grid_for_ratio(values: np.ndarray, ratio: Fraction, name: str) -> np.ndarray:
-    """The centres of the grid with ``ratio`` cells per cell of ``values`` (over the same extent)."""
-    if ratio.denominator != 1 and ratio.numerator != 1:
-        raise ConfigError(f"source grid ratio {ratio} of {name!r} must be an integer or 1 / integer")
-    refined = values if ratio.numerator == 1 else refine_coords(values, ratio.numerator, name)
-    return refined if ratio.denominator == 1 else coarse_coords(refined, ratio.denominator, name)
 
 
 def coarsen(ds: xr.Dataset | xr.DataArray, factor: int, *, weights: str | None = "coslat") -> xr.Dataset | xr.DataArray:
@@ -115,27 +107,6 @@ def coarsen(ds: xr.Dataset | xr.DataArray, factor: int, *, weights: str | None =
     if isinstance(ds, xr.DataArray):
         out.name = ds.name
     return out
-
-
-def downscaling_metadata(
-    factor: int, patch: Sequence[int], target: Sequence[str], sources: Mapping[str, tuple[Sequence[str], Any]]
-) -> dict[str, Any]:
-    """The bundle metadata entry ``"downscaling"`` for :func:`downscale`.
-
-    ``sources``: ``{name: (variables, ratio)}`` of the auxiliary sources (``ratio`` = source cells per
-    high-resolution cell, e.g. 1 or ``"1/2"``); the coarse source ``(target, 1/factor)`` is added.
-
-    >>> downscaling_metadata(4, (32, 32), ["tas"], {"topography": (["orog"], 1)})["sources"]["coarse"]
-    {'variables': ['tas'], 'ratio': '1/4'}
-    """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ConfigError(f"factor must be a positive integer, got {factor!r}")
-    entries = {COARSE: {"variables": list(target), "ratio": str(Fraction(1, factor))}}
-    for name, (variables, ratio) in sources.items():
-        if name == COARSE:
-            raise ConfigError(f"source name {COARSE!r} is reserved for the coarse field")
-        entries[name] = {"variables": list(variables), "ratio": str(Fraction(ratio))}
-    return {"factor": factor, "patch": [int(p) for p in patch], "target": list(target), "sources": entries}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -337,9 +308,9 @@ def downscale(
             if condition_on_coarse:
                 cond[COARSE] = torch.nan_to_num(coarse_n, nan=0.0).to(torch.float32)[None].to(device)
             for name, ds in source_data.items():
-                ratio = Fraction(known[name]["ratio"])
+                ratio = known[name]["ratio"]
                 cond[name] = _source_tensor(bundle, ds, name, list(known[name]["variables"]), time,
-                                            _grid_for_ratio(lat, ratio, LAT), _grid_for_ratio(lon, ratio, LON)
+                                            grid_for_ratio(lat, ratio, LAT), grid_for_ratio(lon, ratio, LON)
                                             ).to(device)  # fmt: skip
             guide = combine([])
             if guidance is not None:

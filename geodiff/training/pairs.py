@@ -24,7 +24,8 @@ Example
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -35,10 +36,31 @@ from geodiff.diffusion.patches import alignment, source_window
 from geodiff.errors import ConfigError, DataError, GridError
 from geodiff.operators import CoarsenOperator
 
-__all__ = ["DownscalingPairs", "COARSE"]
+__all__ = ["DownscalingPairs", "COARSE", "downscaling_metadata"]
 
 #: name of the coarse-field source
 COARSE = "coarse"
+
+
+def downscaling_metadata(
+    factor: int, patch: Sequence[int], target: Sequence[str], sources: Mapping[str, tuple[Sequence[str], Any]]
+) -> dict[str, Any]:
+    """The bundle metadata entry ``"downscaling"`` for :func:`geodiff.downscale`.
+
+    ``sources``: ``{name: (variables, ratio)}`` of the auxiliary sources (``ratio`` = source cells per
+    high-resolution cell, e.g. 1 or ``"1/2"``); the coarse source ``(target, 1/factor)`` is added.
+
+    >>> downscaling_metadata(4, (32, 32), ["tas"], {"topography": (["orog"], 1)})["sources"]["coarse"]
+    {'variables': ['tas'], 'ratio': '1/4'}
+    """
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError(f"factor must be a positive integer, got {factor!r}")
+    entries = {COARSE: {"variables": list(target), "ratio": str(Fraction(1, factor))}}
+    for name, (variables, ratio) in sources.items():
+        if name == COARSE:
+            raise ConfigError(f"source name {COARSE!r} is reserved for the coarse field")
+        entries[name] = {"variables": list(variables), "ratio": str(Fraction(ratio))}
+    return {"factor": factor, "patch": [int(p) for p in patch], "target": list(target), "sources": entries}
 
 
 def _patch_seed(seed: int, index: int) -> int:
