@@ -49,10 +49,11 @@ import xarray as xr
 from geodiff import registry
 from geodiff.backbones.conditional import ClassifierFreeDenoiser
 from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine
+from geodiff.diffusion.residual import RegressionModel
 from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, CoordinateError, GridError
-from geodiff.grid import coarse_coords, grid_for_ratio, refine_coords
+from geodiff.grid import channel_mask, coarse_coords, grid_for_ratio, refine_coords
 from geodiff.guidance import CoarseGuidance, combine
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.io.codec import Codec
@@ -68,6 +69,8 @@ __all__ = ["downscale", "coarsen", "refine_coords", "coarse_coords", "downscalin
            "output_template", "open_sample", "sample_paths", "COARSE"]
 
 COARSE = "coarse"
+#: default error of the coarse values as a fraction of each variable's standard deviation in the normaliser
+COARSE_ERROR_FRACTION = 0.02
 LAT, LON, TIME = "lat", "lon", "time"
 
 
@@ -175,11 +178,11 @@ def downscale(
     seed: int = 0,
     guidance: str | None = "coarse",
     guidance_options: dict[str, Any] | None = None,
-    coarse_error_std: float | Mapping[str, float] = 0.1,
+    coarse_error_std: float | Mapping[str, float] | None = None,
     station_error_std: float | None = None,
     condition_on_coarse: bool = True,
     cfg_scale: float = 1.0,
-    mask: xr.DataArray | None = None,
+    mask: xr.DataArray | np.ndarray | None = None,
     patch: Sequence[int] | None = None,
     overlap: Sequence[int] | None = None,
     batch_size: int | None = None,
@@ -204,11 +207,14 @@ def downscale(
     guidance: ``"coarse"`` (coarse consistency + stations, MMPS) or None (conditioning only);
         ``guidance_options`` go to :class:`~geodiff.guidance.coarse.CoarseGuidance` (e.g. ``cg_iterations``).
     coarse_error_std: error of the coarse values as area means, in the variable's units (one number or one per
-        variable). ``station_error_std``: for station records without ``error_std``.
+        variable); default None: :data:`COARSE_ERROR_FRACTION` of the variable's standard deviation in the
+        model's normaliser (the data's variability, whatever its units). ``station_error_std``: for station records without ``error_std``.
     condition_on_coarse: give the coarse field to the network as a source (False: leave it out at inference).
     cfg_scale: classifier-free guidance scale over the sources (1 = plain conditional model).
-    mask: high-resolution validity mask (bool ``(lat, lon)``, True = valid); default: valid wherever the coarse
-        cell above is not NaN.
+    mask: high-resolution validity mask (bool ``(lat, lon)`` or ``(variable, lat, lon)``, DataArray or numpy
+        array, True = valid), applied where the coarse cell above is not NaN; default: the model's own mask when
+        the output grid is the one it was trained on (land under an ocean coarse cell stays land), else valid
+        wherever the coarse cell above is not NaN.
     patch, overlap: window and overlap sizes (high-resolution cells) of the patch-wise sampler; default: the
         training patch and a quarter of it.
     batch_size: members sampled at once (default: all).
@@ -238,6 +244,11 @@ def downscale(
         raise ConfigError(f"members, steps and batch_size must be >= 1, got {members}, {steps}, {batch_size}")
     denoiser = bundle.denoiser
     denoiser.eval()
+    deterministic = isinstance(denoiser, RegressionModel)
+    if deterministic:
+        if stations is not None:
+            raise ConfigError("a regression model takes no station guidance; use a diffusion model")
+        guidance, members = None, 1
     if getattr(denoiser, "mask", None) is not None:
         raise ConfigError("a downscaling model must be trained without a fixed denoiser mask (it samples any domain)")
     coarse = _as_dataset(coarse, "coarse")
@@ -262,7 +273,10 @@ def downscale(
         raise ConfigError(f"unknown sources {unknown or [COARSE]}: the model's auxiliary sources are "
                           f"{sorted(set(known) - {COARSE})} (the coarse field is given as `coarse`)")
     source_data = {name: _as_dataset(value, f"source {name!r}") for name, value in sources.items()}
-    errors = coarse_error_std if isinstance(coarse_error_std, Mapping) else {v: coarse_error_std for v in target}
+    if coarse_error_std is None:
+        errors = {v: COARSE_ERROR_FRACTION * float(s) for v, s in zip(target, _scales(bundle, target, times[0]))}
+    else:
+        errors = coarse_error_std if isinstance(coarse_error_std, Mapping) else {v: coarse_error_std for v in target}
     if set(errors) != set(target) or not all(float(errors[v]) > 0 for v in target):
         raise ConfigError(f"coarse_error_std must be a positive number or one per variable {target}")
     if bundle.codec.shape[0] != channels:
@@ -270,13 +284,12 @@ def downscale(
                           f"{channels}")
 
     coarse_values = _coarse_values(coarse, target)  # [T?, C, Hc, Wc]
-    if mask is None:
-        valid = _valid_under(coarse_values, has_time, factor)
-    else:
-        valid_2d = np.asarray(mask.transpose(LAT, LON).values).astype(bool)
-        if valid_2d.shape != (height, width):
-            raise GridError(f"mask must be (lat, lon) = {(height, width)}, got {valid_2d.shape}")
-        valid = np.broadcast_to(valid_2d, (channels, height, width)).copy()
+    valid = _valid_under(coarse_values, has_time, factor)
+    if mask is not None:
+        array = mask.transpose(..., LAT, LON).values if isinstance(mask, xr.DataArray) else mask
+        valid = valid & channel_mask(array, (channels, height, width), "mask")
+    elif _same_grid(bundle.codec, lat, lon):
+        valid = valid & bundle.codec.mask.numpy()  # the model's own land mask: land under an ocean coarse cell
     operator = CoarsenOperator((channels, height, width), factor, mask=valid, grid_lat=lat).to(device)
     fine_codec, coarse_codec = output_codec(coarse, target, factor, valid), output_codec(coarse, target, 1)
     channel_list = [(v, None) for v in target]
@@ -291,9 +304,9 @@ def downscale(
     train_patch = tuple(int(p) for p in (patch or spec["patch"]))
     overlap = tuple(int(o) for o in (overlap or (train_patch[0] // 4, train_patch[1] // 4)))
     bound = None if max_normalized is None else float(max_normalized)
+    patched = PatchDenoiser(base, patch=train_patch, overlap=overlap)
     engine = SamplingEngine(
-        registry.get("sampler", sampler)(**(sampler_options or {})), PatchDenoiser(base, patch=train_patch,
-                                                                                   overlap=overlap),
+        registry.get("sampler", sampler)(**(sampler_options or {})), patched,
         (schedule or EDMSchedule()).sigmas(steps), members=members, batch_size=batch_size, device=device,
         runaway=RunawayCheck(on_runaway, runaway_factor, bound=bound), progress=progress, fields=len(times),
         label="downscale",
@@ -334,6 +347,11 @@ def downscale(
                 described = guide.describe()
             elif table is not None:
                 raise ConfigError("stations are used as guidance: pass guidance='coarse' with them")
+            if deterministic:
+                with torch.no_grad():
+                    prediction = patched(torch.zeros(1, channels, height, width, device=device), 0.0, cond or None)
+                fields.append((prediction * torch.as_tensor(valid, device=device)).to(torch.float64).cpu())
+                continue
             ensemble = engine.draw(guide, (channels, height, width), cond=cond or None,
                                    generator=time_generator(seed, 0 if time is None else time, device),
                                    valid=torch.as_tensor(valid, device=device), where=f"time {time}",
@@ -348,10 +366,27 @@ def downscale(
               "coarse_error_std": {v: float(errors[v]) for v in target}, "sources": used_sources,
               "cfg_scale": cfg_scale, "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
               "members": members, "seed": seed, "factor": factor, "patch": list(train_patch),
-              "overlap": list(overlap)}
+              "overlap": list(overlap), "deterministic": deterministic}
     return record_provenance(out, coarse.attrs, "geodiff.downscale", config, model_sha256=bundle.sha256, seed=seed,
                              sources=used_sources, observations=None if report is None else report.as_dict(),
                              runaway={**engine.runaway.describe(), "members": runaways})
+
+
+def _scales(bundle: ModelBundle, target: Sequence[str], time: Any) -> list[float]:
+    """Each target variable's standard deviation in the model's normaliser at ``time`` (the median over its
+    cells and levels)."""
+    std = np.asarray(bundle.statistics(time)[1], dtype=np.float64).reshape(len(target), -1)
+    return [float(np.median(row)) for row in std]
+
+
+def _same_grid(codec: Codec, lat: np.ndarray, lon: np.ndarray) -> bool:
+    """Whether ``(lat, lon)`` is the grid of ``codec`` (to within a thousandth of a cell)."""
+    grid_lat, grid_lon = np.asarray(codec.lat, dtype=np.float64), np.asarray(codec.lon, dtype=np.float64)
+    if grid_lat.shape != lat.shape or grid_lon.shape != lon.shape:
+        return False
+    tolerance = 1e-3 * abs(float(lat[1] - lat[0])) if lat.size > 1 else 1e-6
+    return bool(np.allclose(grid_lat, lat, rtol=0, atol=tolerance) and np.allclose(grid_lon, lon, rtol=0,
+                                                                                   atol=tolerance))
 
 
 def _coarse_values(coarse: xr.Dataset, target: Sequence[str]) -> np.ndarray:

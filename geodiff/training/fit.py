@@ -182,10 +182,12 @@ def default_architecture(field_shape: tuple[int, int, int], *, base_channels: in
 
 
 def validation_loss(denoiser: torch.nn.Module, fields: Tensor, mask: Tensor, *, seed: int = 0,
-                    sigma_data: float = 1.0) -> float:
+                    sigma_data: float = 1.0, cond: dict[str, Tensor] | None = None) -> float:
     """EDM-weighted denoising error of ``denoiser`` on ``fields [N, C, H, W]`` over valid cells, averaged over the
     fixed noise levels :data:`VALIDATION_SIGMAS` with fixed noise (``seed``): deterministic, comparable across
-    steps. An exact denoiser of unit-variance Gaussian data scores 1."""
+    steps. An exact denoiser of unit-variance Gaussian data scores 1. ``cond``: the fields' conditioning
+    ``{name: [N, ...]}`` (conditional denoisers); ``mask``: ``[C, H, W]``, or ``[N, C, H, W]`` for fields with
+    their own masks (patches)."""
     generator = torch.Generator().manual_seed(seed)
     total, valid = 0.0, mask.to(fields.device)
     was_training = denoiser.training
@@ -193,9 +195,10 @@ def validation_loss(denoiser: torch.nn.Module, fields: Tensor, mask: Tensor, *, 
     with torch.no_grad():
         for sigma in VALIDATION_SIGMAS:
             noise = torch.randn(fields.shape, generator=generator).to(fields.device)
-            x0 = denoiser(fields + sigma * noise, sigma)
+            x0 = denoiser(fields + sigma * noise, sigma) if cond is None else \
+                denoiser(fields + sigma * noise, sigma, cond)
             weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-            error = ((x0 - fields) ** 2)[:, valid].mean()
+            error = ((x0 - fields) ** 2)[:, valid].mean() if valid.ndim == 3 else ((x0 - fields) ** 2)[valid].mean()
             total += weight * float(error)
     denoiser.train(was_training)
     return total / len(VALIDATION_SIGMAS)

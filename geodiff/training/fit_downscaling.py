@@ -1,0 +1,381 @@
+"""Train a conditional downscaling model from Datasets in one call: ``fit_downscaling(ds, factor) -> ModelBundle``.
+
+The conditional sibling of :func:`geodiff.fit`. From a high-resolution training series ``ds`` (the truth), the
+integer coarsening ``factor`` and optional auxiliary ``sources`` (topography, a satellite product, ... on grids of
+integer or 1 / integer ratio over the same area), it builds everything :func:`geodiff.downscale` needs: the
+normaliser (one mean and std per variable, target and sources), the training pairs (patches of the truth, the
+land-aware area mean of each patch as the ``coarse`` source, the sources cut to the same area:
+:class:`~geodiff.training.pairs.DownscalingPairs`), a :class:`~geodiff.backbones.conditional.ConditionalUNet`, and
+the bundle with its ``"downscaling"`` metadata. Three ``mode`` s share data, patches, network, budget, learning-rate
+schedule and early stopping, so they compare fairly:
+
+- ``"regression"``: a deterministic :class:`~geodiff.diffusion.residual.RegressionModel` (mean squared error);
+- ``"direct"``: an EDM :class:`~geodiff.diffusion.denoiser.Denoiser` of the normalised field;
+- ``"residual"``: a :class:`~geodiff.diffusion.residual.ResidualDenoiser`: the regression's prediction plus a
+  diffusion model of what it misses (CorrDiff); the regression (``regression=``, a bundle of mode
+  ``"regression"``) is trained first with the same settings when not given.
+
+Training runs through the one loop (:func:`geodiff.train`) with the objective of the mode
+(:class:`~geodiff.training.objectives.RegressionObjective` or
+:class:`~geodiff.training.objectives.DenoisingObjective`), AdamW, a linear warm-up and a cosine decay of the
+learning rate over the run. The last ``validation`` fraction of the times is held out: the model is scored on
+fixed patches of those times every ``validate_every`` steps (regression: mean squared error; diffusion:
+:func:`~geodiff.training.fit.validation_loss`, the denoising error at fixed noise levels) and the weights with
+the best score are returned (early stopping). With ``time_budget`` (seconds) the number of steps comes from the
+measured speed of this model; with ``checkpoint_dir`` an interrupted run resumes.
+
+Masks and weights: ``mask`` (bool ``(lat, lon)`` DataArray or numpy array, True = valid) is combined with the
+cells that are NaN in the data; the coarse field is the area mean over valid cells only (``area_weights``:
+``"coslat"`` or None for equal weights), so land under an ocean coarse cell does not enter it. Global grids
+(longitudes covering 360 degrees) use a backbone with periodic longitude padding.
+
+Example
+-------
+>>> import numpy as np, pandas as pd, xarray as xr
+>>> from geodiff.training.fit_downscaling import fit_downscaling
+>>> rng = np.random.default_rng(0)
+>>> ds = xr.Dataset({"tas": (("time", "lat", "lon"), 280 + rng.normal(size=(10, 16, 16)), {"units": "K"})},
+...                 coords={"time": pd.date_range("2000", periods=10, freq="YS"),
+...                         "lat": np.arange(16.0), "lon": np.arange(16.0)})
+>>> bundle = fit_downscaling(ds, 4, mode="regression", steps=2, patch_size=(8, 8), base_channels=8,
+...                          progress=False)
+>>> bundle.metadata["downscaling"]["sources"]["coarse"], bundle.metadata["training"]["mode"]
+({'variables': ['tas'], 'ratio': '1/4'}, 'regression')
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time as _time
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from geodiff.backbones.conditional import ConditionalUNet
+from geodiff.diffusion.denoiser import Denoiser
+from geodiff.diffusion.losses import EDMLoss
+from geodiff.diffusion.residual import RegressionModel, ResidualDenoiser
+from geodiff.errors import CheckpointError, ConfigError, GridError
+from geodiff.grid import channel_mask, grid_for_ratio, is_periodic
+from geodiff.io.bundle import ModelBundle
+from geodiff.io.codec import Codec
+from geodiff.io.normalize import Normalizer
+from geodiff.training.fit import check_training_data, validation_loss
+from geodiff.training.objectives import DenoisingObjective, RegressionObjective
+from geodiff.training.pairs import COARSE, DownscalingPairs, downscaling_metadata
+from geodiff.training.trainer import train
+
+__all__ = ["fit_downscaling", "MODES"]
+
+MODES = ("regression", "direct", "residual")
+PROBE_STEPS = 12  # steps that measure the speed for a time budget (after two warm-up steps)
+VALIDATION_PATCHES = 4  # fixed validation patches per validation time
+MAX_PATCH = 32
+RUN_STATE = "fit_downscaling.json"
+
+
+def _source_ratio(source: xr.Dataset, height: int, width: int, name: str) -> Fraction:
+    """Source cells per field cell, the same along lat and lon, an integer or 1 / integer."""
+    ry, rx = Fraction(source.sizes["lat"], height), Fraction(source.sizes["lon"], width)
+    if ry != rx or (ry.numerator != 1 and ry.denominator != 1):
+        raise GridError(f"source {name!r} is {source.sizes['lat']} x {source.sizes['lon']} over a {height} x {width} "
+                        "field: its grid must have the same integer or 1 / integer ratio along lat and lon")
+    return ry
+
+
+def _check_source(source: xr.Dataset, name: str, lat: np.ndarray, lon: np.ndarray, times: np.ndarray) -> Fraction:
+    ratio = _source_ratio(source, lat.size, lon.size, name)
+    for coord, values in (("lat", lat), ("lon", lon)):
+        expected = grid_for_ratio(values, ratio, coord)
+        tolerance = 1e-3 * abs(float(expected[1] - expected[0])) if expected.size > 1 else 1e-3
+        if not np.allclose(np.asarray(source[coord].values, dtype=np.float64), expected, rtol=0, atol=tolerance):
+            raise GridError(f"source {name!r} coordinate {coord!r} does not lie on the grid of ratio {ratio} over "
+                            "the training domain (cell edges must align with the high-resolution grid)")
+    if "time" in source.dims and not np.isin(times, source["time"].values).all():
+        raise GridError(f"source {name!r} has a time dimension without every training time")
+    return ratio
+
+
+def _stack(normalizer: Normalizer, ds: xr.Dataset, variables: Sequence[str], times: np.ndarray | None) -> Tensor:
+    """Normalised ``[N or 1, C, H, W]`` float32 (NaN -> 0) of ``variables`` at ``times`` (static data: one)."""
+    if times is not None and "time" in ds.dims:
+        ds = ds.sel(time=times)
+    arrays = []
+    for name in variables:
+        da = normalizer.normalize(ds[name])
+        order = (("time",) if "time" in da.dims else ()) + ("lat", "lon")
+        extra = [d for d in da.dims if d not in order]
+        if extra:
+            raise GridError(f"variable {name!r} has dimensions {extra} besides (time, lat, lon)")
+        arrays.append(np.nan_to_num(np.asarray(da.transpose(*order).values, dtype=np.float32), nan=0.0))
+    out = torch.from_numpy(np.stack(arrays, axis=-3))
+    return out if out.ndim == 4 else out[None]
+
+
+def _statistics(ds: xr.Dataset, name: str) -> tuple[float, float]:
+    values = np.asarray(ds[name].values, dtype=np.float64)
+    mean, std = float(np.nanmean(values)), float(np.nanstd(values))
+    if not math.isfinite(mean) or not std > 0:
+        raise ConfigError(f"variable {name!r} has no variability to normalise by (std {std})")
+    return mean, std
+
+
+def _default_patch(height: int, width: int, align: int) -> tuple[int, int]:
+    def size(n: int) -> int:
+        best = (min(n, MAX_PATCH) // align) * align
+        if best < align:
+            raise GridError(f"the grid ({height} x {width}) is smaller than the coarse cells' alignment {align}")
+        return best
+
+    return size(height), size(width)
+
+
+def _mask(ds: xr.Dataset, names: Sequence[str], mask: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """Valid cells ``[C, H, W]``: finite at the first time in every variable, and True in the user's ``mask``."""
+    finite = np.stack([np.isfinite(np.asarray(ds[n].isel(time=0).transpose("lat", "lon").values)) for n in names])
+    if mask is None:
+        return finite
+    if isinstance(mask, xr.DataArray):
+        mask = mask.transpose(*[d for d in mask.dims if d not in ("lat", "lon")], "lat", "lon").values
+    return finite & channel_mask(mask, shape, "mask")
+
+
+def fit_downscaling(
+    ds: xr.Dataset,
+    factor: int,
+    *,
+    mode: Literal["regression", "direct", "residual"] = "direct",
+    variables: str | Sequence[str] | None = None,
+    sources: Mapping[str, xr.Dataset | xr.DataArray] | None = None,
+    regression: ModelBundle | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    validation: float = 0.15,
+    validate_every: int | None = None,
+    patch_size: tuple[int, int] | None = None,
+    patches_per_field: int = 16,
+    base_channels: int = 16,
+    channel_mults: Sequence[int] = (1, 2, 2),
+    source_channels: int = 16,
+    source_dropout: float | None = None,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    mask: Any = None,
+    area_weights: Literal["coslat"] | None = "coslat",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> ModelBundle:
+    """Train a conditional downscaling model (``mode``) of ``ds`` at ``factor`` and return its bundle for
+    :func:`geodiff.downscale` (module docstring).
+
+    Parameters
+    ----------
+    ds: high-resolution training series ``(time, lat, lon)``, NaN where invalid, units on every variable.
+    factor: integer coarsening factor (grid sizes of the patches must be multiples of it).
+    mode: ``"regression"``, ``"direct"`` or ``"residual"`` (module docstring).
+    variables: target variables (default: every data variable with a time dimension).
+    sources: auxiliary sources by name (Dataset or named DataArray on a grid of integer or 1 / integer ratio over
+        the same area; static or with ``ds``'s times).
+    regression: for ``mode="residual"``: the regression bundle to build on (same variables, factor, sources).
+    steps, time_budget: optimizer steps, or seconds of training (steps from the measured speed); default 2000.
+    validation, validate_every: fraction of the times (the last ones) held out for early stopping, and steps
+        between scores (default: ``steps / 10``).
+    patch_size, patches_per_field: training window (default: up to 32 x 32 on the coarse cells' alignment) and
+        windows drawn per field.
+    base_channels, channel_mults, source_channels: width and depth of the network and of its source encoders.
+    source_dropout: probability of leaving out each source of a sample in training (default 0.2 for diffusion,
+        so a model can be given any subset of its sources, 0 for the regression).
+    batch_size, lr: global batch and peak AdamW learning rate (warm-up, then cosine decay to 0).
+    mask: bool ``(lat, lon)`` or ``(variable, lat, lon)`` (DataArray or numpy), True = valid; combined with NaN.
+    area_weights: weights of the coarse area mean: ``"coslat"`` or None (equal).
+    checkpoint_dir, resume: where the run keeps checkpoints; an interrupted run continues from them.
+    seed: seed of the weights, the patches and every random draw of training.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError(f"factor must be a positive integer, got {factor!r}")
+    if area_weights not in ("coslat", None):
+        raise ConfigError(f"area_weights must be 'coslat' or None, got {area_weights!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    if time_budget is not None and not time_budget > 0:
+        raise ConfigError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    if not 0 < validation < 0.5:
+        raise ConfigError(f"validation must be a fraction in (0, 0.5), got {validation}")
+    names = [variables] if isinstance(variables, str) else list(variables or [
+        str(n) for n, v in ds.data_vars.items() if "time" in v.dims])
+    check_training_data(ds, names)
+    ds = ds[names]
+    lat, lon = np.asarray(ds["lat"].values, np.float64), np.asarray(ds["lon"].values, np.float64)
+    shape = (len(names), lat.size, lon.size)
+    n_times = ds.sizes["time"]
+    n_validation = max(1, math.ceil(validation * n_times))
+    train_times, validation_times = ds["time"].values[:-n_validation], ds["time"].values[-n_validation:]
+
+    source_data: dict[str, xr.Dataset] = {}
+    ratios: dict[str, Fraction] = {}
+    for name, value in (sources or {}).items():
+        if name == COARSE:
+            raise ConfigError(f"source name {COARSE!r} is reserved for the coarse field")
+        value = value.to_dataset() if isinstance(value, xr.DataArray) else value
+        if not isinstance(value, xr.Dataset):
+            raise ConfigError(f"source {name!r} must be an xr.Dataset or a named DataArray")
+        ratios[name] = _check_source(value, name, lat, lon, ds["time"].values)
+        source_data[name] = value
+    statistics = {n: _statistics(ds.sel(time=train_times), n) for n in names}
+    for name, value in source_data.items():
+        for variable in value.data_vars:
+            if variable in statistics:
+                raise ConfigError(f"source {name!r} variable {variable!r} has the name of another variable; rename it")
+            statistics[str(variable)] = _statistics(value, str(variable))
+    if regression is not None:
+        normalizer = regression.normalizer
+        if regression.metadata.get("training", {}).get("mode") != "regression":
+            raise ConfigError("regression= must be a bundle trained with mode='regression'")
+        expected = downscaling_metadata(factor, regression.metadata["downscaling"]["patch"], names,
+                                        {n: (list(v.data_vars), ratios[n]) for n, v in source_data.items()})
+        if regression.metadata["downscaling"] != expected:
+            raise ConfigError("the regression bundle was trained for other variables, factor or sources: "
+                              f"{regression.metadata['downscaling']} (now {expected})")
+    else:
+        normalizer = Normalizer.affine(statistics)
+    valid = _mask(ds, names, mask, shape)
+    codec = Codec.from_dataset(ds.isel(time=[0]).where(xr.DataArray(valid.any(0), dims=("lat", "lon"))))
+
+    def pairs_of(times: np.ndarray, count: int, pair_seed: int, patch: tuple[int, int] | None) -> DownscalingPairs:
+        fields = _stack(normalizer, ds, names, times) * torch.from_numpy(valid)
+        cond = {name: _stack(normalizer, value, list(value.data_vars), times) for name, value in source_data.items()}
+        return DownscalingPairs(fields, factor, sources=cond, mask=valid,
+                                grid_lat=lat if area_weights == "coslat" else None, patch=patch,
+                                patches_per_field=count, seed=pair_seed)
+
+    whole = pairs_of(train_times[:1], 1, seed, None)
+    patch = tuple(int(p) for p in patch_size) if patch_size is not None else _default_patch(*shape[1:], whole.align)
+    data = pairs_of(train_times, patches_per_field, seed, patch)
+    held = pairs_of(validation_times, VALIDATION_PATCHES, seed + 1, patch)
+    items = [held[i] for i in range(len(held))]
+    x_val = torch.stack([x for x, _ in items])
+    cond_val = {k: torch.stack([c[k] for _, c in items]) for k in items[0][1]}
+    windows = [held.window(i)[1] for i in range(len(held))]
+    patch_valid = torch.stack([torch.from_numpy(valid[:, i0:i1, j0:j1]) for i0, i1, j0, j1 in windows])
+
+    periodic = is_periodic(lon)
+    all_sources = {COARSE: len(names), **{n: len(v.data_vars) for n, v in source_data.items()}}
+    dropout = (0.0 if mode == "regression" else 0.2) if source_dropout is None else float(source_dropout)
+    architecture = {"base_channels": base_channels, "channel_mults": list(channel_mults), "num_res_blocks": 1,
+                    "attention_levels": [], "mid_attention": False, "source_channels": source_channels,
+                    "source_dropout": dropout, "periodic_lon": periodic}
+
+    def network() -> ConditionalUNet:
+        return ConditionalUNet(len(names), sources=all_sources, **architecture)
+
+    if mode == "residual" and regression is None:
+        regression = fit_downscaling(
+            ds, factor, mode="regression", variables=names, sources=sources, steps=steps, time_budget=time_budget,
+            validation=validation, validate_every=validate_every, patch_size=patch, patches_per_field=patches_per_field,
+            base_channels=base_channels, channel_mults=channel_mults, source_channels=source_channels,
+            batch_size=batch_size, lr=lr, mask=mask, area_weights=area_weights,
+            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "regression", resume=resume,
+            seed=seed, device=device, progress=progress)
+    torch.manual_seed(seed)
+    sigma_data = 1.0
+    if mode == "regression":
+        model: torch.nn.Module = RegressionModel(network())
+        objective: Any = RegressionObjective()
+
+        def score(m: torch.nn.Module) -> float:
+            error = (m(x_val, None, cond_val) - x_val) ** 2
+            return float(error[patch_valid].mean())
+    else:
+        if mode == "residual":
+            mean = copy.deepcopy(regression.denoiser).cpu()  # type: ignore[union-attr]
+            with torch.no_grad():
+                residual = x_val - mean(x_val, None, cond_val)
+            sigma_data = float(residual[patch_valid].std())
+            model = ResidualDenoiser(network(), mean=mean, sigma_data=sigma_data)
+        else:
+            model = Denoiser(network(), sigma_data=1.0)
+        objective = DenoisingObjective(EDMLoss(P_mean=-0.4 + math.log(sigma_data), P_std=1.6, sigma_data=sigma_data))
+
+        def score(m: torch.nn.Module) -> float:
+            target = x_val - (m.mean(x_val, None, cond_val) if mode == "residual" else 0)
+            return validation_loss(_Shifted(m, x_val - target), target, patch_valid, seed=seed,
+                                   sigma_data=sigma_data, cond=cond_val)
+
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    state: dict[str, Any] = {}
+    if folder is not None and resume and (folder / RUN_STATE).is_file():
+        state = json.loads((folder / RUN_STATE).read_text())
+        if steps is not None and state.get("steps") != steps:
+            raise CheckpointError(f"{folder / RUN_STATE} is a run of {state.get('steps')} steps; now steps={steps}")
+    started = _time.perf_counter()
+    options = dict(objective=objective, batch_size=batch_size, lr=lr, weight_decay=0.01, grad_clip=1.0,
+                   ema_decay=None, seed=seed, device=device)
+    total = state.get("steps") or steps
+    seconds_per_step = state.get("seconds_per_step")
+    if total is None and time_budget is not None:
+        probe = copy.deepcopy(model)
+        train(probe, data, steps=2, progress=False, **options)
+        timed = _time.perf_counter()
+        train(probe, data, steps=2 + PROBE_STEPS, progress=False, **options)
+        seconds_per_step = (_time.perf_counter() - timed) / PROBE_STEPS
+        timed = _time.perf_counter()
+        probe.eval()
+        with torch.no_grad():
+            score(probe)
+        scoring = 11 * (_time.perf_counter() - timed)  # the run scores 11 times
+        spent = _time.perf_counter() - started
+        total = max(PROBE_STEPS, int((time_budget - spent - scoring) / seconds_per_step))
+    total = int(total or 2000)
+    every = int(validate_every or max(1, total // 10))
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RUN_STATE).write_text(json.dumps({"steps": total, "seconds_per_step": seconds_per_step}))
+    result = train(model, data, steps=total, warmup_steps=min(100, max(1, total // 10)), cosine_steps=total,
+                   checkpoint_dir=folder, checkpoint_every=every, resume=resume, progress=progress,
+                   validation=score, eval_every=every, **options)
+    model.eval()
+    model.cpu()
+    sources_meta = {n: (list(map(str, v.data_vars)), ratios[n]) for n, v in source_data.items()}
+    metadata = {
+        "name": f"downscaling ({mode}) of {', '.join(names)} x{factor}",
+        "trained_by": "geodiff.training.fit_downscaling",
+        "downscaling": downscaling_metadata(factor, patch, names, sources_meta),
+        "training": {
+            "mode": mode, "steps": total, "best_step": result.best_step,
+            "validation_history": [{"step": i * every, "score": v} for i, v in enumerate(result.validation_losses)],
+            "seconds": round(_time.perf_counter() - started, 1), "seconds_per_step": seconds_per_step,
+            "time_budget": time_budget, "architecture": architecture, "sigma_data": sigma_data,
+            "patch_size": list(patch), "patches_per_field": patches_per_field, "batch_size": batch_size, "lr": lr,
+            "seed": seed, "area_weights": area_weights, "valid_cells": int(valid.sum()),
+            "training_times": int(n_times - n_validation), "validation_times": int(n_validation),
+            "training_period": [str(train_times[0]), str(train_times[-1])],
+            "validation_period": [str(validation_times[0]), str(validation_times[-1])],
+            "regression": None if regression is None or mode != "residual" else regression.metadata["training"],
+            "torch": torch.__version__,
+        },
+    }
+    return ModelBundle(model, codec, normalizer, metadata=metadata)
+
+
+class _Shifted(torch.nn.Module):
+    """``D(x + shift) - shift``: a residual denoiser seen as a denoiser of the residual (validation only)."""
+
+    def __init__(self, denoiser: torch.nn.Module, shift: Tensor):
+        super().__init__()
+        self.denoiser, self.shift = denoiser, shift
+
+    def forward(self, x: Tensor, sigma: Any, cond: dict[str, Tensor] | None = None) -> Tensor:
+        return self.denoiser(x + self.shift, sigma, cond) - self.shift
