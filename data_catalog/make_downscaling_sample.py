@@ -56,6 +56,31 @@ def _cell_means(lat: np.ndarray, lon: np.ndarray, src_lat: np.ndarray, src_lon: 
     return (sums / counts).reshape(lat.size, lon.size)
 
 
+def topography_on(lat: np.ndarray, lon: np.ndarray, etopo: str | Path,
+                  title: str = "ETOPO5 relief averaged onto a regular grid") -> xr.Dataset:
+    """``orog`` (mean surface altitude, m, sea = 0) and ``land_fraction`` (1) on the cells centred on ``lat``,
+    ``lon`` (regular, degrees; longitudes in 0..360): area means of the ETOPO5 points falling in each cell."""
+    relief = xr.open_dataset(etopo, decode_times=False)["ROSE"]
+    src_lat = relief["ETOPO05_Y"].values
+    src_lon = relief["ETOPO05_X"].values
+    values = relief.values.astype(np.float64)
+    orog = _cell_means(lat, lon, src_lat, src_lon, np.clip(values, 0.0, None))
+    land = _cell_means(lat, lon, src_lat, src_lon, (values > 0).astype(np.float64))
+    coords = {"lat": ("lat", lat, {"standard_name": "latitude", "units": "degrees_north"}),
+              "lon": ("lon", lon, {"standard_name": "longitude", "units": "degrees_east"})}
+    return xr.Dataset(
+        {"orog": (("lat", "lon"), orog.astype("float32"),
+                  {"standard_name": "surface_altitude", "long_name": "mean surface altitude (sea = 0)", "units": "m"}),
+         "land_fraction": (("lat", "lon"), land.astype("float32"),
+                           {"standard_name": "land_area_fraction", "long_name": "land area fraction", "units": "1"})},
+        coords=coords,
+        attrs={"title": title,
+               "source": "Debian ferret-datasets, etopo5.cdf (NGDC ETOPO5, 5-minute relief)",
+               "history": "cell means of ETOPO5 points by data_catalog/make_downscaling_sample.py",
+               "Conventions": "CF-1.8"},
+    )
+
+
 def north_america(iris_dir: str | Path, etopo: str | Path) -> tuple[xr.Dataset, xr.Dataset]:
     """``(fields, topography)`` (module docstring)."""
     coder = xr.coders.CFDatetimeCoder(use_cftime=True)
@@ -77,27 +102,8 @@ def north_america(iris_dir: str | Path, etopo: str | Path) -> tuple[xr.Dataset, 
         "history": "cropped to 36 x 48 cells (15-58.75 N, 225-313.125 E) by data_catalog/make_downscaling_sample.py",
         "Conventions": "CF-1.8",
     }
-    relief = xr.open_dataset(etopo, decode_times=False)["ROSE"]
-    lat2 = _refine(fields["lat"].values, 2)
-    lon2 = _refine(fields["lon"].values, 2)
-    src_lat = relief["ETOPO05_Y"].values
-    src_lon = relief["ETOPO05_X"].values
-    values = relief.values.astype(np.float64)
-    orog = _cell_means(lat2, lon2, src_lat, src_lon, np.clip(values, 0.0, None))
-    land = _cell_means(lat2, lon2, src_lat, src_lon, (values > 0).astype(np.float64))
-    coords = {"lat": ("lat", lat2, {"standard_name": "latitude", "units": "degrees_north"}),
-              "lon": ("lon", lon2, {"standard_name": "longitude", "units": "degrees_east"})}
-    topography = xr.Dataset(
-        {"orog": (("lat", "lon"), orog.astype("float32"),
-                  {"standard_name": "surface_altitude", "long_name": "mean surface altitude (sea = 0)", "units": "m"}),
-         "land_fraction": (("lat", "lon"), land.astype("float32"),
-                           {"standard_name": "land_area_fraction", "long_name": "land area fraction", "units": "1"})},
-        coords=coords,
-        attrs={"title": "ETOPO5 relief averaged onto a 0.625 x 0.9375 degree grid over North America",
-               "source": "Debian ferret-datasets, etopo5.cdf (NGDC ETOPO5, 5-minute relief)",
-               "history": "cell means of ETOPO5 points by data_catalog/make_downscaling_sample.py",
-               "Conventions": "CF-1.8"},
-    )
+    topography = topography_on(_refine(fields["lat"].values, 2), _refine(fields["lon"].values, 2), etopo,
+                               "ETOPO5 relief averaged onto a 0.625 x 0.9375 degree grid over North America")
     return fields, topography
 
 

@@ -1,0 +1,130 @@
+"""fit_downscaling: regression, direct and residual models from Datasets through the one training loop, with a
+validation period, early stopping, masks and saved bundles that geodiff.downscale uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+import geodiff
+from geodiff.diffusion.residual import RegressionModel, ResidualDenoiser
+from geodiff.errors import ConfigError, GridError
+from geodiff.pipelines.downscale import coarsen, downscale
+from geodiff.training.fit_downscaling import fit_downscaling
+
+H, W, T = 16, 16, 12
+SMALL = dict(patch_size=(8, 8), base_channels=8, channel_mults=(1, 2), source_channels=8, patches_per_field=2,
+             batch_size=4, progress=False)
+
+
+def series() -> tuple[xr.Dataset, xr.Dataset]:
+    rng = np.random.default_rng(0)
+    lat, lon = 40.0 + np.arange(H) + 0.5, 10.0 + np.arange(W) + 0.5
+    hill = np.exp(-((lat[:, None] - 48) ** 2 + (lon[None] - 18) ** 2) / 10.0)
+    tas = 280.0 - 6.0 * hill[None] + rng.normal(size=(T, H, W)).cumsum(-1) * 0.2
+    ds = xr.Dataset({"tas": (("time", "lat", "lon"), tas.astype("float32"), {"units": "K"})},
+                    coords={"time": pd.date_range("2000", periods=T, freq="YS"), "lat": lat, "lon": lon})
+    topo = xr.Dataset({"orog": (("lat", "lon"), 1000.0 * hill, {"units": "m"})}, coords={"lat": lat, "lon": lon})
+    return ds, topo
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    ds, topo = series()
+    folder = tmp_path_factory.mktemp("fit_downscaling")
+    regression = fit_downscaling(ds, 4, mode="regression", sources={"topography": topo}, steps=6, **SMALL)
+    residual = fit_downscaling(ds, 4, mode="residual", regression=regression, sources={"topography": topo}, steps=4,
+                               **SMALL)
+    regression.save(folder / "regression")
+    residual.save(folder / "residual")
+    return ds, topo, folder, regression, residual
+
+
+def test_modes_build_their_models_and_record_the_run(models):
+    ds, topo, folder, regression, residual = models
+    assert isinstance(regression.denoiser, RegressionModel) and isinstance(residual.denoiser, ResidualDenoiser)
+    info = residual.metadata["training"]
+    assert info["mode"] == "residual" and info["regression"]["mode"] == "regression"
+    assert info["training_times"] == T - 2 and info["validation_times"] == 2  # 15 % of 12 times, rounded up
+    assert info["sigma_data"] > 0 and residual.denoiser.sigma_data == info["sigma_data"]  # the residual std
+    history = [h["score"] for h in info["validation_history"]]
+    assert [h["step"] for h in info["validation_history"]] == [0, 1, 2, 3, 4]
+    best = info["best_step"]
+    assert history[best] == min(history)  # the weights returned are those of the best validation score
+    # the regression mean inside the residual model was not trained further
+    inner = residual.denoiser.mean.state_dict()
+    for name, value in regression.denoiser.state_dict().items():
+        assert torch.equal(inner[name], value), name
+
+
+def test_residual_denoiser_is_mean_plus_denoised_residual(models):
+    *_, regression, residual = models
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    cond = {"coarse": torch.randn(2, 1, 2, 2), "topography": torch.randn(2, 1, 8, 8)}
+    model = residual.denoiser
+    with torch.no_grad():
+        mu = regression.denoiser(x, None, cond)
+        out = model(x, 0.7, cond)
+        plain = super(ResidualDenoiser, model).forward(x - mu, 0.7, cond)
+    assert torch.allclose(out, mu + plain, atol=1e-6)
+    assert not any(p.requires_grad for p in model.mean.parameters())
+    model.train()
+    assert not model.mean.training  # the mean stays in eval mode
+    model.eval()
+
+
+def test_saved_models_downscale(models):
+    ds, topo, folder, regression, residual = models
+    coarse = coarsen(ds.isel(time=[T - 1]), 4)
+    reg = geodiff.load(folder / "regression")
+    deterministic = downscale(reg, coarse, sources={"topography": topo}, progress=False)
+    assert deterministic.tas.sizes["member"] == 1
+    assert downscale(regression, coarse, sources={"topography": topo}, progress=False).tas.equals(deterministic.tas)
+    ensemble = downscale(geodiff.load(folder / "residual"), coarse, sources={"topography": topo}, members=2, steps=2,
+                         progress=False)
+    assert ensemble.tas.shape == (2, 1, H, W) and np.isfinite(ensemble.tas.values).all()
+    config = ensemble.attrs["geodiff_config"] if "geodiff_config" in ensemble.attrs else ""
+    assert "coarse_error_std" in str(ensemble.attrs) or config
+    with pytest.raises(ConfigError, match="station"):
+        downscale(reg, coarse, sources={"topography": topo}, stations=pd.DataFrame(
+            {"value": [280.0], "error_std": [0.1], "lat": [45.0], "lon": [15.0]}), progress=False)
+
+
+def test_masks_keep_land_out_of_the_model_and_the_output():
+    ds, _ = series()
+    land = np.zeros((H, W), dtype=bool)
+    land[5:7, 5:7] = True  # land under one coarse ocean cell: the coarse cell stays valid
+    bundle = fit_downscaling(ds, 4, mode="regression", steps=2, mask=~land, **SMALL)
+    assert bundle.codec.mask[0].numpy().tolist() == (~land).tolist()
+    coarse = coarsen(ds.isel(time=[T - 1]).where(xr.DataArray(~land, dims=("lat", "lon"))), 4)
+    assert np.isfinite(coarse.tas.values).all()
+    out = downscale(bundle, coarse, progress=False)  # the model's own mask: its grid
+    assert np.isnan(out.tas.values[0, 0][land]).all() and np.isfinite(out.tas.values[0, 0][~land]).all()
+    numpy_mask = np.ones((H, W), dtype=bool)
+    numpy_mask[0, 0] = False
+    masked = downscale(bundle, coarse, mask=numpy_mask, progress=False)
+    assert np.isnan(masked.tas.values[0, 0, 0, 0]) and np.isfinite(masked.tas.values[0, 0, 8, 8])
+
+
+def test_time_budget_sets_the_steps():
+    ds, _ = series()
+    bundle = fit_downscaling(ds, 4, mode="regression", time_budget=1.0, **SMALL)
+    info = bundle.metadata["training"]
+    assert info["steps"] >= 12 and info["seconds_per_step"] > 0 and info["time_budget"] == 1.0
+
+
+def test_bad_input_is_refused(models):
+    ds, topo, _, regression, _ = models
+    with pytest.raises(ConfigError, match="mode"):
+        fit_downscaling(ds, 4, mode="gan", steps=1, **SMALL)
+    shifted = topo.assign_coords(lat=topo.lat + 0.3)
+    with pytest.raises(GridError, match="topography"):
+        fit_downscaling(ds, 4, sources={"topography": shifted}, steps=1, **SMALL)
+    with pytest.raises(ConfigError, match="other variables, factor or sources"):
+        fit_downscaling(ds, 4, mode="residual", regression=regression, steps=1, **SMALL)
+    with pytest.raises(GridError, match="mask"):
+        fit_downscaling(ds, 4, mode="regression", steps=1, mask=np.ones((3, 3), bool), **SMALL)
