@@ -77,7 +77,7 @@ __all__ = ["fit_downscaling", "MODES"]
 
 MODES = ("regression", "direct", "residual")
 PROBE_STEPS = 12  # steps that measure the speed for a time budget (after two warm-up steps)
-VALIDATION_PATCHES = 4  # fixed validation patches per validation time
+VALIDATION_PATCHES = 32  # fixed validation patches (from validation times evenly spaced, 4 patches a time at most)
 MAX_PATCH = 32
 RUN_STATE = "fit_downscaling.json"
 
@@ -264,7 +264,8 @@ def fit_downscaling(
     whole = pairs_of(train_times[:1], 1, seed, None)
     patch = tuple(int(p) for p in patch_size) if patch_size is not None else _default_patch(*shape[1:], whole.align)
     data = pairs_of(train_times, patches_per_field, seed, patch)
-    held = pairs_of(validation_times, VALIDATION_PATCHES, seed + 1, patch)
+    chosen = np.unique(np.linspace(0, n_validation - 1, min(n_validation, VALIDATION_PATCHES)).astype(int))
+    held = pairs_of(validation_times[chosen], max(1, min(4, VALIDATION_PATCHES // chosen.size)), seed + 1, patch)
     items = [held[i] for i in range(len(held))]
     x_val = torch.stack([x for x, _ in items])
     cond_val = {k: torch.stack([c[k] for _, c in items]) for k in items[0][1]}
