@@ -34,6 +34,7 @@ Example
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ from geodiff.adapters.standardize import (
     standardize,
 )
 from geodiff.errors import CalendarError, DataError, GridError, UnitsError
+from geodiff.io.paths import Location, exists, is_url, is_zarr, join
+from geodiff.io.paths import open_dataset as open_location
 
 __all__ = ["open_collection", "open_dataset", "search", "stack_members", "to_grid"]
 
@@ -59,29 +62,39 @@ _QUERY_COLUMNS = ("activity_id", "institution_id", "source_id", "experiment_id",
                   "variable_id", "grid_label", "version")
 
 
-def _open(paths: Sequence[Path]) -> xr.Dataset:
-    return open_netcdf_files(paths, "CMIP6", along="time", decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
+def _open(locations: Sequence[Location]) -> tuple[xr.Dataset, list[str]]:
+    """The run stored at ``locations`` (netCDF files or zarr stores, local or URLs) as one lazy dataset along
+    ``time``, and the names of its files or stores."""
+    decode = xr.coders.CFDatetimeCoder(use_cftime=True)
+    if not any(is_url(location) or is_zarr(location) for location in locations):
+        files = netcdf_files(locations, "CMIP6")
+        return open_netcdf_files(files, "CMIP6", along="time", decode_times=decode), [p.name for p in files]
+    parts = [open_location(location, decode_times=decode).unify_chunks() for location in locations]
+    ds = parts[0] if len(parts) == 1 else xr.concat(parts, "time", data_vars="minimal", coords="minimal",
+                                                     compat="override", join="override")
+    return ds, [posixpath.basename(str(location).rstrip("/")) for location in locations]
 
 
 def open_dataset(
-    paths: str | Path | Sequence[str | Path],
+    paths: Location | Sequence[Location],
     variable: str = "thetao",
     *,
     units: str | None = None,
     lon: str = "-180..180",
 ) -> xr.Dataset:
-    """One model run (one file or consecutive files of it) on its native grid, standardized.
+    """One model run (one file or consecutive files of it, or a zarr store) on its native grid, standardized.
 
-    ``units`` is the canonical unit of ``variable`` (default from its ``standard_name``, degC for ``thetao``).
-    Calendars are kept (cftime dates). Land (``_FillValue`` 1e20) is NaN. See the module example.
+    ``paths``: netCDF files or zarr stores (v2 or v3, as in the Pangeo CMIP6 cloud collection), local paths or
+    fsspec URLs (:mod:`geodiff.io.paths`). ``units`` is the canonical unit of ``variable`` (default from its
+    ``standard_name``, degC for ``thetao``). Calendars are kept (cftime dates). Land (``_FillValue`` 1e20) is
+    NaN. See the module example.
 
     Raises :class:`~geodiff.errors.DataError` when ``variable`` is not in the files, and the errors of
     :func:`~geodiff.adapters.standardize.standardize` on bad units or coordinates.
     """
-    files = netcdf_files(paths, "CMIP6")
-    ds = _open(files)
+    ds, names = _open([paths] if isinstance(paths, (str, Path)) else list(paths))
     if variable not in ds.data_vars:
-        raise DataError(f"variable {variable!r} is not in {[p.name for p in files]}; found {list(ds.data_vars)}")
+        raise DataError(f"variable {variable!r} is not in {names}; found {list(ds.data_vars)}")
     keep = [variable] + [n for n in ds.data_vars if n != variable and ("bnds" in str(n) or "vertices" in str(n))]
     ds = ds[keep]
     if units is None:
@@ -89,7 +102,7 @@ def open_dataset(
     if units is None:
         raise UnitsError(f"variable {variable!r} has no 'units' attribute and no canonical unit was given")
     out = standardize(ds, variables={variable: units}, lon=lon)
-    out.attrs["geodiff_source_files"] = json.dumps([p.name for p in files])
+    out.attrs["geodiff_source_files"] = json.dumps(names)
     return out
 
 
@@ -248,10 +261,9 @@ def _collection(collection: Any) -> Any:
         raise DataError("searching an ESM collection needs intake-esm: pip install 'geodiffusion[catalog]'") from err
     if isinstance(collection, intake_esm.esm_datastore):
         return collection
-    path = Path(collection)
-    if not path.exists():
-        raise DataError(f"ESM collection {str(path)!r} does not exist")
-    return intake_esm.esm_datastore(str(path))
+    if not exists(collection):
+        raise DataError(f"ESM collection {str(collection)!r} does not exist")
+    return intake_esm.esm_datastore(str(collection))
 
 
 def search(collection: Any, **query: Any) -> Any:
@@ -315,11 +327,14 @@ def open_collection(
     if len(variables) != 1:
         raise DataError(f"the query matches variables {variables}; ask for one variable_id")
     if root is not None:
-        base = Path(root)
+        base: Location = root
     elif isinstance(collection, (str, Path)):
-        base = Path(collection).parent
+        base = posixpath.dirname(collection) if is_url(collection) else Path(collection).parent
     else:
         raise DataError("pass root= (the folder the collection's relative paths start from) with a datastore object")
+    assets = _collection(collection).esmcat.assets.column_name  # "path" (files) or "zstore" (Pangeo zarr stores)
+    if assets not in rows.columns:
+        raise DataError(f"the collection's asset column {assets!r} is not among its columns {sorted(rows.columns)}")
     keys = [c for c in ("source_id", "experiment_id", "member_id", "table_id", "variable_id", "grid_label")
             if c in rows.columns]
     runs, labels = [], []
@@ -327,8 +342,7 @@ def open_collection(
     groups = list(rows.groupby(keys, sort=True))
     for key, group in tqdm(groups, desc="CMIP6 runs", unit="run", disable=None if progress is None else not progress):
         meta = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        paths = [Path(p) if Path(p).is_absolute() else base / p for p in group["path"]]
-        native = open_dataset(paths, variables[0], lon=lon)
+        native = open_dataset([join(base, p) for p in group[assets]], variables[0], lon=lon)
         runs.append(to_grid(native, target, depth=depth, method=method, k=k, land=land, target_mask=target_mask,
                             lon=lon))
         labels.append({"source_id": meta.get("source_id", ""), "member_id": meta.get("member_id", "")})

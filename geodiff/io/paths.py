@@ -57,8 +57,8 @@ def is_url(location: Location) -> bool:
 def join(base: Location, relative: Location) -> Location:
     """``relative`` taken from ``base`` (a folder path or URL); absolute paths and URLs are returned as they are.
 
-    >>> join("s3://bucket/cmip6", "CESM2/thetao.zarr"), join("/data", "a.nc"), join("/data", "gs://b/a.zarr")
-    ('s3://bucket/cmip6/CESM2/thetao.zarr', PosixPath('/data/a.nc'), 'gs://b/a.zarr')
+    >>> join("s3://bucket/cmip6", "CESM2/thetao.zarr"), str(join("/data", "a.nc")), join("/data", "gs://b/a.zarr")
+    ('s3://bucket/cmip6/CESM2/thetao.zarr', '/data/a.nc', 'gs://b/a.zarr')
     """
     if is_url(relative) or Path(relative).is_absolute():
         return relative

@@ -57,6 +57,7 @@ __all__ = [
     "write_cmip6",
     "write_catalog_tree",
     "write_cmip6_tree",
+    "write_cmip6_zarr_collection",
     "write_demo_files",
     "write_en4_analysis",
     "write_en4_profiles",
@@ -372,6 +373,62 @@ def write_cmip6_tree(root: str | Path, start: str = "2000-01", months: int = 3) 
     """Write every file listed by :func:`cmip6_catalog_rows` under ``root``; returns the paths."""
     return [write_cmip6(root, item["source_id"], item["member_id"], start=start, months=months)
             for item in CMIP6_FIXTURES]
+
+
+def write_cmip6_zarr_collection(root: str | Path, *, base: str | None = None, zarr_format: int = 2,
+                                start: str = "2000-01", months: int = 3) -> Path:
+    """The fixture runs as a Pangeo-style CMIP6 cloud collection: one zarr store per run under ``root`` (the
+    data reference syntax folders without a file name, consolidated metadata, the native encoding kept) and an
+    intake-esm collection ``pangeo-cmip6.json`` + ``.csv`` whose asset column is ``zstore`` (format ``zarr``)
+    and whose columns are those of the Pangeo catalog (``dcpp_init_year`` included). ``zstore`` holds
+    ``base`` + the relative folder (default: ``root``; e.g. ``"gs://cmip6"`` as in the Pangeo catalog).
+    Returns the JSON path.
+
+    >>> import tempfile, pandas as pd
+    >>> path = write_cmip6_zarr_collection(tempfile.mkdtemp(), base="gs://cmip6")
+    >>> pd.read_csv(path.with_suffix(".csv"))["zstore"][0]
+    'gs://cmip6/CMIP6/CMIP/NCAR/CESM2/historical/r1i1p1f1/Omon/thetao/gn/v20190308/'
+    """
+    import json
+    import tempfile
+
+    import pandas as pd
+    import xarray as xr
+
+    root = Path(root)
+    base = str(root) if base is None else base.rstrip("/")
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for row in cmip6_catalog_rows(start, months):
+            nc = write_cmip6(scratch, row["source_id"], row["member_id"], start=start, months=months)
+            folder = row["path"].rsplit("/", 1)[0] + "/"
+            with xr.open_dataset(nc, decode_times=False, mask_and_scale=False) as ds:
+                ds.load().to_zarr(root / folder, mode="w", zarr_format=zarr_format, consolidated=True)
+            rows.append({**{k: v for k, v in row.items() if k not in ("path", "time_range")},
+                         "zstore": f"{base}/{folder}", "dcpp_init_year": None})
+    columns = ["activity_id", "institution_id", "source_id", "experiment_id", "member_id", "table_id",
+               "variable_id", "grid_label", "zstore", "dcpp_init_year", "version"]
+    pd.DataFrame(rows, columns=columns).to_csv(root / "pangeo-cmip6.csv", index=False)
+    spec = {
+        "esmcat_version": "0.1.0", "id": "pangeo-cmip6-fixture",
+        "description": "CMIP6 fixture runs as zarr stores, laid out as the Pangeo CMIP6 cloud collection",
+        "catalog_file": "pangeo-cmip6.csv",
+        "attributes": [{"column_name": c, "vocabulary": ""} for c in columns if c != "zstore"],
+        "assets": {"column_name": "zstore", "format": "zarr"},
+        "aggregation_control": {
+            "variable_column_name": "variable_id",
+            "groupby_attrs": ["activity_id", "institution_id", "source_id", "experiment_id", "table_id",
+                              "grid_label"],
+            "aggregations": [{"type": "union", "attribute_name": "variable_id"},
+                             {"type": "join_new", "attribute_name": "member_id",
+                              "options": {"coords": "minimal", "compat": "override"}},
+                             {"type": "join_new", "attribute_name": "dcpp_init_year",
+                              "options": {"coords": "minimal", "compat": "override"}}],
+        },
+    }
+    path = root / "pangeo-cmip6.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------

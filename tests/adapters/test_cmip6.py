@@ -166,3 +166,44 @@ def test_training_set_round_trip_keeps_attributes(tree, tmp_path, engine):
             assert back[var].attrs == ds[var].attrs, (name, var)
         xr.testing.assert_allclose(back.load(), ds)
     assert calendar_of(back) == "noleap"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pangeo-style collections: zarr stores (``zstore`` column), local or behind a URL
+
+QUERY = dict(depth=[5.0, 100.0], source_id=["CESM2", "MPI-ESM1-2-LR"])
+
+
+@pytest.fixture(scope="module")
+def from_files(tree):
+    return cmip6.open_collection(catalog.esm_collection_path(), root=tree, target=regular_grid(30.0), **QUERY).load()
+
+
+def assert_same_training_set(found, expected):
+    xr.testing.assert_identical(found.thetao.load(), expected.thetao)
+    for name in ("source_id", "member_id", "model_time", "calendar"):
+        assert found[name].values.tolist() == expected[name].values.tolist()
+    assert "stacked 3 runs" in found.attrs["history"]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_pangeo_zarr_collection_opens_like_the_file_collection(from_files, tmp_path, zarr_format):
+    collection = products.write_cmip6_zarr_collection(tmp_path, zarr_format=zarr_format)
+    assert "zstore" in cmip6.search(collection).columns
+    assert_same_training_set(cmip6.open_collection(collection, target=regular_grid(30.0), **QUERY), from_files)
+
+
+def test_zarr_stores_behind_urls_open_through_fsspec(from_files, tmp_path):
+    import uuid
+
+    import fsspec
+
+    base = f"memory://cmip6-{uuid.uuid4().hex}"
+    collection = products.write_cmip6_zarr_collection(tmp_path, base=base)  # zstore: memory://... as gs://cmip6/...
+    fsspec.filesystem("memory").put(str(tmp_path / "CMIP6"), base.removeprefix("memory://") + "/CMIP6",
+                                    recursive=True)
+    stores = tmp_path / "CMIP6"
+    stores.rename(tmp_path / "moved")  # only the copies behind the URLs remain
+    assert_same_training_set(cmip6.open_collection(collection, target=regular_grid(30.0), **QUERY), from_files)
+    native = cmip6.open_dataset(f"{base}/CMIP6/CMIP/NCAR/CESM2/historical/r1i1p1f1/Omon/thetao/gn/v20190308/")
+    assert native.thetao.dims == ("time", "depth", "nlat", "nlon") and native.thetao.chunks is not None
