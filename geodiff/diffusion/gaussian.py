@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from geodiff.diffusion.denoiser import sigma_tensor
+from geodiff.diffusion.spectral import GaussianSpectrum
 from geodiff.errors import GridError
 
 __all__ = ["GaussianDenoiser"]
@@ -85,6 +86,10 @@ class GaussianDenoiser(nn.Module):
         shrink = self.eigenvalues / (self.eigenvalues + sigma[:, None] ** 2)
         x0 = self.mean + (coords * shrink) @ self.eigenvectors.T
         return self._scatter(x0).to(x.dtype).reshape(x.shape)
+
+    def gaussian_spectrum(self) -> GaussianSpectrum:
+        """The covariance's eigendecomposition on the valid cells (:mod:`geodiff.diffusion.spectral`)."""
+        return GaussianSpectrum(self.index, self.eigenvalues, self.eigenvectors)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` exact draws from the prior, float64 ``[n, *shape]``."""

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from geodiff.covariance import MODELS, stationary_covariance
 from geodiff.diffusion.denoiser import Denoiser, sigma_tensor
+from geodiff.diffusion.spectral import GaussianSpectrum
 from geodiff.errors import ConfigError, GridError
 
 __all__ = ["GaussianResidualDenoiser", "hybrid_covariance"]
@@ -140,6 +141,12 @@ class GaussianResidualDenoiser(Denoiser):
             self._decomposition = (key, torch.from_numpy(np.clip(values, 0.0, None)).to(device),
                                    torch.from_numpy(vectors).to(device))
         return self._decomposition[1], self._decomposition[2]
+
+    def gaussian_spectrum(self) -> GaussianSpectrum:
+        """The eigendecomposition of ``S`` on the valid cells (:mod:`geodiff.diffusion.spectral`): the Gaussian part's
+        Tweedie covariance, without the learned correction's Jacobian."""
+        values, vectors = self._eigen()
+        return GaussianSpectrum(torch.nonzero(self.mask.reshape(-1)).flatten(), values, vectors)
 
     def gaussian(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Exact ``E[x0 | x]`` under ``N(0, S)`` on the valid cells (0 elsewhere), ``x [B, C, H, W]``; float64 maths."""

@@ -35,6 +35,14 @@ The denoiser is replaced by an estimate of ``E[x0 | x_sigma, y]``. With Tweedie'
   with ``limit_overshoot=True`` (default) such a step is cut to the best step along it
   (:mod:`geodiff.guidance.overshoot`).
 
+- ``method="exact"``: for a denoiser that knows its Gaussian Tweedie covariance
+  (:class:`~geodiff.diffusion.spectral.SpectralPrior`: the exact Gaussian denoiser, the hybrid prior of
+  ``geodiff.fit``), ``R + A V A^T`` is formed from the prior's eigendecomposition and solved by Cholesky
+  (:mod:`geodiff.guidance.exact`): the exact ``E[x0 | x, y]`` of a Gaussian prior at every noise level, with no
+  backward pass (one forward per denoiser call). For the hybrid prior ``V`` is its Gaussian part's;
+  ``network_jacobian=True`` takes the last product through the whole denoiser instead (one VJP).
+  :func:`geodiff.reconstruct` chooses it for such denoisers (:func:`preferred_method`).
+
 Step-size convention: the correction is the exact posterior-mean update above (``sigma^2`` times the likelihood
 score); ``scale`` multiplies it (1 = Bayes; keep 1 unless the prior is misspecified).
 
@@ -58,11 +66,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from geodiff.diffusion.spectral import SpectralPrior
 from geodiff.errors import ConfigError
 from geodiff.guidance.base import DenoiserFn, GuidedDenoiser, ObservationGuidance, sigma_column
+from geodiff.guidance.exact import ExactSolve
 from geodiff.guidance.overshoot import limited_step
 
-__all__ = ["MMPSGuidance", "SDAGuidance", "MMPSDenoiser", "conjugate_gradient"]
+__all__ = ["MMPSGuidance", "SDAGuidance", "MMPSDenoiser", "conjugate_gradient", "preferred_method", "METHODS"]
+
+#: how ``u`` is solved: conjugate gradients through the network, SDA's diagonal, or exactly (spectral priors)
+METHODS = ("cg", "diagonal", "exact")
+
+
+def preferred_method(denoiser: Any) -> str:
+    """``"exact"`` for a denoiser that offers its Gaussian spectrum (:class:`~geodiff.diffusion.spectral.SpectralPrior`,
+    e.g. the hybrid prior of ``geodiff.fit``), else ``"cg"``.
+
+    >>> import torch
+    >>> from geodiff.diffusion.gaussian import GaussianDenoiser
+    >>> preferred_method(GaussianDenoiser(torch.zeros(1), torch.eye(1), shape=(1, 1, 1))), preferred_method(None)
+    ('exact', 'cg')
+    """
+    return "exact" if isinstance(denoiser, SpectralPrior) else "cg"
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int) -> Tensor:
@@ -131,10 +156,11 @@ class MMPSGuidance(ObservationGuidance):
         scale: float = 1.0,
         limit_overshoot: bool = True,
         preconditioner: str = "none",
+        network_jacobian: bool = False,
     ):
         super().__init__(y, operator, error_std)
-        if method not in ("cg", "diagonal"):
-            raise ConfigError(f"method must be 'cg' or 'diagonal', got {method!r}")
+        if method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if not isinstance(cg_iterations, int) or cg_iterations < 1:
             raise ConfigError(f"cg_iterations must be a positive integer, got {cg_iterations!r}")
         if preconditioner not in ("none", "diagonal"):
@@ -147,11 +173,14 @@ class MMPSGuidance(ObservationGuidance):
         self.scale = float(scale)
         self.limit_overshoot = bool(limit_overshoot)
         self.preconditioner = preconditioner
+        self.network_jacobian = bool(network_jacobian)
         self.config = {"method": method, "cg_iterations": cg_iterations, "gamma": self.gamma, "scale": self.scale}
         if preconditioner != "none":
             self.config["preconditioner"] = preconditioner
         if method == "diagonal":
             self.config["limit_overshoot"] = self.limit_overshoot
+        if method == "exact":
+            self.config["network_jacobian"] = self.network_jacobian
 
     def wrap(self, denoiser: DenoiserFn) -> MMPSDenoiser:
         return MMPSDenoiser(denoiser, self)
@@ -185,9 +214,15 @@ class MMPSDenoiser(GuidedDenoiser):
     def __init__(self, denoiser: DenoiserFn, guidance: MMPSGuidance):
         super().__init__(denoiser)
         self.guidance = guidance
+        self._exact: ExactSolve | None = None
+        if guidance.method == "exact" and not isinstance(denoiser, SpectralPrior):
+            raise ConfigError(f"method='exact' needs a denoiser that offers its Gaussian spectrum (gaussian_spectrum), "
+                              f"got {type(denoiser).__name__}; use method='cg'")
 
     def __call__(self, x: Tensor, sigma: float | Tensor, cond: Any = None) -> Tensor:
         settings, observations = self.guidance, self.guidance.observations
+        if settings.method == "exact":
+            return self._exact_update(x, sigma, cond)
         _, column = sigma_column(sigma, x)
         variance = column.reshape(-1, 1) ** 2  # sigma^2, [B, 1]
         denoised = self.linearize(x, sigma, cond)
@@ -211,3 +246,22 @@ class MMPSDenoiser(GuidedDenoiser):
                 return limited_step(denoised.value, column**2 * correction, residual, u, observations.operator,
                                     error_var, settings.scale)  # fmt: skip
         return torch.addcmul(denoised.value, column**2, correction, value=settings.scale)
+
+    def _exact_update(self, x: Tensor, sigma: float | Tensor, cond: Any) -> Tensor:
+        """``x0_hat + V A^T u`` with ``u`` solved exactly (:mod:`geodiff.guidance.exact`); with
+        ``network_jacobian`` the last product is ``sigma^2 (d x0_hat / d x)^T A^T u`` through the whole denoiser."""
+        settings, observations = self.guidance, self.guidance.observations
+        if self._exact is None:
+            self._exact = ExactSolve(self.denoiser.gaussian_spectrum(), observations, x)  # type: ignore[attr-defined]
+        if settings.network_jacobian:
+            denoised = self.linearize(x, sigma, cond)
+            value = denoised.value
+        else:
+            value = self.denoiser(x, sigma, cond)
+        u = self._exact.solve(observations.observed(x) - observations.operator(value), sigma)
+        if settings.network_jacobian:
+            _, column = sigma_column(sigma, x)
+            correction = column**2 * denoised.vjp(observations.adjoint(u.to(x.dtype), x), keep_graph=False)
+        else:
+            correction = self._exact.covariance_times_adjoint(u, sigma).to(x.dtype)
+        return torch.add(value, correction, alpha=settings.scale)

@@ -40,7 +40,8 @@ from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
 from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, ObservationError
-from geodiff.guidance import observation_method
+from geodiff.guidance import MMPSGuidance, observation_method
+from geodiff.guidance.mmps import preferred_method
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
@@ -139,7 +140,10 @@ def reconstruct(
     observations: observation table (``xr.Dataset`` with dim ``obs`` or ``DataFrame`` with the columns of :mod:`geodiff.observations`), in the
         units of the model's variables; validated against the model grid (the report is kept in the attrs).
     guidance: registered guidance name (``mmps``, ``dps``, ``sda``, ``reconmost``, ``repaint``) with
-        ``guidance_options`` (e.g. ``{"cg_iterations": 3}``).
+        ``guidance_options`` (e.g. ``{"cg_iterations": 3}``). MMPS solves exactly (``method="exact"``) when the
+        model's denoiser knows its Gaussian covariance (the hybrid prior of :func:`geodiff.fit`), else with
+        conjugate gradients (``"cg"``); ``guidance_options={"method": ...}`` overrides it, and the attribute
+        ``geodiff_guidance`` records which was used.
     members: ensemble size; ``batch_size`` members are sampled at once (default: all).
     steps: sampler steps; ``sampler`` is a registered sampler name with ``sampler_options``.
     schedule: noise levels (default: the EDM schedule, sigma 0.002..80).
@@ -208,6 +212,9 @@ def reconstruct(
     optimize(denoiser, freeze=False, compile=compile, allocator=False)  # channels-last network
     network = denoiser if patch is None else _patched(denoiser, codec.mask.to(device), patch, overlap)
     guidance_cls = observation_method(guidance)
+    options = dict(guidance_options or {})
+    if guidance_cls is MMPSGuidance and "method" not in options:  # exact solves for priors with a known spectrum
+        options["method"] = preferred_method(denoiser)
     if max_normalized == "auto":
         max_normalized = float(getattr(bundle.normalizer, "bound", MAX_NORMALIZED))
     bound = None if max_normalized is None else float(max_normalized)
@@ -230,7 +237,7 @@ def reconstruct(
                                                     mean_np, std_np)
             if bound is not None:
                 _check_observation_range(at_time, y_n, bound)
-            guide = guidance_cls(y_n.to(device), op_n.to(device), e_n.to(device), **(guidance_options or {}))
+            guide = guidance_cls(y_n.to(device), op_n.to(device), e_n.to(device), **options)
             described = guide.describe()
             ensemble = engine.draw(guide, codec.shape, generator=time_generator(seed, time, device),
                                    valid=codec.mask.to(device), where=f"time {time}",

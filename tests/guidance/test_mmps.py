@@ -18,7 +18,7 @@ from geodiff.diffusion.samplers import DDPMSampler, HeunSampler
 from geodiff.diffusion.schedules import EDMSchedule
 from geodiff.errors import ConfigError
 from geodiff.guidance import MMPSGuidance, SDAGuidance
-from geodiff.guidance.mmps import conjugate_gradient
+from geodiff.guidance.mmps import conjugate_gradient, preferred_method
 
 
 def exact_guided_mean(problem, x, sigma):
@@ -44,6 +44,36 @@ def test_mmps_denoiser_is_the_exact_posterior_mean(point_problem, sigma):
     assert torch.allclose(out, expected, rtol=0, atol=1e-8 * max(1.0, float(expected.abs().max())))
 
 
+@pytest.mark.parametrize("sigma", [0.05, 1.0, 30.0])
+def test_exact_method_is_the_exact_posterior_mean_without_a_backward_pass(point_problem, sigma):
+    x = point_problem.prior.sample(3, generator=torch.Generator().manual_seed(1))
+    x = x + sigma * torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    guided = MMPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, method="exact")
+    with torch.no_grad():  # as samplers run: the exact solve needs no autograd
+        out = guided.wrap(point_problem.prior)(x, sigma).reshape(3, -1)
+    expected = exact_guided_mean(point_problem, x, sigma)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-8 * max(1.0, float(expected.abs().max())))
+    through_network = MMPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, method="exact",
+                                   network_jacobian=True)  # the last product by one VJP: the same for this prior
+    assert torch.allclose(through_network.wrap(point_problem.prior)(x, sigma).reshape(3, -1), expected,
+                          rtol=0, atol=1e-8 * max(1.0, float(expected.abs().max())))
+
+
+def test_exact_method_takes_one_noise_level_per_member(point_problem):
+    x = torch.randn(2, 1, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    guided = MMPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, method="exact")
+    both = guided.wrap(point_problem.prior)(x, torch.tensor([0.3, 4.0])).reshape(2, -1)
+    assert torch.allclose(both[0], exact_guided_mean(point_problem, x[:1], 0.3)[0], atol=1e-9)
+    assert torch.allclose(both[1], exact_guided_mean(point_problem, x[1:], 4.0)[0], atol=1e-9)
+
+
+def test_exact_method_refuses_a_denoiser_without_a_spectrum(point_problem):
+    guided = MMPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, method="exact")
+    with pytest.raises(ConfigError, match="gaussian_spectrum"):
+        guided.wrap(lambda x, sigma, cond=None: x)
+    assert preferred_method(point_problem.prior) == "exact" and preferred_method(lambda x: x) == "cg"
+
+
 def test_mmps_cg_error_falls_with_iterations(point_problem):
     x = point_problem.prior.sample(4, generator=torch.Generator().manual_seed(3)) + torch.randn(4, 1, 6, 8).double()
     expected = exact_guided_mean(point_problem, x, 1.0)
@@ -61,6 +91,17 @@ def test_mmps_ensemble_matches_kalman_posterior(point_problem):
     errors = point_problem.errors(x)
     assert errors["relative_mean_error"] < 0.08, errors
     assert errors["max_z"] < 0.15, errors  # 1/sqrt(2000) = 0.022 sd per cell
+    assert 0.95 < errors["variance_ratio_mean"] < 1.08, errors
+    assert 0.85 < errors["variance_ratio_min"] and errors["variance_ratio_max"] < 1.2, errors
+
+
+def test_exact_method_ensemble_matches_kalman_posterior(point_problem):
+    """As the CG test above, with the exact solve (float32 fields, as the pipelines sample)."""
+    guidance = MMPSGuidance(point_problem.y, point_problem.operator, point_problem.error_std, method="exact")
+    x = point_problem.sample(guidance, HeunSampler(), EDMSchedule().sigmas(32), members=2000)
+    errors = point_problem.errors(x)
+    assert errors["relative_mean_error"] < 0.08, errors
+    assert errors["max_z"] < 0.15, errors
     assert 0.95 < errors["variance_ratio_mean"] < 1.08, errors
     assert 0.85 < errors["variance_ratio_min"] and errors["variance_ratio_max"] < 1.2, errors
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -151,9 +152,11 @@ def test_a_stream_reads_a_batch_at_once_with_the_fields_of_single_reads(tmp_path
     assert 0 < result.data_seconds < result.seconds
 
 
-def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior():
+@pytest.mark.parametrize("options, method", [(None, "exact"), ({"method": "cg", "cg_iterations": 8}, "cg")])
+def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior(options, method):
     """With the network's output at zero the bundle is exactly Gaussian: the whole pipeline (per-cell anomaly
-    statistics, observation normalisation, guidance, sampler, decoding) must give the Kalman posterior."""
+    statistics, observation normalisation, guidance, sampler, decoding) must give the Kalman posterior, with the
+    default exact solve as with conjugate gradients through the network."""
     ds = monthly(times=36, shape=(6, 8))
     bundle = geodiff.fit(ds, steps=1, validate_every=1, progress=False, base_channels=4)
     output = bundle.denoiser.backbone.output[-1]
@@ -169,7 +172,8 @@ def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior():
                              "time": ("obs", np.repeat(truth.time.values, 6))})
     members = 128
     out = geodiff.reconstruct(bundle, obs, members=members, steps=24, seed=3, progress=False,
-                              guidance_options={"cg_iterations": 8})
+                              guidance_options=options)
+    assert json.loads(out.attrs["geodiff_guidance"])["guidance_described"]["method"] == method
     mean_cell, std_cell = (a[0] for a in bundle.statistics(truth.time.values[0]))
     valid = bundle.codec.mask.numpy()[0]
     flat = np.flatnonzero(valid.reshape(-1))
