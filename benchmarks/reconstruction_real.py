@@ -351,13 +351,19 @@ def prepare(cache: Path, names: list[str], iris: Path | None, seed: int) -> None
 # scoring
 
 
-def open_set(cache: Path, key: str) -> tuple[dict, xr.Dataset, xr.Dataset, dict[float, xr.Dataset]]:
+def open_set(cache: Path, key: str, test_times: int | None = None
+             ) -> tuple[dict, xr.Dataset, xr.Dataset, dict[float, xr.Dataset]]:
+    """The prepared set; ``test_times``: keep that many evenly spaced test times (and their observations)."""
     folder = cache / key
     if not (folder / "meta.json").is_file():
         raise ConfigError(f"{folder} has no prepared data set; run `prepare` first")
     meta = json.loads((folder / "meta.json").read_text())
     train, test = xr.load_dataset(folder / "train.nc"), xr.load_dataset(folder / "test.nc")
     obs = {c: xr.load_dataset(folder / f"obs_{round(100 * c):02d}.nc") for c in COVERAGES}
+    if test_times is not None and test_times < test.sizes["time"]:
+        kept = test.time.values[np.unique(np.linspace(0, test.sizes["time"] - 1, test_times).round().astype(int))]
+        test = test.sel(time=kept)
+        obs = {c: table.isel(obs=np.flatnonzero(np.isin(table.time.values, kept))) for c, table in obs.items()}
     return meta, train, test, obs
 
 
@@ -437,9 +443,9 @@ def oi_on_test(table: xr.Dataset, test: xr.Dataset, background: xr.Dataset, anom
     raise DataError(f"OI failed with every covariance model ({failed}): not positive definite")
 
 
-def run_baselines(cache: Path, names: list[str], seed: int) -> None:
+def run_baselines(cache: Path, names: list[str], seed: int, test_times: int | None = None) -> None:
     for key in names:
-        meta, train, test, tables = open_set(cache, key)
+        meta, train, test, tables = open_set(cache, key, test_times)
         name, by, n_fields = meta["variable"], meta["by"], test.sizes["time"]
         truth = test[name]
         rows = []
@@ -456,7 +462,8 @@ def run_baselines(cache: Path, names: list[str], seed: int) -> None:
             rows.append({"method": "climatology", "coverage": coverage, "rmse": float(
                 metrics.rmse(truth, clim_test[name], where=where)), "crps": None, "mae": float(
                 metrics.mae(truth, clim_test[name], where=where)), "spread_skill": None, "coverage90": None,
-                "seconds_per_field": 0.0, "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum())})
+                "seconds_per_field": 0.0, "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum()),
+                "test_times": n_fields})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 start = time.perf_counter()
@@ -475,7 +482,8 @@ def run_baselines(cache: Path, names: list[str], seed: int) -> None:
                 scores = gaussian_scores(truth, out[name], out[name + "_std"], where)
                 rows.append({"method": method, "coverage": coverage, **scores,
                              "mae": float(metrics.mae(truth, out[name], where=where)), "seconds_per_field": seconds,
-                             "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum()), **extra})
+                             "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum()), "test_times": n_fields,
+                             **extra})
             print(f"{key} {100 * coverage:g} %: " + ", ".join(
                 f"{r['method']} {r['rmse']:.4f}" for r in rows if r["coverage"] == coverage), flush=True)
         rows.append({"method": "fit (climatology, covariance model choice)", "seconds": fit_seconds})
@@ -495,10 +503,11 @@ def zero_correction(bundle: geodiff.ModelBundle) -> geodiff.ModelBundle:
 
 
 def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool, time_budget: float,
-                steps: int | None, members: int, seed: int, options: dict, gaussian_part: bool = False) -> None:
+                steps: int | None, members: int, seed: int, options: dict, gaussian_part: bool = False,
+                test_times: int | None = None) -> None:
     method, group = ("geodiff (Gaussian part)", "geodiff_gaussian") if gaussian_part else ("geodiff", "geodiff")
     for key in names:
-        meta, train, test, tables = open_set(cache, key)
+        meta, train, test, tables = open_set(cache, key, test_times)
         name = meta["variable"]
         folder = priors / key
         training_note: dict = {}
@@ -539,7 +548,8 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
             scores = ensemble_scores(test[name], field, where)
             rows.append({"method": method, "coverage": coverage, **scores, "mae": float(metrics.mae(
                 test[name], field.mean("member"), where=where)), "seconds_per_field": seconds,
-                "members": members, "options": options, "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum())})
+                "members": members, "options": options, "n_obs": int(table.sizes["obs"]), "n_scored": int(where.sum()),
+                "test_times": test.sizes["time"]})
             print(f"{key} {100 * coverage:g} %: {method} RMSE {scores['rmse']:.4f}", flush=True)
         training_note["metadata"] = json.loads(json.dumps(bundle.metadata, default=str))
         rows.append({"method": "prior", **training_note})
@@ -579,6 +589,9 @@ def table(cache: Path, names: list[str]) -> None:
               f"{day[0]}..{day[1]} ({split['n_train']} times, the last {split['n_validation']} for validation), "
               f"test {day[2]}..{day[3]} ({split['n_test']}); observation error "
               f"{', '.join(f'{e:.4g}' for e in meta['error_std'])} {meta['units']}\n")
+        scored = sorted({r["test_times"] for r in rows if r.get("test_times")})
+        if scored and scored != [split["n_test"]]:
+            print(f"Scored on {', '.join(map(str, scored))} evenly spaced test times of {split['n_test']}.\n")
         print(f"| coverage | method | RMSE [{meta['units']}] | CRPS (MAE) | spread/skill | 90 % coverage | "
               "s/field | RMSE/OI | CRPS/OI |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -618,6 +631,8 @@ def main() -> None:
                         "geodiff.reconstruct as JSON, e.g. '{\"steps\": 48}' (default: none, its defaults)")
     parser.add_argument("--zero-correction", action="store_true", help="geodiff: the hybrid prior's Gaussian part "
                         "alone (learned correction zeroed), scored as 'geodiff (Gaussian part)'")
+    parser.add_argument("--test-times", type=int, default=None, help="baselines, geodiff: score that many evenly "
+                        "spaced test times only (the same ones for every method)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     names = [n for n in args.sets.split(",") if n]
@@ -627,12 +642,12 @@ def main() -> None:
     if args.command == "prepare":
         prepare(args.cache, names, args.iris, args.seed)
     elif args.command == "baselines":
-        run_baselines(args.cache, names, args.seed)
+        run_baselines(args.cache, names, args.seed, args.test_times)
     elif args.command == "geodiff":
         if args.priors is None:
             raise SystemExit("geodiff needs --priors DIR (read from, or written to with --train)")
         run_geodiff(args.cache, names, args.priors, args.train, args.time_budget, args.steps, args.members,
-                    args.seed, args.options, gaussian_part=args.zero_correction)
+                    args.seed, args.options, gaussian_part=args.zero_correction, test_times=args.test_times)
     else:
         table(args.cache, names)
 
