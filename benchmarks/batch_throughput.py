@@ -11,7 +11,9 @@ Sections (all by default):
 - ``memory``: peak RSS (``ru_maxrss``) of a fresh process running a batch of 10 and of 100 time steps; also the
   growth of the peak above the RSS after start-up (imports, model loaded, template written).
 - ``throughput``: regions per second in this process (serial), and on a dask ``LocalCluster`` with 1 and 2 worker
-  processes (one thread each), same job; ratios against the serial run of the same session.
+  processes (one thread each), same job; ratios against the serial run of the same session, with the load average
+  (1, 5, 15 min) at the end of each run: other processes on the machine lower every ratio, so read them only next
+  to a load below the number of cores.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/batch_throughput.py [--sections resume memory throughput]``.
 """
@@ -118,6 +120,11 @@ def _kill_after(bundle: Path, store: Path, times: int, fraction: float, rng: ran
     return status(store).done
 
 
+def _load() -> str:
+    """The load average over 1, 5 and 15 minutes: other processes competing for the cores lower every ratio."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def _without_history(path: Path) -> xr.Dataset:
     ds = xr.open_zarr(path, consolidated=True).load()
     history = ds.attrs.pop("history")
@@ -172,7 +179,7 @@ def throughput_section(bundle: Path, work: Path, times: int) -> list[str]:
     t0 = time.perf_counter()
     run_batch(job, store, **RUN)
     rates["serial"] = times / (time.perf_counter() - t0)
-    loads["serial"] = os.getloadavg()[0]
+    loads["serial"] = _load()
     finalise(store)
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -184,13 +191,13 @@ def throughput_section(bundle: Path, work: Path, times: int) -> list[str]:
             t0 = time.perf_counter()
             run_batch(make_job(bundle, times), store, client=client, **RUN)
             rates[f"{workers} worker(s)"] = times / (time.perf_counter() - t0)
-            loads[f"{workers} worker(s)"] = os.getloadavg()[0]
+            loads[f"{workers} worker(s)"] = _load()
             print(f"  {workers} worker(s): {rates[f'{workers} worker(s)']:.2f} regions/s", flush=True)
         finalise(store)
         xr.testing.assert_identical(_without_history(store), _without_history(work / "serial.zarr"))
     for name, rate in rates.items():
         rows.append(f"| {name} | {rate:.2f} regions/s | {rate / rates['serial']:.2f} | "
-                    f"{rate / rates.get('1 worker(s)', rate):.2f} | {loads[name]:.1f} |")
+                    f"{rate / rates.get('1 worker(s)', rate):.2f} | {loads[name]} |")
     return rows
 
 
@@ -213,7 +220,7 @@ def main() -> None:
         bundle = work / "bundle"
         make_bundle(bundle)
         print(f"grid {LEVELS}x{NLAT}x{NLON}, UNet base 16, MMPS + Heun 4 steps, 2 members, 1 time per region; "
-              f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+              f"cores: {os.cpu_count()}, load average {_load()} (1 / 5 / 15 min)")
         if "resume" in args.sections:
             print("\n| resume | | |\n|---|---|---|")
             print("\n".join(resume_section(bundle, work, args.times)))
@@ -221,8 +228,8 @@ def main() -> None:
             print("\n| time steps | peak RSS | RSS after start-up | growth |\n|---|---|---|---|")
             print("\n".join(memory_section(bundle, work)))
         if "throughput" in args.sections:
-            print(f"\n| {args.throughput_times} regions | throughput | vs serial | vs 1 worker | load average (1 min) |"
-                  "\n|---|---|---|---|---|")
+            print(f"\n| {args.throughput_times} regions | throughput | vs serial | vs 1 worker "
+                  "| load average (1 / 5 / 15 min) |\n|---|---|---|---|---|")
             print("\n".join(throughput_section(bundle, work, args.throughput_times)))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -10,9 +10,9 @@ True
 
 Commands driven by a YAML configuration (``--config``; checked before any compute, see :mod:`geodiff.jobconfig`):
 ``train``, ``reconstruct``, ``downscale``, ``assimilate``, ``evaluate``, ``validate`` and ``batch run`` /
-``batch status`` / ``batch finalise``. A ``.zarr`` output of a pipeline is computed by :mod:`geodiff.batch`
-(resumable, ``--part i/N``, dask workers); a ``.nc`` output in one go. The command line is appended to the
-output's ``history``. Any :class:`~geodiff.errors.GeodiffError` ends the command with exit code 2 and the message.
+``batch status`` / ``batch verify [--repair]`` / ``batch finalise``. A ``.zarr`` output of a pipeline is computed
+by :mod:`geodiff.batch` (resumable, ``--part i/N``, dask workers); a ``.nc`` output in one go (compressed,
+checksummed: :func:`geodiff.io.encoding.write_netcdf`). The command line is appended to the output's ``history``. Any :class:`~geodiff.errors.GeodiffError` ends the command with exit code 2 and the message.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError
 
 app = typer.Typer(help="Score-based (diffusion) models for geoscience fields.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-batch_app = typer.Typer(help="Resumable batch jobs into zarr stores: run, status, finalise.", no_args_is_help=True)
+batch_app = typer.Typer(help="Resumable batch jobs into zarr stores: run, status, verify, finalise.",
+                        no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
 
 CONFIG_OPTION = typer.Option(..., "--config", "-c", help="YAML configuration file")
@@ -192,6 +193,7 @@ def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
     """Run a pipeline configuration; returns a one-line summary."""
     from geodiff.batch import parse_part, run_batch, status
     from geodiff.batch import finalise as finalise_store
+    from geodiff.io.encoding import write_netcdf
     from geodiff.provenance import append_history
 
     parse_part(part)
@@ -223,7 +225,7 @@ def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
     result = job.run(np.asarray(job.times().values))
     result.attrs = append_history(dict(result.attrs), line)
     output.parent.mkdir(parents=True, exist_ok=True)
-    result.to_netcdf(output)
+    write_netcdf(result, output)
     return f"wrote {output}"
 
 
@@ -300,6 +302,27 @@ def batch_finalise(ctx: typer.Context, store: Path = typer.Argument(..., help="z
     except GeodiffError as err:
         _fail(err)
     typer.echo(f"{store}: every region verified, metadata consolidated")
+
+
+@batch_app.command("verify")
+def batch_verify(
+    store: Path = typer.Argument(..., help="zarr store of a batch job"),
+    repair: bool = typer.Option(False, "--repair", help="mark regions with a damaged chunk or ledger entry not "
+                                                        "done, so that running the job again recomputes them"),
+) -> None:
+    """Re-read a batch store (regions, grid, chunks, checksums) and list what is wrong; exit 2 when anything is."""
+    from geodiff.batch import verify as verify_store
+
+    try:
+        problems = verify_store(store, repair=repair)
+    except GeodiffError as err:
+        _fail(err)
+    for line in problems:
+        typer.echo(line)
+    if not problems:
+        typer.echo(f"{store}: every region verified")
+    elif not (repair and problems[-1].startswith("marked regions")):
+        raise typer.Exit(code=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 - :mod:`geodiff.batch.job`: the :class:`BatchJob` contract and pipeline-backed jobs (:class:`PipelineJob`).
 - :mod:`geodiff.batch.store`: the zarr (v3) store: template, layout checks, region writes, checksums, ledger.
-- :mod:`geodiff.batch.runner`: :func:`run_batch`, :func:`status`, :func:`finalise`.
+- :mod:`geodiff.batch.runner`: :func:`run_batch`, :func:`status`, :func:`verify` (and repair), :func:`finalise`.
 
 Example
 -------
@@ -12,10 +12,10 @@ Example
 """
 
 from geodiff.batch.job import JOB_KINDS, BatchJob, JobKind, PipelineJob, region_seed, select_times
-from geodiff.batch.runner import BatchStatus, finalise, make_template, parse_part, run_batch, status
+from geodiff.batch.runner import BatchStatus, finalise, make_template, parse_part, run_batch, status, verify
 from geodiff.batch.store import OutputStore
 
 __all__ = [
     "BatchJob", "JobKind", "JOB_KINDS", "PipelineJob", "region_seed", "select_times",
-    "run_batch", "status", "finalise", "parse_part", "make_template", "BatchStatus", "OutputStore",
+    "run_batch", "status", "verify", "finalise", "parse_part", "make_template", "BatchStatus", "OutputStore",
 ]

@@ -6,6 +6,9 @@ records each region after its data are written. Killed at any moment, the same c
 the finished store equals the one of an uninterrupted run. ``part=(i, N)`` runs only regions ``i-1, i-1+N, ...``
 (array jobs of a scheduler). :func:`finalise` checks that every region is done, that the grid and chunking are
 those recorded, and that every region's values still have the recorded sha256, then consolidates the metadata.
+:func:`verify` reports the same problems without finalising; with ``repair=True`` it marks the bad regions (a
+corrupted chunk, an altered value, an unreadable ledger entry) not done, and the next :func:`run_batch` of the
+job recomputes them: the repaired store equals the one of an uninterrupted run.
 
 Example
 -------
@@ -46,7 +49,7 @@ from geodiff.batch.job import BatchJob, region_seed
 from geodiff.batch.store import OutputStore, Region, build_template
 from geodiff.errors import ConfigError, StoreError
 
-__all__ = ["run_batch", "status", "finalise", "parse_part", "BatchStatus", "make_template"]
+__all__ = ["run_batch", "status", "verify", "finalise", "parse_part", "BatchStatus", "make_template"]
 
 
 def parse_part(part: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -95,20 +98,22 @@ def make_template(job: BatchJob, time_chunk: int, chunks: Mapping[str, int] | No
 
 
 def _compute_region(job: BatchJob, store: OutputStore, region: Region, times: np.ndarray) -> None:
+    """Compute, check, write and record ``region``; ``times``: the region's times."""
     import torch
 
     seed = int(job.describe().get("seed", 0))
     torch.manual_seed(region_seed(seed, region.index))  # for pipelines that draw from the global generator
-    result = job.run(times[region.start:region.stop])
+    result = job.run(times)
     store.check_result(region, result, store.open())
     reports = {name: json.loads(result.attrs[key]) for name, key in _REGION_REPORTS.items()
                if isinstance(result.attrs.get(key), str)}
     store.write_region(region, result, reports or None)
 
 
-def _region_task(job: BatchJob, path: str, region: Region) -> int:
-    """One region on a dask worker: compute, write, record; returns the region index."""
-    _compute_region(job, OutputStore(path), region, np.asarray(job.times().values))
+def _region_task(job: BatchJob, path: str, region: Region, times: np.ndarray) -> int:
+    """One region on a dask worker: compute, write, record; returns the region index. ``times``: the region's
+    times (so the worker does not rebuild the job's time axis for every region)."""
+    _compute_region(job, OutputStore(path), region, times)
     return region.index
 
 
@@ -133,7 +138,9 @@ def run_batch(
     time_chunk: times per region (= the zarr time chunk). ``chunks``: other chunk sizes, e.g. ``{"lat": 8}``.
     part: ``"i/N"``: only regions with ``index % N == i - 1``.
     client: a ``dask.distributed.Client``: regions become tasks (``retries`` each) on its workers, which write
-        to the store themselves (it must be on a file system they share).
+        to the store themselves (it must be on a file system they share). The job (inputs included) is sent once
+        to every worker, a model given as a folder is loaded once per worker process, and the workers' memory
+        allocator is set up for tensor work (:mod:`geodiff.batch.workers`).
     history: the line appended to the output's ``history`` (default: the job's configuration).
     progress: show a progress bar over regions.
 
@@ -152,13 +159,17 @@ def run_batch(
     try:
         if client is None:
             for region in pending:
-                _compute_region(job, output, region, times)
+                _compute_region(job, output, region, times[region.start:region.stop])
                 bar.update(1)
         elif pending:
             from distributed import as_completed
 
-            shared = client.scatter(job, broadcast=True, hash=False)
-            futures = [client.submit(_region_task, shared, str(output.path), region, retries=retries, pure=False)
+            from geodiff.batch.workers import AllocatorSetup
+
+            client.register_plugin(AllocatorSetup())  # idempotent: by name
+            shared = client.scatter(job, broadcast=True, hash=False)  # inputs shipped once per worker
+            futures = [client.submit(_region_task, shared, str(output.path), region, times[region.start:region.stop],
+                                     retries=retries, pure=False)
                        for region in pending]
             for future in as_completed(futures):
                 future.result()
@@ -194,25 +205,53 @@ class BatchStatus:
 
 def status(store: str | Path) -> BatchStatus:
     """Which regions of the store are done (reads the ledger only)."""
-    output = OutputStore(store)
-    if not output.exists():
-        raise StoreError(f"{store} is not a zarr store (no zarr.json)")
+    output = _open_store(store)
     done = output.done()
     missing = [(r.index, r.start, r.stop) for r in output.regions if not done[r.index]]
     return BatchStatus(output.path, len(done), int(done.sum()), missing, output.job)
 
 
-def finalise(store: str | Path, *, history: str | None = None) -> xr.Dataset:
-    """Validate the store (every region done, grid and chunks as recorded, checksums) and consolidate metadata.
-
-    Returns the output dataset (lazy). Raises :class:`~geodiff.errors.StoreError` listing every problem found.
-    """
+def _open_store(store: str | Path) -> OutputStore:
     output = OutputStore(store)
     if not output.exists():
         raise StoreError(f"{store} is not a zarr store (no zarr.json)")
-    problems = output.verify()
+    return output
+
+
+def _listed(problems: list[str]) -> str:
+    return "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+
+
+def verify(store: str | Path, *, repair: bool = False) -> list[str]:
+    """Re-read the store: every problem found (regions not done, unreadable ledger entries, layout, chunks that
+    fail their checksum or differ from what was written), as sentences; empty when the store is sound.
+
+    ``repair=True`` marks every region with a bad chunk or ledger entry not done (the sentences then say so), so
+    that running the same job again recomputes exactly those regions.
+    """
+    output = _open_store(store)
+    problems = output.inspect()
+    texts = [problem.text for problem in problems]
+    if repair:
+        repaired = output.repair(problems)
+        if repaired:
+            texts.append(f"marked regions {repaired} not done: run the same batch job again to recompute them")
+    return texts
+
+
+def finalise(store: str | Path, *, history: str | None = None) -> xr.Dataset:
+    """Validate the store (every region done, grid and chunks as recorded, checksums) and consolidate metadata.
+
+    Returns the output dataset (lazy). Raises :class:`~geodiff.errors.StoreError` listing every problem found
+    (with how to recompute bad regions: :func:`verify` with ``repair=True``, then the job again).
+    """
+    output = _open_store(store)
+    problems = output.inspect()
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise StoreError(f"cannot finalise {store}: {shown}")
+        hint = ""
+        if any(p.repairable and p.region is not None for p in problems):
+            hint = (" (to recompute the damaged regions: `geodiff batch verify --repair STORE` or "
+                    "geodiff.batch.verify(store, repair=True), then run the batch job again)")
+        raise StoreError(f"cannot finalise {store}: {_listed([p.text for p in problems])}{hint}")
     output.consolidate(history or "geodiff.batch.finalise: every region verified, metadata consolidated")
     return output.open(consolidated=True)

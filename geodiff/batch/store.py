@@ -13,6 +13,12 @@ A region is recorded only after its data are written, so an entry always means "
 means nothing (land gives both). Region writes cover whole chunks, so regions never share a chunk and parts of a
 job (``--part i/N``, dask workers) write without locks.
 
+Every array (data, coordinates, ledger) is written with :func:`geodiff.io.encoding.zarr_compressors`: compressed,
+with a crc32c checksum per chunk, so a chunk altered on disk fails to decode. :meth:`OutputStore.inspect` re-reads
+the store and names the regions whose data or ledger entry are bad; :meth:`OutputStore.repair` marks them not done,
+so the next run of the job recomputes them (a ledger entry that cannot be read counts as not done anyway). A full
+disk while writing is a :class:`~geodiff.errors.StoreError`; the region stays not done and a rerun resumes.
+
 Example
 -------
 >>> import numpy as np, xarray as xr
@@ -41,8 +47,9 @@ import xarray as xr
 import zarr
 
 from geodiff.errors import StoreError
+from geodiff.io.encoding import chunk_shape, disk_full, zarr_compressors
 
-__all__ = ["OutputStore", "build_template", "layout_of", "compare_layouts", "values_digest", "LEDGER"]
+__all__ = ["OutputStore", "Problem", "build_template", "layout_of", "compare_layouts", "values_digest", "LEDGER"]
 
 LEDGER = "geodiff_ledger"
 FORMAT = "geodiff.batch/1"
@@ -73,8 +80,10 @@ def build_template(sample: xr.Dataset, times: xr.Variable, time_chunk: int,
                    chunks: Mapping[str, int] | None = None) -> xr.Dataset:
     """Lazy (dask, NaN) dataset of the whole output: ``sample``'s variables over ``times``, chunked for regions.
 
-    ``time_chunk`` times make a region; ``chunks`` optionally splits other dims (e.g. ``{"lat": 8}``). Nothing
-    proportional to the number of times is held in memory except the time coordinate.
+    ``time_chunk`` times make a region; ``chunks`` optionally splits other dims (e.g. ``{"lat": 8}``); dims not
+    named there are whole unless a chunk would exceed :data:`~geodiff.io.encoding.CHUNK_BYTES` (then split,
+    outermost first: :func:`~geodiff.io.encoding.chunk_shape`). Nothing proportional to the number of times is held
+    in memory except the time coordinate.
     """
     chunks = dict(chunks or {})
     unknown = sorted(set(chunks) - set(sample.dims) - {"time"})
@@ -89,10 +98,9 @@ def build_template(sample: xr.Dataset, times: xr.Variable, time_chunk: int,
         if "time" not in var.dims:
             raise StoreError(f"output variable {name!r} has no time dimension; batch outputs are per time")
         shape = tuple(times.size if d == "time" else var.sizes[d] for d in var.dims)
-        var_chunks = tuple(time_chunk if d == "time" else min(chunks.get(d, var.sizes[d]), var.sizes[d])
-                           for d in var.dims)
+        var_chunks = chunk_shape(var.dims, shape, var.dtype.itemsize, {**chunks, "time": time_chunk})
         data = da.full(shape, np.nan, dtype=var.dtype, chunks=var_chunks)
-        encoding = {"dtype": var.dtype, "chunks": var_chunks}
+        encoding = {"dtype": var.dtype, "chunks": var_chunks, "compressors": zarr_compressors()}
         if "_FillValue" in var.encoding:
             encoding["_FillValue"] = var.encoding["_FillValue"]
         data_vars[name] = xr.Variable(var.dims, data, attrs=dict(var.attrs), encoding=encoding)
@@ -102,10 +110,11 @@ def build_template(sample: xr.Dataset, times: xr.Variable, time_chunk: int,
             if coord.dims != ("time",) or name != "time":
                 raise StoreError(f"coordinate {name!r} depends on time; only the time coordinate may")
             continue
+        encoding = {k: v for k, v in coord.encoding.items() if k in ("dtype", "units", "calendar")}
         coords[name] = xr.Variable(coord.dims, coord.values, attrs=dict(coord.attrs),
-                                   encoding={k: v for k, v in coord.encoding.items() if k in ("dtype", "units",
-                                                                                            "calendar")})
+                                   encoding={**encoding, "compressors": zarr_compressors()})
     time_encoding = {k: v for k, v in times.encoding.items() if k in ("dtype", "units", "calendar")}
+    time_encoding["compressors"] = zarr_compressors()
     coords["time"] = xr.Variable(("time",), times.values, attrs=dict(times.attrs), encoding=time_encoding)
     return xr.Dataset(data_vars, coords=coords, attrs=dict(sample.attrs))
 
@@ -156,6 +165,16 @@ def compare_layouts(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> list
 
 
 @dataclass(frozen=True)
+class Problem:
+    """Something wrong with a store: ``region`` (None: the whole store, e.g. its layout) and a sentence saying
+    what; ``repairable``: recomputing the region fixes it."""
+
+    region: int | None
+    text: str
+    repairable: bool = True
+
+
+@dataclass(frozen=True)
 class Region:
     """Region ``index``: times ``start:stop`` of the output (one time chunk)."""
 
@@ -190,7 +209,8 @@ class OutputStore:
         if not self.exists():
             scratch = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.partial")
             try:
-                self._write_template(scratch, template, job)
+                with disk_full(self.path, "the store's template"):
+                    self._write_template(scratch, template, job)
                 try:
                     os.rename(scratch, self.path)
                 except OSError:
@@ -211,7 +231,8 @@ class OutputStore:
         step = step[next(iter(template.data_vars.values())).dims.index("time")]
         regions = [[start, min(start + step, size)] for start in range(0, size, step)]
         ledger.attrs.update({"format": FORMAT, "job": dict(job), "layout": layout_of(template), "regions": regions})
-        ledger.create_array("entries", shape=(len(regions),), chunks=(1,), dtype=str, fill_value="")
+        ledger.create_array("entries", shape=(len(regions),), chunks=(1,), dtype=str, fill_value="",
+                            compressors=zarr_compressors())
 
     def _ledger(self, mode: str = "r") -> zarr.Group:
         try:
@@ -219,6 +240,9 @@ class OutputStore:
             ledger = group[LEDGER]
         except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise StoreError(f"{self.path} has no geodiff ledger; it was not written by a geodiff batch job") from err
+        except (ValueError, TypeError, zarr.errors.BaseZarrError) as err:  # zarr.json that is not valid metadata
+            raise StoreError(f"the metadata of {self.path} or of its {LEDGER} cannot be read (corrupted "
+                             f"zarr.json): {type(err).__name__}: {err}") from err
         if ledger.attrs.get("format") != FORMAT:
             raise StoreError(f"{self.path}/{LEDGER} has format {ledger.attrs.get('format')!r}; expected {FORMAT!r}")
         return ledger
@@ -251,14 +275,48 @@ class OutputStore:
         """The layout recorded when the store was created."""
         return dict(self._ledger().attrs["layout"])
 
+    def _read_entries(self) -> tuple[list[dict[str, Any] | None], list[int]]:
+        """``(entry of every region or None, regions whose ledger entry cannot be read)``.
+
+        An entry whose chunk fails its checksum or does not hold an entry's JSON is unreadable: the region's data
+        cannot be vouched for, so it counts as not done.
+        """
+        array = self._ledger()["entries"]
+        try:
+            raw = array[:].tolist()
+        except Exception:  # noqa: BLE001 -- a chunk that does not decode (checksum, codec): read them one by one
+            raw = []
+            for index in range(array.shape[0]):
+                try:
+                    raw.append(str(array[index]))
+                except Exception:  # noqa: BLE001 -- this region's chunk does not decode
+                    raw.append(None)
+        entries: list[dict[str, Any] | None] = []
+        unreadable = []
+        for index, text in enumerate(raw):
+            entry = None
+            if text:
+                try:
+                    entry = json.loads(text)
+                except (TypeError, ValueError):
+                    entry = None
+            if text is None or (text and not (isinstance(entry, dict) and isinstance(entry.get("sha256"), dict))):
+                unreadable.append(index)
+                entry = None
+            entries.append(entry)
+        return entries, unreadable
+
     def entries(self) -> list[dict[str, Any] | None]:
-        """Ledger entry of every region (None: not done)."""
-        raw = self._ledger()["entries"][:]
-        return [json.loads(text) if text else None for text in raw.tolist()]
+        """Ledger entry of every region (None: not done, or an entry that cannot be read)."""
+        return self._read_entries()[0]
 
     def done(self) -> np.ndarray:
         """Bool per region: True when its data are written and recorded."""
         return np.array([entry is not None for entry in self.entries()], dtype=bool)
+
+    def _record(self, index: int, text: str) -> None:
+        with disk_full(self.path, f"the ledger entry of region {index}"):
+            self._ledger("r+")["entries"][index] = text
 
     # -- writing ------------------------------------------------------------------------------------------------
 
@@ -273,10 +331,11 @@ class OutputStore:
             clean = xr.Variable(var.dims, np.asarray(var.values).astype(dtype, copy=False))
             data[name] = clean
             digests[name] = values_digest(clean, dtype)
-        data.to_zarr(self.path, region={"time": slice(region.start, region.stop)}, mode="r+", zarr_format=3,
-                     consolidated=False)
+        with disk_full(self.path, f"region {region.index} (times {region.start}:{region.stop})"):
+            data.to_zarr(self.path, region={"time": slice(region.start, region.stop)}, mode="r+", zarr_format=3,
+                         consolidated=False)
         entry = {"sha256": digests, **(dict(extra) if extra else {})}
-        self._ledger("r+")["entries"][region.index] = json.dumps(entry, default=str)
+        self._record(region.index, json.dumps(entry, default=str))
 
     def check_result(self, region: Region, result: xr.Dataset, template: xr.Dataset) -> None:
         """StoreError unless ``result`` has the template's variables, dims and coordinates at the region's times."""
@@ -309,31 +368,49 @@ class OutputStore:
         """The output dataset (lazy, dask)."""
         return xr.open_zarr(self.path, consolidated=consolidated, zarr_format=3)
 
-    def verify(self) -> list[str]:
-        """Problems found by re-reading the store: missing regions, layout, checksums (empty: all good)."""
-        entries = self.entries()
+    def inspect(self) -> list[Problem]:
+        """Every problem found by re-reading the store: regions not done, unreadable ledger entries, layout,
+        chunks that fail their checksum or differ from the recorded sha256 (empty: all good)."""
+        entries, unreadable = self._read_entries()
         regions = self.regions
-        problems = [f"region {r.index} (times {r.start}:{r.stop}) is not done" for r, e in zip(regions, entries)
-                    if e is None]
+        problems = [Problem(r.index, f"the ledger entry of region {r.index} (times {r.start}:{r.stop}) cannot be "
+                                     "read (corrupted ledger chunk)") for r in regions if r.index in unreadable]
+        problems += [Problem(r.index, f"region {r.index} (times {r.start}:{r.stop}) is not done", repairable=False)
+                     for r, e in zip(regions, entries) if e is None and r.index not in unreadable]
         ds = self.open()
-        found = layout_of(ds)
         recorded = self.layout
-        problems += [p.replace("this job", "the ledger") for p in compare_layouts(found, recorded)]
-        if problems:
-            return problems
+        layout = [Problem(None, p.replace("this job", "the ledger")) for p in compare_layouts(layout_of(ds), recorded)]
+        if layout:
+            return problems + layout
         for region, entry in zip(regions, entries):
+            if entry is None:
+                continue
             part = ds.isel(time=slice(region.start, region.stop))
+            where = f"in region {region.index} (times {region.start}:{region.stop})"
             for name, digest in entry["sha256"].items():
                 try:
                     got = values_digest(part[name].values, np.dtype(recorded["variables"][name]["dtype"]))
-                except Exception as err:  # a chunk that does not decode
-                    problems.append(f"variable {name!r} in region {region.index} (times {region.start}:"
-                                    f"{region.stop}) cannot be read: {type(err).__name__}: {err}")
+                except Exception as err:  # noqa: BLE001 -- a chunk that does not decode (checksum, codec)
+                    problems.append(Problem(region.index, f"variable {name!r} {where} cannot be read "
+                                                          f"(corrupted chunk): {type(err).__name__}: {err}"))
                     continue
                 if got != digest:
-                    problems.append(f"variable {name!r} in region {region.index} (times {region.start}:"
-                                    f"{region.stop}) differs from what was written (corrupted or altered chunk)")
+                    problems.append(Problem(region.index, f"variable {name!r} {where} differs from what was "
+                                                          "written (corrupted or altered chunk)"))
         return problems
+
+    def verify(self) -> list[str]:
+        """The sentences of :meth:`inspect` (empty: all good)."""
+        return [problem.text for problem in self.inspect()]
+
+    def repair(self, problems: list[Problem] | None = None) -> list[int]:
+        """Mark every region with a repairable problem (``problems``, default :meth:`inspect`) not done, so the
+        next run of the job recomputes it; returns the indices of those regions."""
+        problems = self.inspect() if problems is None else problems
+        bad = sorted({p.region for p in problems if p.region is not None and p.repairable})
+        for index in bad:
+            self._record(index, "")
+        return bad
 
     def consolidate(self, history_line: str | None = None) -> None:
         """Append ``history_line`` to the dataset's ``history`` and consolidate the metadata."""

@@ -78,6 +78,8 @@ MASK_KEY = "codec.mask"
 PREFIX = "denoiser."
 #: largest magnitude of a normalised value accepted by ``encode`` and ``reconstruct`` (see ``ModelBundle.encode``)
 MAX_NORMALIZED = 10.0
+#: the largest manifest.json read (bytes): it lists four files
+MAX_MANIFEST_BYTES = 64 * 1024
 _OMITTED: Any = object()  # ``time`` not given to ``decode``: the codec's own time axis
 # file names that usually hold pickles: reported as such
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".dill"})
@@ -297,7 +299,12 @@ class ModelBundle:
 
 
 def _read_checked(folder: Path) -> dict[str, bytes]:
-    """Every bundle file's bytes after the folder, manifest, sizes, hashes and pickle checks."""
+    """Every bundle file's bytes after the folder, manifest, sizes, hashes and pickle checks.
+
+    Sizes are compared with the manifest before a file is read, so a swapped or padded weights file is refused
+    without reading it; only the manifest (at most :data:`MAX_MANIFEST_BYTES`) and each file's first bytes are
+    read before that.
+    """
     if not folder.is_dir():
         raise CheckpointError(f"model bundle folder {folder} does not exist")
     expected = (*BUNDLE_FILES, MANIFEST)
@@ -310,12 +317,16 @@ def _read_checked(folder: Path) -> dict[str, bytes]:
     for name in expected:
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder / name} is missing")
-    files = {name: (folder / name).read_bytes() for name in expected}
-    for name, data in files.items():
-        magic = _pickle_magic(data)
+    for name in expected:
+        with open(folder / name, "rb") as handle:
+            magic = _pickle_magic(handle.read(4))
         if magic is not None:
             raise CheckpointError(f"{folder / name} is {magic}; bundles never hold pickles and none is loaded")
-    manifest = _parse_json(folder / MANIFEST, files[MANIFEST])
+    manifest_size = (folder / MANIFEST).stat().st_size
+    if manifest_size > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{folder / MANIFEST} has {manifest_size} bytes; a bundle manifest has at most "
+                              f"{MAX_MANIFEST_BYTES}")
+    manifest = _parse_json(folder / MANIFEST, (folder / MANIFEST).read_bytes())
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise CheckpointError(f"{folder / MANIFEST} is not a geodiff bundle manifest")
     listed = manifest.get("files")
@@ -323,15 +334,20 @@ def _read_checked(folder: Path) -> dict[str, bytes]:
         found = sorted(listed) if isinstance(listed, dict) else listed
         raise CheckpointError(f"{folder / MANIFEST} must list exactly {', '.join(BUNDLE_FILES)}; it lists {found}")
     for name in BUNDLE_FILES:
-        entry, data = listed[name], files[name]
+        entry = listed[name]
         if not isinstance(entry, dict) or "size" not in entry or "sha256" not in entry:
             raise CheckpointError(f"{folder / MANIFEST} entry for {name} needs 'size' and 'sha256'")
-        if len(data) != entry["size"]:
+        size = (folder / name).stat().st_size
+        if size != entry["size"]:
             raise CheckpointError(
-                f"{folder / name} has {len(data)} bytes; the manifest says {entry['size']} (truncated or altered)"
+                f"{folder / name} has {size} bytes; the manifest says {entry['size']} (truncated or altered)"
             )
-        if _sha256(data) != entry["sha256"]:
+    files = {MANIFEST: (folder / MANIFEST).read_bytes()}
+    for name in BUNDLE_FILES:
+        data = (folder / name).read_bytes()
+        if len(data) != listed[name]["size"] or _sha256(data) != listed[name]["sha256"]:
             raise CheckpointError(f"{folder / name} does not match its sha256 in the manifest (corrupted or altered)")
+        files[name] = data
     return files
 
 

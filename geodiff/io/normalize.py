@@ -38,6 +38,7 @@ import torch
 import xarray as xr
 
 from geodiff.errors import ConfigError, CoordinateError, DataError, GridError
+from geodiff.io.encoding import write_netcdf
 from geodiff.io.spec import array_to_json as _array_to_json
 from geodiff.io.spec import from_json as _from_json
 from geodiff.io.spec import to_json as _to_json
@@ -396,7 +397,7 @@ class Normalizer(FieldStatistics):
         if path.suffix == ".json":
             path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False))
         elif path.suffix == ".nc":
-            self._stats.to_netcdf(path, engine="netcdf4")
+            write_netcdf(self._stats, path)
         else:
             raise ConfigError(f"normaliser file {str(path)!r} must end in .json or .nc")
 

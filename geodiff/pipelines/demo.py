@@ -33,6 +33,7 @@ from geodiff.adapters import woa
 from geodiff.baselines import climatology, eof_projection, optimal_interpolation
 from geodiff.errors import ConfigError
 from geodiff.io.bundle import load
+from geodiff.io.encoding import write_netcdf
 from geodiff.pipelines.reconstruct import reconstruct
 from geodiff.tutorial import prior_path
 
@@ -144,7 +145,7 @@ def run_demo(
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
-        ensemble.to_netcdf(output / "reconstruction.nc")
+        write_netcdf(ensemble, output / "reconstruction.nc")
         if plot:
             from geodiff.plot import plot_reconstruction
 

@@ -9,12 +9,14 @@ A checkpoint of step ``s`` is the folder ``<checkpoint_dir>/step-<s:08d>``::
     optimizer.safetensors                        optimizer state tensors, flattened as ``state.<param>.<key>``
     trainer.json                                 step, loss history, training settings, RNG/sampler state,
                                                  optimizer param groups and the index of optimizer.safetensors
-    manifest.json                                sha256 of every other file (written last)
+    manifest.json                                sha256 and size of every other file (written last)
 
 It is first written into a hidden temporary folder in ``checkpoint_dir`` and renamed into place, so a process
 killed while writing leaves either the previous checkpoint or the new one, never a partial one (left-over
 temporary folders are ignored and removed by the next save). Nothing is pickled and nothing is read with
-``torch.load``.
+``torch.load``. Reading checks the folder against its manifest first: every name must be a plain relative path
+inside the folder (no ``..``, no absolute path, no link leading out), every file in the folder must be listed
+(a file left out of the manifest is refused, not trusted), and each file's size is compared before it is read.
 
 Example
 -------
@@ -38,7 +40,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from torch import Tensor
@@ -59,6 +61,7 @@ META_NAME = "trainer.json"
 MANIFEST_NAME = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-step-"
+_MAX_MANIFEST_BYTES = 1 << 20
 # tensor groups and their files inside a checkpoint folder
 _GROUP_FILES = {
     "model": "model/model.safetensors",
@@ -127,7 +130,7 @@ def write_checkpoint(
             files.append(target)
         _write_json(tmp / META_NAME, meta)
         files.append(tmp / META_NAME)
-        manifest = {str(f.relative_to(tmp)): _sha256(f) for f in files}
+        manifest = {f.relative_to(tmp).as_posix(): {"sha256": _sha256(f), "size": f.stat().st_size} for f in files}
         _write_json(tmp / MANIFEST_NAME, {"files": manifest, "step": int(step)})
         for f in [*files, tmp / MANIFEST_NAME]:
             _fsync(f)
@@ -168,14 +171,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, Tensor]], dic
     from safetensors.torch import load_file
 
     path = Path(path)
-    try:
-        manifest = json.loads((path / MANIFEST_NAME).read_text())["files"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path / MANIFEST_NAME} is missing or unreadable: {err}") from err
-    for name, digest in manifest.items():
+    manifest = _checked_manifest(path)
+    for name, (_, size) in manifest.items():  # every size before any file is read
+        found = (path / name).stat().st_size
+        if size is not None and found != size:
+            raise CheckpointError(f"checkpoint file {path / name} has {found} bytes; {MANIFEST_NAME} says {size} "
+                                  "(truncated or altered)")
+    for name, (digest, _) in manifest.items():
         file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint file {file} is missing")
         if _sha256(file) != digest:
             raise CheckpointError(f"checkpoint file {file} does not match its sha256 in {MANIFEST_NAME}")
     try:
@@ -190,6 +193,46 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, Tensor]], dic
             except (SafetensorError, OSError, ValueError) as err:
                 raise CheckpointError(f"{path / name} cannot be read as safetensors: {err}") from err
     return tensors, meta
+
+
+def _checked_manifest(path: Path) -> dict[str, tuple[str, int | None]]:
+    """``{relative name: (sha256, size or None)}`` of a checkpoint's manifest, after checking that every name is a
+    file inside ``path``, that every file in ``path`` is listed, and that ``trainer.json`` is."""
+    manifest_file = path / MANIFEST_NAME
+    try:
+        if manifest_file.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise CheckpointError(f"{manifest_file} has more than {_MAX_MANIFEST_BYTES} bytes; not a manifest")
+        listed = json.loads(manifest_file.read_text())["files"]
+    except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{manifest_file} is missing or unreadable: {err}") from err
+    if not isinstance(listed, dict):
+        raise CheckpointError(f"{manifest_file}: 'files' must map file names to their sha256")
+    root = path.resolve()
+    manifest: dict[str, tuple[str, int | None]] = {}
+    for name, entry in listed.items():
+        relative = PurePosixPath(name)
+        inside = (path / name).resolve()
+        if (relative.is_absolute() or ".." in relative.parts or "\\" in name or not relative.parts
+                or not inside.is_relative_to(root) or inside == root):
+            raise CheckpointError(f"{manifest_file} names {name!r}, which is not a file inside {path}")
+        if (path / name).is_symlink():
+            raise CheckpointError(f"checkpoint file {path / name} is a link; checkpoints hold plain files only")
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint file {path / name} is missing")
+        if isinstance(entry, str):  # checkpoints written before sizes were recorded
+            manifest[relative.as_posix()] = (entry, None)
+        elif isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int):
+            manifest[relative.as_posix()] = (entry["sha256"], entry["size"])
+        else:
+            raise CheckpointError(f"{manifest_file} entry for {name!r} needs 'sha256' and 'size'")
+    present = {file.relative_to(path).as_posix() for file in path.rglob("*") if file.is_symlink() or not file.is_dir()}
+    unlisted = sorted(present - set(manifest) - {MANIFEST_NAME})
+    if unlisted:
+        raise CheckpointError(f"{path} holds files that {MANIFEST_NAME} does not list: {', '.join(unlisted)}; "
+                              "a checkpoint is read only when every file is listed")
+    if META_NAME not in manifest:
+        raise CheckpointError(f"{manifest_file} does not list {META_NAME}")
+    return manifest
 
 
 def flatten_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -26,6 +26,9 @@ def test_two_worker_cluster_equals_serial(client, bundle, reference, tmp_path):
     assert_same_store(store, reference)
     region_tasks = [task for task in stream.data if task["key"].startswith("_region_task")]
     assert len(region_tasks) == 12 and len({task["worker"] for task in region_tasks}) == 2  # both workers worked
+    from geodiff.batch.workers import allocator_tuned
+
+    assert set(client.run(allocator_tuned).values()) == {True}  # activations reuse freed memory (glibc)
 
 
 @pytest.mark.distributed

@@ -129,6 +129,30 @@ def test_truncated_file_is_rejected(saved, name):
         load(folder)
 
 
+def test_size_is_compared_before_the_weights_are_read(saved, monkeypatch):
+    import os
+    from pathlib import Path
+
+    _, folder = saved
+    os.truncate(folder / "model.safetensors", 4 * 2**30)  # 4 GiB, sparse: nothing written, and nothing may be read
+    read_bytes = Path.read_bytes
+
+    def guarded(path):
+        assert path.name != "model.safetensors", "the weights were read before their size was checked"
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", guarded)
+    with pytest.raises(CheckpointError, match="model.safetensors has 4294967296 bytes; the manifest says"):
+        load(folder)
+
+
+def test_an_oversized_manifest_is_refused_unread(saved):
+    _, folder = saved
+    (folder / "manifest.json").write_bytes(b" " * (1 << 20))
+    with pytest.raises(CheckpointError, match="manifest.json has 1048576 bytes"):
+        load(folder)
+
+
 @pytest.mark.parametrize("name", [*BUNDLE_FILES, "manifest.json"])
 def test_missing_file_is_rejected(saved, name):
     _, folder = saved

@@ -44,9 +44,11 @@ from geodiff.guidance.likelihood import GaussianLikelihood
 from geodiff.io.bundle import BUNDLE_FILES, load
 from geodiff.observations import as_observations, validate_observations
 from geodiff.pipelines.reconstruct import reconstruct
+from tests.reliability import damaged_stores as damaged
 from tests.reliability import helpers
 
 HANDLED = "handled"
+DAMAGED = "store, ledger or checkpoint damaged on disk, or disk full"
 
 #: the issue's list of bad inputs, one category each
 CATEGORIES = (
@@ -65,6 +67,7 @@ CATEGORIES = (
     "checkpoint bundle truncated, tampered, of another model or with a pickle",
     "normalised inputs outside the training range",
     "existing store of another grid or chunking",
+    "store, ledger or checkpoint damaged on disk, or disk full",
     "reconstruction with zero valid observations",
     "input file incomplete (killed writer)",
 )
@@ -456,6 +459,24 @@ CASES: list[Case] = [
       lambda p: store_case(p, "grid"), StoreError, "coordinate 'lat' has other values"),
     C("existing store of another grid or chunking", "store of another chunking",
       lambda p: store_case(p, "chunks"), StoreError, "chunking of variable 'thetao'"),
+    # -- damaged on disk
+    C(DAMAGED, "one bit flipped in a batch store chunk", damaged.corrupted_chunk, StoreError,
+      "variable 'v' in region 2 (times 2:3) cannot be read (corrupted chunk)"),
+    C(DAMAGED, "corrupted ledger chunk", damaged.corrupted_ledger, StoreError,
+      "the ledger entry of region 1 (times 1:2) cannot be read"),
+    C(DAMAGED, "corrupted region repaired, then recomputed", damaged.repaired_region, HANDLED,
+      "marked regions [2] not done"),
+    C(DAMAGED, "disk full during a batch write", damaged.disk_full_batch, StoreError,
+      "no space left on the device while writing region 1 (times 1:2)"),
+    C(DAMAGED, "disk full while writing a netCDF output", damaged.disk_full_netcdf, StoreError,
+      "no space left on the device while writing a netCDF file"),
+    C(DAMAGED, "checkpoint manifest naming a file outside its folder", damaged.checkpoint_naming_outside,
+      CheckpointError, "names '../secret.json', which is not a file inside"),
+    C(DAMAGED, "checkpoint file left out of its manifest", damaged.checkpoint_file_unlisted, CheckpointError,
+      "does not list: ema/model.safetensors"),
+    C(DAMAGED, "bundle weights grown to 4 GiB (refused before reading)",
+      lambda p: load(damaged.padded_weights(saved_model(p))), CheckpointError,
+      "model.safetensors has 4294967296 bytes; the manifest says"),
     # -- zero valid observations
     C("reconstruction with zero valid observations", "every observation NaN",
       lambda p: recon(helpers.observations().assign(value=np.nan)), ObservationError, "missing value (NaN): 24"),
