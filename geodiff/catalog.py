@@ -1,10 +1,13 @@
 """The data catalog: geodiff's sources described in ``data_catalog/`` and opened by name.
 
-``data_catalog/products.yaml`` lists every product an adapter reads: where its files are (``urlpath`` with
-``{root}``, the data root), the adapter (``"module:function"``) and its default arguments, and the variables and
-units the raw files hold. CMIP6 output is described by an intake-esm ESM collection
-(``cmip6_collection.json`` + ``.csv``, CMIP6 data reference syntax). :func:`open` opens an entry by name;
-:func:`check` compares a raw file with the entry's expected variables and units.
+``data_catalog/products.yaml`` is an intake (v1 YAML) catalog of every product an adapter reads and of the
+samples geodiff ships: intake's ``driver`` and ``args.urlpath`` (files under the data root,
+``{{ env('GEODIFF_DATA_ROOT') }}``, or next to the catalog, ``{{ CATALOG_DIR }}``), and in ``metadata`` what the
+product is (``url``, ``doi``, ``licence``, ``reference``), the geodiff adapter (``"module:function"``) with its
+default ``adapter_args``, and the variables and units the raw files hold. CMIP6 output is described by an
+intake-esm ESM collection (``cmip6_collection.json`` + ``.csv``, CMIP6 data reference syntax). :func:`open`
+opens an entry by name; :func:`check` compares a raw file with the entry's expected variables and units;
+:func:`esm_datastore` gives the ESM collection with its paths resolved under a data root, usable from any folder.
 
 The data root is the ``root=`` argument or the ``GEODIFF_DATA_ROOT`` environment variable; the catalog folder is
 ``GEODIFF_CATALOG_DIR`` or the ``data_catalog/`` folder next to the package.
@@ -16,6 +19,8 @@ Example
 >>> from geodiff.testing import products
 >>> "en4_analysis" in catalog.names()
 True
+>>> catalog.describe("en4_analysis")["doi"]
+'10.1002/2013JC009067'
 >>> root = products.write_catalog_tree(tempfile.mkdtemp(), only=["hirs_olr"])
 >>> catalog.open("hirs_olr", root=root).olr.attrs["units"]
 'W m-2'
@@ -32,7 +37,12 @@ from typing import Any
 
 from geodiff.errors import DataError
 
-__all__ = ["catalog_dir", "check", "data_root", "describe", "esm_collection_path", "load", "names", "open", "paths"]
+__all__ = ["catalog_dir", "check", "data_root", "describe", "esm_collection_path", "esm_datastore", "load", "names",
+           "open", "paths"]
+
+#: the intake templates of ``products.yaml`` urlpaths: the data root and the catalog's own folder
+ROOT_TEMPLATE = "{{ env('GEODIFF_DATA_ROOT') }}"
+CATALOG_TEMPLATE = "{{ CATALOG_DIR }}"
 
 
 def catalog_dir() -> Path:
@@ -48,9 +58,9 @@ def catalog_dir() -> Path:
 
 
 def load() -> dict[str, Any]:
-    """``products.yaml`` as a dict (``{"version": 1, "sources": {...}}``).
+    """``products.yaml`` as a dict (``{"metadata": {"version": 1, ...}, "sources": {...}}``).
 
-    >>> load()["version"]
+    >>> load()["metadata"]["version"]
     1
     """
     import yaml
@@ -75,15 +85,28 @@ def names() -> list[str]:
 
 
 def describe(name: str) -> dict[str, Any]:
-    """The catalog entry ``name`` (description, adapter, urlpath or collection, variables and units).
+    """The catalog entry ``name`` in one mapping: ``description``, ``driver``, ``urlpath`` (intake template) or
+    ``collection`` (an ESM collection file), ``adapter`` and its default ``args``, ``url``, ``doi``, ``licence``,
+    ``reference``, ``variables`` and units.
 
-    >>> describe("en4_analysis")["variables"]["temperature"]["units"]
-    'kelvin'
+    >>> entry = describe("en4_analysis")
+    >>> entry["variables"]["temperature"]["units"], entry["licence"].startswith("Non-Commercial")
+    ('kelvin', True)
     """
     sources = load()["sources"]
     if name not in sources:
         raise DataError(f"no catalog entry {name!r}; entries are {sorted(sources)}")
-    return dict(sources[name])
+    source = sources[name]
+    metadata = dict(source.get("metadata") or {})
+    entry = {"description": source.get("description", ""), "driver": source.get("driver"),
+             **{key: value for key, value in metadata.items() if key != "adapter_args"},
+             "args": dict(metadata.get("adapter_args") or {})}
+    location = dict(source.get("args") or {})
+    if "urlpath" in location:
+        entry["urlpath"] = location["urlpath"]
+    if "obj" in location:
+        entry["collection"] = str(location["obj"]).replace(CATALOG_TEMPLATE, "").lstrip("/")
+    return entry
 
 
 def esm_collection_path(name: str = "cmip6") -> Path:
@@ -98,6 +121,35 @@ def esm_collection_path(name: str = "cmip6") -> Path:
     return path
 
 
+def esm_datastore(name: str = "cmip6", root: str | os.PathLike | None = None) -> Any:
+    """The intake-esm datastore of ESM collection ``name`` with its relative paths taken under the data root
+    (``root`` or ``$GEODIFF_DATA_ROOT``), so that ``search(...).to_dataset_dict()`` works from any folder.
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> store = esm_datastore(root=root)
+    >>> store.df["path"][0].startswith(root)
+    True
+    """
+    import json
+
+    import pandas as pd
+
+    try:
+        import intake_esm
+    except ImportError as err:  # an optional extra
+        raise DataError("an ESM collection needs intake-esm: pip install 'geodiffusion[catalog]'") from err
+    from geodiff.io.paths import join
+
+    path = esm_collection_path(name)
+    spec = json.loads(path.read_text())
+    column = spec["assets"]["column_name"]
+    base = data_root(root)
+    table = pd.read_csv(path.parent / spec.pop("catalog_file"))
+    table[column] = [str(join(base, value)) for value in table[column]]
+    return intake_esm.esm_datastore({"esmcat": spec, "df": table})
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """``root``, else ``$GEODIFF_DATA_ROOT``; DataError when neither is set.
 
@@ -105,7 +157,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     '/data'
     """
     if root is None:
-        root = os.environ.get(load().get("root_env", "GEODIFF_DATA_ROOT"))
+        root = os.environ.get(load().get("metadata", {}).get("root_env", "GEODIFF_DATA_ROOT"))
     if root is None:
         raise DataError("no data root: pass root= or set the GEODIFF_DATA_ROOT environment variable")
     return Path(root)
@@ -123,7 +175,9 @@ def paths(name: str, root: str | os.PathLike | None = None) -> list[Path]:
     entry = describe(name)
     if "urlpath" not in entry:
         raise DataError(f"catalog entry {name!r} is an ESM collection; use geodiff.adapters.cmip6.search")
-    pattern = str(entry["urlpath"]).format(root=str(data_root(root)))
+    pattern = str(entry["urlpath"]).replace(CATALOG_TEMPLATE, str(catalog_dir()))
+    if ROOT_TEMPLATE in pattern:
+        pattern = pattern.replace(ROOT_TEMPLATE, str(data_root(root)))
     found = sorted(Path(p) for p in glob.glob(pattern))
     if not found:
         raise DataError(f"catalog entry {name!r}: no file matches {pattern!r}")
@@ -148,9 +202,11 @@ def open(name: str, *, root: str | os.PathLike | None = None, **kwargs: Any) -> 
     entry = describe(name)
     adapter = _adapter(entry, name)
     args = {**dict(entry.get("args") or {}), **kwargs}
-    if entry.get("driver") == "esm_collection":
+    if "collection" in entry:
         collection = catalog_dir() / entry["collection"]
         return adapter(collection, root=data_root(root), **args)
+    if entry.get("shipped"):  # a sample shipped with geodiff: its reader checks it against the sample manifest
+        return adapter(**args)
     files = paths(name, root)
     if entry.get("single_file"):
         if len(files) != 1:

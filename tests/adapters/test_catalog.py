@@ -10,14 +10,16 @@ import xarray as xr
 from geodiff import catalog
 from geodiff.adapters.regrid import regular_grid
 from geodiff.errors import DataError, GeodiffWarning
+from geodiff.tutorial import sample_path
 
 GRIDDED = ["en4_analysis", "era5_pressure_levels", "era5_single_levels", "era5_pressure_levels_legacy",
            "era5_single_levels_legacy", "gridsat_b1", "amsua_tmt", "hirs_olr", "hirs_uth", "mhs_uth"]
 TABLES = ["en4_profiles", "stations_csv", "stations_timeseries"]
+SAMPLES = ["woa_monthly_temperature_sample", "north_america_tas_sample"]
 
 
 def test_catalog_lists_every_product():
-    assert set(catalog.names()) == set(GRIDDED + TABLES + ["cmip6_thetao", "gebco_2023"])
+    assert set(catalog.names()) == set(GRIDDED + TABLES + SAMPLES + ["cmip6_thetao", "gebco_2023"])
     collection = json.loads(catalog.esm_collection_path().read_text())
     assert collection["catalog_file"] == "cmip6_collection.csv"
     assert collection["assets"] == {"column_name": "path", "format": "netcdf"}
@@ -86,3 +88,43 @@ def test_errors_name_what_is_wrong(data_root, tmp_path, monkeypatch):
         catalog.open("hirs_olr")
     monkeypatch.setenv("GEODIFF_DATA_ROOT", str(data_root))
     assert catalog.open("hirs_olr").olr.attrs["units"] == "W m-2"
+
+
+def test_intake_reads_the_catalog_with_url_doi_and_licence_per_product(tmp_path, monkeypatch):
+    import intake
+
+    monkeypatch.chdir(tmp_path)  # any folder
+    monkeypatch.setenv("GEODIFF_DATA_ROOT", "/data")
+    cat = intake.open_catalog(str(catalog.catalog_dir() / "products.yaml"))
+    assert sorted(cat) == catalog.names()
+    for name in cat:
+        described = cat._entries[name].describe()
+        metadata = described["metadata"]
+        assert {"url", "doi", "licence", "reference", "adapter", "variables"} <= set(metadata), name
+        assert metadata["licence"] and metadata["reference"], name
+        assert metadata["doi"] is None or metadata["doi"].startswith("10."), name
+        assert described["description"] == catalog.describe(name)["description"]
+    real = [name for name in cat if not name.startswith("stations") and not name.endswith("_sample")]
+    assert all(cat._entries[name].describe()["metadata"]["url"].startswith("https://") for name in real)
+    without_doi = {name for name in real if cat._entries[name].describe()["metadata"]["doi"] is None}
+    assert without_doi == {"amsua_tmt", "hirs_olr", "hirs_uth", "mhs_uth"}  # cited by reference and version
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_shipped_samples_are_catalog_entries_that_open_from_anywhere(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GEODIFF_DATA_ROOT", raising=False)  # no data root needed
+    entry = catalog.describe(name)
+    [path] = catalog.paths(name)
+    assert path.resolve() == sample_path(entry["sample"]).resolve()
+    ds = catalog.open(name)
+    assert set(entry["variables"]) <= set(ds.data_vars)
+
+
+def test_the_esm_collection_opens_with_intake_esm_from_any_folder(data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the data root: the paths are resolved under it
+    store = catalog.esm_datastore(root=data_root)
+    found = store.search(source_id="MPI-ESM1-2-LR")
+    datasets = found.to_dataset_dict(xarray_open_kwargs={"decode_times": False}, progressbar=False)
+    [ds] = datasets.values()
+    assert "thetao" in ds.data_vars and ds.sizes["member_id"] == 1
