@@ -53,7 +53,7 @@ def test_station_inputs_are_checked(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("lat", 95.0, "column 'lat'"), ("lon", 1e20, "column 'lon'"), ("error_std", 0.0, "column 'error_std'"),
+    ("lat", 95.0, "column 'lat'"), ("lon", 1e20, "column 'lon'"), ("error_std", -1.0, "column 'error_std'"),
     ("value", np.inf, "column 'value'"), ("time", "not a time", "column 'time'"), ("depth", -5.0, "column 'depth'")])
 def test_observation_table_checks(field, value, match):
     kwargs = dict(value=[1.0, 2.0], error_std=[0.1, 0.1], lat=[0.0, 1.0], lon=[0.0, 1.0],
