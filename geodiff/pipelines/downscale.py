@@ -59,6 +59,7 @@ from geodiff.io.bundle import ModelBundle, load
 from geodiff.io.codec import Codec
 from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import CoarsenOperator, PointOperator
+from geodiff.pipelines.blocks import PipelineBlock, is_lazy, lazy_over_time
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.units import model_units, to_model_units
 from geodiff.provenance import append_history
@@ -191,6 +192,8 @@ def downscale(
     max_normalized: float | None = None,
     on_runaway: str = "resample",
     runaway_factor: float | None = RUNAWAY_FACTOR,
+    lazy: bool | None = None,
+    time_chunk: int = 1,
 ) -> xr.Dataset:
     """Downscale ``coarse`` with a conditional diffusion model; returns an ensemble ``xr.Dataset`` on the
     high-resolution grid (module docstring).
@@ -224,6 +227,10 @@ def downscale(
         ``MAX_NORMALIZED`` = 10 refuses that too; nothing is clipped), or further from the ensemble median than
         ``runaway_factor`` times the members' median distance, has run away: it is redrawn, refused or kept and
         flagged as ``on_runaway`` says, and recorded in attribute ``geodiff_runaway`` (as :func:`geodiff.reconstruct`).
+    lazy: return a dask-backed result (default: when ``coarse`` is dask-backed and has a time axis), computed
+        block by block of ``time_chunk`` times on ``.compute()`` / ``.to_zarr()`` as :func:`geodiff.reconstruct`
+        does (bit for bit the eager result; attributes without the per-call reports). The validity mask
+        (coarse cells finite at every time) is computed first, in one pass over the coarse field.
 
     Example
     -------
@@ -236,6 +243,7 @@ def downscale(
     >>> out.tas.dims, out.tas.shape
     (('member', 'time', 'lat', 'lon'), (2, 1, 36, 48))
     """
+    settings = {name: value for name, value in locals().items() if name not in ("model", "coarse")}
     bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
     bundle = bundle.to(device)
     spec = _spec(bundle)
@@ -283,13 +291,13 @@ def downscale(
         raise ConfigError(f"the model's codec has {bundle.codec.shape[0]} channels; its downscaling target has "
                           f"{channels}")
 
+    if has_time and (lazy or (lazy is None and is_lazy(coarse))):
+        finite = np.stack([coarse[v].notnull().all(TIME).transpose(LAT, LON).values for v in target])  # one pass
+        under = _valid_under(np.where(finite, 0.0, np.nan), False, factor)  # under cells finite at every time
+        return _downscale_lazily(bundle, coarse, {**settings, "coarse_error_std": errors, "members": members,
+                                                  "mask": _validity(under, mask, bundle, lat, lon)})
     coarse_values = _coarse_values(coarse, target)  # [T?, C, Hc, Wc]
-    valid = _valid_under(coarse_values, has_time, factor)
-    if mask is not None:
-        array = mask.transpose(..., LAT, LON).values if isinstance(mask, xr.DataArray) else mask
-        valid = valid & channel_mask(array, (channels, height, width), "mask")
-    elif _same_grid(bundle.codec, lat, lon):
-        valid = valid & bundle.codec.mask.numpy()  # the model's own land mask: land under an ocean coarse cell
+    valid = _validity(_valid_under(coarse_values, has_time, factor), mask, bundle, lat, lon)
     operator = CoarsenOperator((channels, height, width), factor, mask=valid, grid_lat=lat).to(device)
     fine_codec, coarse_codec = output_codec(coarse, target, factor, valid), output_codec(coarse, target, 1)
     channel_list = [(v, None) for v in target]
@@ -370,6 +378,36 @@ def downscale(
     return record_provenance(out, coarse.attrs, "geodiff.downscale", config, model_sha256=bundle.sha256, seed=seed,
                              sources=used_sources, observations=None if report is None else report.as_dict(),
                              runaway={**engine.runaway.describe(), "members": runaways})
+
+
+def _validity(valid: np.ndarray, mask: xr.DataArray | np.ndarray | None, bundle: ModelBundle, lat: np.ndarray,
+              lon: np.ndarray) -> np.ndarray:
+    """``valid [C, H, W]`` (under finite coarse cells) and ``mask``, or the model's own land mask on its grid."""
+    if mask is not None:
+        array = mask.transpose(..., LAT, LON).values if isinstance(mask, xr.DataArray) else mask
+        return valid & channel_mask(array, valid.shape, "mask")
+    if _same_grid(bundle.codec, lat, lon):
+        return valid & bundle.codec.mask.numpy()  # the model's own land mask: land under an ocean coarse cell
+    return valid
+
+
+def _downscale_lazily(bundle: ModelBundle, coarse: xr.Dataset, settings: dict[str, Any]) -> xr.Dataset:
+    """The dask-backed result of :func:`downscale`: one :class:`PipelineBlock` per block of ``time_chunk`` times,
+    each given the validity mask and coarse error of the whole series (so blocks equal the eager result)."""
+    keyword_inputs = {name: settings[name] for name in ("sources", "stations") if settings[name] is not None}
+    options = {name: value for name, value in settings.items()
+               if name not in ("lazy", "time_chunk", "sources", "stations")}
+    block = PipelineBlock(downscale, bundle, (coarse,), keyword_inputs, {**options, "progress": False, "lazy": False})
+    template = output_template(bundle, coarse.isel({TIME: [0]}), members=settings["members"])
+    config = {name: settings[name] for name in ("guidance", "sampler", "steps", "members", "seed", "cfg_scale",
+                                                "condition_on_coarse", "time_chunk")}
+    used_sources = ([COARSE] if settings["condition_on_coarse"] else []) + sorted(settings["sources"] or {})
+    config.update(guidance_options=settings["guidance_options"] or {}, sampler_options=settings["sampler_options"] or {},
+                  coarse_error_std={name: float(value) for name, value in settings["coarse_error_std"].items()},
+                  sources=used_sources, lazy=True)
+    attrs = record_provenance(template, coarse.attrs, "geodiff.downscale", config, model_sha256=bundle.sha256,
+                              seed=settings["seed"], sources=used_sources).attrs
+    return lazy_over_time(block, template, coarse[TIME].variable, settings["time_chunk"], attrs)
 
 
 def _scales(bundle: ModelBundle, target: Sequence[str], time: Any) -> list[float]:

@@ -81,3 +81,20 @@ def test_lazy_over_time_checks_its_layout():
         lazy_over_time(lambda times: template, template, np.arange(3))
     with pytest.raises(ConfigError, match="time_chunk must be an integer >= 1"):
         lazy_over_time(lambda times: template, template, np.arange(3), time_chunk=0)
+
+
+def test_a_dask_backed_coarse_field_downscales_lazily_like_the_eager_path(draws):
+    from geodiff.pipelines.downscale import coarsen, downscale, open_sample, sample_paths
+
+    fields, topography = open_sample()
+    coarse = coarsen(fields.isel(time=[0, 1, 2]), 4)
+    coarse["tas"][1, 3, 5] = np.nan  # a coarse cell missing at one time only: invalid at every time, both ways
+    model = geodiff.load(sample_paths()["model"])
+    options = dict(sources={"topography": topography}, members=2, steps=2, progress=False)
+    eager = downscale(model, coarse, **options)
+    draws.clear()
+    lazy = downscale(model, coarse.chunk(time=1), time_chunk=2, **options)
+    assert draws == [] and lazy["tas"].chunks == ((2,), (2, 1), (36,), (48,))
+    xr.testing.assert_identical(lazy["tas"].compute(), eager["tas"])
+    assert bool(lazy["tas"][:, 0, 12:16, 20:24].isnull().all())  # under the missing coarse cell, at time 0 too
+    assert lazy.attrs["geodiff_sources"] == eager.attrs["geodiff_sources"]
