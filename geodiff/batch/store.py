@@ -365,8 +365,12 @@ class OutputStore:
     # -- final checks ---------------------------------------------------------------------------------------------
 
     def open(self, consolidated: bool | None = False) -> xr.Dataset:
-        """The output dataset (lazy, dask)."""
-        return xr.open_zarr(self.path, consolidated=consolidated, zarr_format=3)
+        """The output dataset (lazy, dask); StoreError when the metadata of one of its arrays cannot be read."""
+        try:
+            return xr.open_zarr(self.path, consolidated=consolidated, zarr_format=3)
+        except (ValueError, TypeError, KeyError, zarr.errors.BaseZarrError) as err:
+            raise StoreError(f"the metadata of the store {self.path} cannot be read (a corrupted or missing "
+                             f"zarr.json): {type(err).__name__}: {err}") from err
 
     def inspect(self) -> list[Problem]:
         """Every problem found by re-reading the store: regions not done, unreadable ledger entries, layout,
@@ -415,11 +419,12 @@ class OutputStore:
     def consolidate(self, history_line: str | None = None) -> None:
         """Append ``history_line`` to the dataset's ``history`` and consolidate the metadata."""
         root = zarr.open_group(self.path, mode="r+", zarr_format=3)
-        if history_line:
-            from geodiff.provenance import append_history
+        with disk_full(self.path, "the store's consolidated metadata"):
+            if history_line:
+                from geodiff.provenance import append_history
 
-            root.attrs.update(append_history(dict(root.attrs), history_line))
-        with warnings.catch_warnings():
-            # zarr warns that consolidated metadata is not yet part of the v3 specification; xarray reads it
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            zarr.consolidate_metadata(self.path, zarr_format=3)
+                root.attrs.update(append_history(dict(root.attrs), history_line))
+            with warnings.catch_warnings():
+                # zarr warns that consolidated metadata is not yet part of the v3 specification; xarray reads it
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                zarr.consolidate_metadata(self.path, zarr_format=3)

@@ -57,6 +57,7 @@ import xarray as xr
 from geodiff.config import check_json
 from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, GridError
 from geodiff.io.codec import Codec
+from geodiff.io.encoding import disk_full
 from geodiff.io.anomaly import ANOMALY_FORMAT, AnomalyNormalizer
 from geodiff.io.normalize import Normalizer
 
@@ -284,9 +285,10 @@ class ModelBundle:
             raise CheckpointError(f"{folder} holds files that are not part of a bundle: {', '.join(others)}")
         files = self._serialize()
         (folder / MANIFEST).unlink(missing_ok=True)
-        for name in BUNDLE_FILES:
-            (folder / name).write_bytes(files[name])
-        (folder / MANIFEST).write_bytes(files[MANIFEST])
+        with disk_full(folder, "a model bundle"):  # without its manifest, a partial bundle never loads
+            for name in BUNDLE_FILES:
+                (folder / name).write_bytes(files[name])
+            (folder / MANIFEST).write_bytes(files[MANIFEST])
         self._sha256 = _sha256(files[MANIFEST])
 
     @classmethod

@@ -46,6 +46,7 @@ from typing import Any
 from torch import Tensor
 
 from geodiff.errors import CheckpointError
+from geodiff.io.encoding import disk_full
 
 __all__ = [
     "write_checkpoint",
@@ -92,6 +93,30 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True, allow_nan=True))
 
 
+def _write_files(tmp: Path, tensors: Mapping[str, Mapping[str, Tensor]],
+                 configs: Mapping[str, dict[str, Any]] | None, meta: dict[str, Any]) -> list[Path]:
+    """Write the tensor groups, configurations and ``trainer.json`` into ``tmp``; returns the files written."""
+    from safetensors.torch import save
+
+    files = []
+    for group, named in tensors.items():
+        if group not in _GROUP_FILES:
+            raise CheckpointError(f"unknown checkpoint tensor group {group!r}; expected one of {list(_GROUP_FILES)}")
+        target = tmp / _GROUP_FILES[group]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # serialised in memory, written by Python: a full disk raises OSError(ENOSPC) like every other write
+        target.write_bytes(save({k: v.detach().contiguous().cpu() for k, v in named.items()}))
+        files.append(target)
+    for group, config in (configs or {}).items():
+        target = tmp / group / "config.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(target, config)
+        files.append(target)
+    _write_json(tmp / META_NAME, meta)
+    files.append(tmp / META_NAME)
+    return files
+
+
 def write_checkpoint(
     checkpoint_dir: str | Path,
     step: int,
@@ -105,35 +130,20 @@ def write_checkpoint(
     ``tensors``: group (``model``, ``ema``, ``optimizer``, ``best``, ``objective``) -> name -> tensor; ``meta``:
     JSON for ``trainer.json``;
     ``configs``: group -> JSON written as ``<group>/config.json`` (so the folder loads with ``from_pretrained``).
+    A full disk is a :class:`~geodiff.errors.StoreError`; the previous checkpoint is kept.
     """
-    from safetensors.torch import save_file
-
     root = Path(checkpoint_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{int(step):08d}"
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root))
     try:
-        files = []
-        for group, named in tensors.items():
-            if group not in _GROUP_FILES:
-                raise CheckpointError(
-                    f"unknown checkpoint tensor group {group!r}; expected one of {list(_GROUP_FILES)}"
-                )
-            target = tmp / _GROUP_FILES[group]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(target))
-            files.append(target)
-        for group, config in (configs or {}).items():
-            target = tmp / group / "config.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(target, config)
-            files.append(target)
-        _write_json(tmp / META_NAME, meta)
-        files.append(tmp / META_NAME)
-        manifest = {f.relative_to(tmp).as_posix(): {"sha256": _sha256(f), "size": f.stat().st_size} for f in files}
-        _write_json(tmp / MANIFEST_NAME, {"files": manifest, "step": int(step)})
-        for f in [*files, tmp / MANIFEST_NAME]:
-            _fsync(f)
+        with disk_full(root, f"the checkpoint of step {int(step)}"):
+            files = _write_files(tmp, tensors, configs, meta)
+            manifest = {f.relative_to(tmp).as_posix(): {"sha256": _sha256(f), "size": f.stat().st_size}
+                        for f in files}
+            _write_json(tmp / MANIFEST_NAME, {"files": manifest, "step": int(step)})
+            for f in [*files, tmp / MANIFEST_NAME]:
+                _fsync(f)
         if final.exists():  # the same step written again: move the old one aside first
             stale = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root))
             os.replace(final, stale / final.name)

@@ -152,3 +152,19 @@ def test_an_unreadable_ledger_metadata_file_is_a_store_error(reference, tmp_path
         status(store)
     assert OutputStore(store).exists()
     assert zarr.open_group(store, mode="r") is not None
+
+
+def test_an_unreadable_array_metadata_file_is_a_store_error(reference, tmp_path):
+    store = tmp_path / "meta.zarr"
+    shutil.copytree(reference, store)
+    (store / VARIABLE / "zarr.json").write_text("{ not json")
+    with pytest.raises(StoreError, match="metadata of the store .* cannot be read"):
+        finalise(store)
+
+
+def test_disk_full_while_finalising_is_a_store_error(reference, tmp_path, monkeypatch):
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(reference, store)
+    _fail_writes_after(monkeypatch, 0, half_written=False)
+    with pytest.raises(StoreError, match="no space left on the device while writing the store's consolidated"):
+        finalise(store)

@@ -146,6 +146,27 @@ def test_size_is_compared_before_the_weights_are_read(saved, monkeypatch):
         load(folder)
 
 
+def test_disk_full_while_saving_is_a_store_error_and_the_partial_bundle_never_loads(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from geodiff.errors import StoreError
+
+    write_bytes = Path.write_bytes
+
+    def full(path, data):
+        if path.name == "normalizer.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(StoreError, match="no space left on the device while writing a model bundle"):
+        make_bundle().save(tmp_path / "model")
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="is missing"):
+        load(tmp_path / "model")
+
+
 def test_an_oversized_manifest_is_refused_unread(saved):
     _, folder = saved
     (folder / "manifest.json").write_bytes(b" " * (1 << 20))

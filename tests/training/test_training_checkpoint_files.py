@@ -1,14 +1,16 @@
 """A checkpoint folder is read only as its manifest describes it: names inside the folder, every file listed,
-sizes compared before anything is read."""
+sizes compared before anything is read; a full disk while writing one is a named error that keeps the last one."""
 
+import errno
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from geodiff.errors import CheckpointError
-from geodiff.training.checkpoint import MANIFEST_NAME, read_checkpoint, write_checkpoint
+from geodiff.errors import CheckpointError, StoreError
+from geodiff.training.checkpoint import MANIFEST_NAME, latest_checkpoint, read_checkpoint, write_checkpoint
 
 
 @pytest.fixture
@@ -80,3 +82,20 @@ def test_checkpoints_written_before_sizes_were_recorded_still_read(checkpoint):
     _edit_manifest(checkpoint, lambda files: files.update({k: v["sha256"] for k, v in files.items()}))
     _, meta = read_checkpoint(checkpoint)
     assert meta == {"step": 3}
+
+
+def test_disk_full_while_writing_a_checkpoint_is_a_store_error_and_keeps_the_last_one(checkpoint, monkeypatch):
+    write_bytes = Path.write_bytes
+
+    def full(path, data):
+        if path.name == "model.safetensors":
+            write_bytes(path, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(StoreError, match="no space left on the device while writing the checkpoint of step 4"):
+        write_checkpoint(checkpoint.parent, 4, tensors={"ema": {"w": torch.zeros(4)}}, meta={"step": 4})
+    assert latest_checkpoint(checkpoint.parent) == checkpoint
+    assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]
+    assert read_checkpoint(checkpoint)[1] == {"step": 3}
