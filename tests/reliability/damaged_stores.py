@@ -92,6 +92,17 @@ def disk_full_netcdf(folder: Path) -> None:
         write_netcdf(RampJob().run(np.arange(TIMES)), folder / "out.nc")
 
 
+def disk_full_checkpoint(folder: Path) -> None:
+    """The disk fills up while the weights of a training checkpoint are written."""
+    with mock.patch.object(Path, "write_bytes", lambda self, data: _no_space()):
+        _checkpoint(folder)
+
+
+def disk_full_bundle(bundle, folder: Path) -> None:
+    with mock.patch.object(Path, "write_bytes", lambda self, data: _no_space()):
+        bundle.save(folder / "model")
+
+
 def _checkpoint(folder: Path) -> Path:
     return write_checkpoint(folder / "run", 1, tensors={"ema": {"w": torch.ones(3)}}, meta={"step": 1})
 
