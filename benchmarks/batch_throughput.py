@@ -14,6 +14,9 @@ Sections (all by default):
   processes (one thread each), same job; ratios against the serial run of the same session, with the load average
   (1, 5, 15 min) at the end of each run: other processes on the machine lower every ratio, so read them only next
   to a load below the number of cores.
+- ``allocator``: seconds per region in this process and on one dask worker, with the allocator settings a dask
+  nanny gives its workers and with those geodiff sets (:mod:`geodiff.batch.workers`), interleaved round by round:
+  the comparison holds even on a busy machine.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/batch_throughput.py [--sections resume memory throughput]``.
 """
@@ -201,9 +204,57 @@ def throughput_section(bundle: Path, work: Path, times: int) -> list[str]:
     return rows
 
 
+def _seconds_per_region(job: PipelineJob, times: np.ndarray, repeats: int) -> list[float]:
+    """Seconds of ``job.run`` for each of the first ``repeats`` times, one time each (in the calling process)."""
+    seconds = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        job.run(times[k:k + 1])
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def _dask_allocator_settings() -> None:
+    """The allocator a dask nanny gives its workers (``MALLOC_TRIM_THRESHOLD_=65536``: fixed 128 KiB mmap threshold,
+    64 KiB trim threshold), set again in a running process."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 65536)  # M_TRIM_THRESHOLD
+
+
+def allocator_section(bundle: Path, rounds: int = 3, repeats: int = 2) -> list[str]:
+    """Seconds per region in this process and on one dask worker with dask's allocator settings and with
+    geodiff's (:mod:`geodiff.batch.workers`), interleaved round by round so that the machine's load hits all alike."""
+    from distributed import Client, LocalCluster
+
+    from geodiff.batch.workers import tune_allocator
+
+    job = make_job(bundle, repeats)
+    times = np.asarray(job.times().values)
+    job.sample()
+    results: dict[str, list[float]] = {"this process (serial loop)": [], "1 worker, dask's allocator settings": [],
+                                       "1 worker, geodiff's allocator settings": []}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.run(lambda: torch.set_num_threads(1))
+        shared = client.scatter(job, broadcast=True, hash=False)
+        client.submit(_seconds_per_region, shared, times, 1, pure=False).result()  # model loaded, warm
+        for _ in range(rounds):
+            results["this process (serial loop)"] += _seconds_per_region(job, times, repeats)
+            for name, setting in (("1 worker, dask's allocator settings", _dask_allocator_settings),
+                                  ("1 worker, geodiff's allocator settings", tune_allocator)):
+                client.run(setting)
+                results[name] += client.submit(_seconds_per_region, shared, times, repeats, pure=False).result()
+    serial = float(np.median(results["this process (serial loop)"]))
+    return [f"| {name} | {np.median(values):.3f} s | {serial / np.median(values):.2f} | {len(values)} | {_load()} |"
+            for name, values in results.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="+", default=["resume", "memory", "throughput"])
+    parser.add_argument("--sections", nargs="+", default=["resume", "memory", "throughput", "allocator"])
     parser.add_argument("--times", type=int, default=100, help="time steps of the resume benchmark")
     parser.add_argument("--throughput-times", type=int, default=40)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -231,6 +282,10 @@ def main() -> None:
             print(f"\n| {args.throughput_times} regions | throughput | vs serial | vs 1 worker "
                   "| load average (1 / 5 / 15 min) |\n|---|---|---|---|---|")
             print("\n".join(throughput_section(bundle, work, args.throughput_times)))
+        if "allocator" in args.sections:
+            print("\n| one region (interleaved rounds) | median seconds | speed vs serial | regions timed "
+                  "| load average (1 / 5 / 15 min) |\n|---|---|---|---|---|")
+            print("\n".join(allocator_section(bundle)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
