@@ -186,6 +186,7 @@ def assert_same_training_set(found, expected):
     assert "stacked 3 runs" in found.attrs["history"]
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part:UserWarning")  # zarr v3's notice
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_a_pangeo_zarr_collection_opens_like_the_file_collection(from_files, tmp_path, zarr_format):
     collection = products.write_cmip6_zarr_collection(tmp_path, zarr_format=zarr_format)

@@ -19,6 +19,10 @@ from geodiff.jobconfig import load_config
 from tests.batch.helpers import VARIABLE, observations, tiny_bundle
 
 
+#: zarr's own notice that consolidated metadata is not yet part of the v3 specification (xarray writes it)
+pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part:UserWarning")
+
+
 def memory_url(name: str) -> str:
     return f"memory://geodiff-test-{uuid.uuid4().hex}/{name}"
 
