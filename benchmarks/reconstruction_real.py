@@ -63,7 +63,8 @@ Running (``CACHE`` holds the canonical sets, observations, scores and ``results.
         # the same priors with their learned correction zeroed: the hybrid prior's Gaussian part, sampled
     python benchmarks/reconstruction_real.py table --cache CACHE
 
-``--sets a,b`` limits any subcommand to some data sets.
+``--sets a,b`` limits any subcommand to some data sets; ``--test-times N`` scores N evenly spaced test times only
+(run ``baselines`` with the same N into the same cache, so that every row of a table scores the same fields).
 """
 
 from __future__ import annotations
