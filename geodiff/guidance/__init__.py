@@ -9,7 +9,8 @@ transition); see :mod:`geodiff.guidance.base`.
 registry name     class                                       acts as
 ================  ==========================================  ===============================================
 ``mmps``          :class:`~.mmps.MMPSGuidance`                denoiser wrapper :class:`~.mmps.MMPSDenoiser`
-                                                              (Tweedie covariance, conjugate gradients)
+                                                              (Tweedie covariance: conjugate gradients,
+                                                              or an exact solve for spectral priors)
 ``sda``           :class:`~.mmps.SDAGuidance`                 the same with a diagonal covariance
 ``coarse``        :class:`~.coarse.CoarseGuidance`            the same with an area-mean operator (+ stations)
 ``latent_mmps``   :class:`~.latent_mmps.LatentMMPSGuidance`   denoiser wrapper :class:`~.latent_mmps.LatentMMPSDenoiser`
