@@ -38,6 +38,7 @@ Example
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ _COORDS = ("lat", "lon", "time", "depth", "variable", "source", "obs_id")
 _REQUIRED = ("value", "lat", "lon", "time")
 _NUMERIC = ("value", "error_std", "lat", "lon", "depth")
 _DUPLICATE_POLICIES = ("average", "first", "error")
+#: an observed value at or beyond this magnitude is a fill value (CMIP's 1e20, netCDF's 9.97e36), never data
+FILL_VALUE_LIMIT = 1e15
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -103,6 +106,26 @@ def _plain(value: Any) -> Any:
 def _first_id(ids: np.ndarray, bad: np.ndarray) -> Any:
     where = np.flatnonzero(bad)
     return _plain(ids[where[0]]) if where.size else None
+
+
+def _time_column(values: np.ndarray, ids: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    """The ``time`` column as datetime64[ns] (or cftime / numbers as given); strings parsed, time-zone-aware
+    times converted to UTC (recorded in ``attrs["time_converted"]``); ObservationError naming the obs_id of an
+    entry that is not a time. NaT stays (counted and dropped by the validation)."""
+    if values.dtype.kind in "Mfiu":
+        return values
+    if values.dtype.kind != "O" and values.dtype.kind not in "US":
+        raise ObservationError(f"observation column 'time' must hold times, got dtype {values.dtype}")
+    present = [v for v in values if not (v is None or v is pd.NaT or (isinstance(v, float) and np.isnan(v)))]
+    if present and all(hasattr(v, "calendar") for v in present):  # cftime dates
+        return values
+    zones = {str(v.tzinfo) for v in present if isinstance(v, datetime.datetime) and v.tzinfo is not None}
+    from geodiff.inputs import parse_times
+
+    parsed = parse_times(values, "observation column 'time'", ids)
+    if zones:
+        attrs["time_converted"] = f"time-zone-aware times ({', '.join(sorted(zones))}) converted to UTC"
+    return parsed
 
 
 def _default_for(default: float | Mapping[str, float], variables: np.ndarray | None, size: int) -> np.ndarray:
@@ -194,6 +217,13 @@ def as_observations(
     if np.any(np.isinf(columns["value"])):
         first = _first_id(ids, np.isinf(columns["value"]))
         raise ObservationError(f"observation column 'value' is infinite at obs_id {first!r}")
+    fill = np.abs(np.nan_to_num(columns["value"])) >= FILL_VALUE_LIMIT
+    if np.any(fill):
+        raise ObservationError(
+            f"observation column 'value' holds {int(fill.sum())} fill value(s) (|value| >= {FILL_VALUE_LIMIT:g}), "
+            f"e.g. {_plain(columns['value'][fill][0]):g} at obs_id {_first_id(ids, fill)!r}; set them to NaN"
+        )
+    columns["time"] = _time_column(columns["time"], ids, attrs)
     variables = columns.get("variable")
     if "error_std" not in columns:
         columns["error_std"] = np.full(size, np.nan)

@@ -60,6 +60,7 @@ __all__ = [
     "record",
     "select_bbox",
     "standardize",
+    "unit_conversion",
     "wrap_longitude",
 ]
 
@@ -244,6 +245,19 @@ def _conversion(src_text: Any, dst_text: str, where: str) -> tuple[float, float,
         )
     scale, offset = _affine(src_unit, dst_unit)
     return scale * src_scale / dst_scale, offset / dst_scale, "units"
+
+
+def unit_conversion(src: str, dst: str, where: str) -> tuple[float, float]:
+    """``(scale, offset)`` with ``value_dst = scale * value_src + offset`` (pint); :class:`UnitsError` naming
+    ``where`` when ``src`` cannot be parsed or converted to ``dst``. A spread or error in ``src`` converts by
+    ``abs(scale)`` alone.
+
+    >>> scale, offset = unit_conversion("degF", "degC", "observation 'value'")
+    >>> round(scale * 212.0 + offset, 9)
+    100.0
+    """
+    scale, offset, _ = _conversion(src, dst, where)
+    return scale, offset
 
 
 def _is_kelvin(unit: Any) -> bool:
