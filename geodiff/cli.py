@@ -12,7 +12,14 @@ Commands driven by a YAML configuration (``--config``; checked before any comput
 ``train``, ``reconstruct``, ``downscale``, ``assimilate``, ``evaluate``, ``validate`` and ``batch run`` /
 ``batch status`` / ``batch verify [--repair]`` / ``batch finalise``. A ``.zarr`` output of a pipeline is computed
 by :mod:`geodiff.batch` (resumable, ``--part i/N``, dask workers); a ``.nc`` output in one go (compressed,
-checksummed: :func:`geodiff.io.encoding.write_netcdf`). The command line is appended to the output's ``history``. Any :class:`~geodiff.errors.GeodiffError` ends the command with exit code 2 and the message.
+checksummed: :func:`geodiff.io.encoding.write_netcdf`). The command line is appended to the output's ``history``.
+Every input file is opened and checked by :func:`geodiff.io.paths.open_input` (complete, what its name says, every
+zarr chunk readable: :mod:`geodiff.inputs`) and every gridded input by :func:`geodiff.datacheck.check_gridded`
+before any compute; ``geodiff validate`` runs the same checks (and the memory estimate) without computing.
+Any :class:`~geodiff.errors.GeodiffError` (or a system error on a file: a folder that cannot be written, a full
+disk) ends the command with exit code 2 and one line naming the file, key or value; anything else is a bug and
+shows its traceback. ``geodiff <command> --help`` lists the configuration keys with their types and defaults
+(generated from the schemas of :mod:`geodiff.jobconfig`); ``geodiff --version``.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ from typing import Any
 import typer
 
 from geodiff import registry
-from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError
+from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, UnitsError
 
 app = typer.Typer(help="Score-based (diffusion) models for geoscience fields.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
 batch_app = typer.Typer(help="Resumable batch jobs into zarr stores: run, status, verify, finalise.",
                         no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
@@ -40,6 +47,42 @@ PART_OPTION = typer.Option(None, "--part", help="run only part i of N of the reg
 def _fail(err: GeodiffError) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from geodiff import __version__
+
+        typer.echo(f"geodiff {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="show the version and exit")) -> None:
+    """Score-based (diffusion) models for geoscience fields."""
+
+
+def _keys_help(command: str) -> str:
+    """The docstring tail of a YAML-driven command: its configuration keys, types and defaults (from the schema)."""
+    from geodiff.jobconfig import COMMANDS, describe_keys, describe_options
+
+    kinds = ("reconstruct", "downscale", "assimilate") if command == "batch" else (command,)
+    lines = ["", "\b", "Configuration keys (YAML, --config): key: type = default"]
+    if command == "batch":
+        lines.append("  job: 'reconstruct' | 'downscale' | 'assimilate' = required")
+    seen = set()
+    for kind in kinds:
+        rows = describe_keys(COMMANDS[kind]) + (describe_options(kind) if kind != "evaluate" and kind != "train"
+                                                else [])
+        if command == "batch":
+            lines += ["", "\b", f"with job: {kind}"]
+            seen = set()
+        for key, kind_text, default in rows:
+            if key not in seen:
+                seen.add(key)
+                lines.append(f"  {key}: {kind_text} = {default}")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -99,20 +142,12 @@ def _train(config: Any, line: str) -> Path | None:
     from geodiff.backbones.unet import UNet
     from geodiff.diffusion.denoiser import Denoiser
     from geodiff.io import Codec, ModelBundle, Normalizer
-    from geodiff.jobconfig import open_input
     from geodiff.provenance import append_history
 
-    ds = open_input(config.data)
-    if not isinstance(ds, xr.Dataset):
-        raise ConfigError(f"key 'data': {config.data} must be a gridded dataset (.nc or .zarr)")
-    names = config.variables or [name for name in ds.data_vars if "time" in ds[name].dims]
-    missing = [name for name in names if name not in ds.data_vars]
-    if missing or not names:
-        raise ConfigError(f"key 'variables': {missing or names} not data variables of {config.data} "
-                          f"(it has {list(ds.data_vars)})")
+    ds = _training_data(config)
     if config.output.exists() and any(config.output.iterdir()) and not config.overwrite:
         raise CheckpointError(f"key 'output': {config.output} is not empty; set overwrite: true to replace it")
-    ds = ds[names].load()
+    ds = ds.load()
     normalizer = Normalizer.fit(ds)
     data, mask = Codec.from_dataset(ds).encode(normalizer.normalize(ds))
     m = config.model
@@ -142,9 +177,28 @@ def _train(config: Any, line: str) -> Path | None:
     return config.output
 
 
-@app.command()
+def _training_data(config: Any) -> Any:
+    """The training variables of ``config.data``, opened and checked (:func:`geodiff.datacheck.check_gridded`)."""
+    import xarray as xr
+
+    from geodiff.datacheck import check_gridded
+    from geodiff.jobconfig import open_input
+
+    ds = open_input(config.data)
+    if not isinstance(ds, xr.Dataset):
+        raise ConfigError(f"key 'data': {config.data} must be a gridded dataset (.nc or .zarr)")
+    names = config.variables or [name for name in ds.data_vars if "time" in ds[name].dims]
+    missing = [name for name in names if name not in ds.data_vars]
+    if missing or not names:
+        raise ConfigError(f"key 'variables': {missing or names} not data variables of {config.data} "
+                          f"(it has {list(ds.data_vars)})")
+    return check_gridded(ds[names], names, where=str(config.data), time=True)
+
+
+@app.command(help=f"""Train a diffusion prior (UNet, EDM) on a canonical dataset; resumes from checkpoints; runs
+under torchrun.
+{_keys_help("train")}""")
 def train(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
-    """Train a diffusion prior (UNet, EDM) on a canonical dataset; resumes from checkpoints; runs under torchrun."""
     from geodiff.jobconfig import load_config
 
     try:
@@ -161,32 +215,80 @@ def train(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
 
 
 def _times(values: list[Any] | None) -> Any:
+    """The ``times`` of a configuration (checked by :func:`~geodiff.jobconfig.load_config`) as datetime64."""
     if values is None:
         return None
-    import numpy as np
-    import pandas as pd
+    from geodiff.inputs import parse_times
 
-    try:
-        return pd.to_datetime(values).values
-    except (ValueError, TypeError):
-        return np.asarray(values)
+    return parse_times([str(v) for v in values], "key 'times'")
+
+
+#: inputs that are observation tables (the others are gridded fields)
+_TABLES = ("observations", "stations")
+
+
+def _checked_input(name: str, path: Path) -> Any:
+    """Input ``name`` opened (:func:`~geodiff.inputs.open_input`) and checked: an observation table's structure
+    and times (:func:`~geodiff.observations.as_observations`; the table itself goes on unchanged), a gridded
+    field's coordinates, times, values and units (:func:`~geodiff.datacheck.check_gridded`)."""
+    import xarray as xr
+
+    from geodiff.datacheck import check_gridded
+    from geodiff.errors import ObservationError
+    from geodiff.jobconfig import open_input
+    from geodiff.observations import as_observations
+
+    data = open_input(path)
+    if name in _TABLES:
+        try:
+            as_observations(data, default_error_std=1.0)  # error_std may come from the options
+        except ObservationError as err:
+            raise ObservationError(f"key {name!r}: {path}: {err}") from None
+        return data
+    if not isinstance(data, xr.Dataset):
+        raise ConfigError(f"key {name!r}: {path} must be a gridded dataset (.nc or .zarr), not a table")
+    return check_gridded(data, where=f"key {name!r}: {path}")
 
 
 def _pipeline_job(kind: str, config: Any) -> Any:
+    """The batch job of a pipeline configuration, every input opened and checked, and its memory estimated."""
     from geodiff.batch import PipelineJob
     from geodiff.batch.job import JOB_KINDS
-    from geodiff.jobconfig import open_input
 
     spec = JOB_KINDS[kind]
-    inputs: dict[str, Any] = {name: open_input(getattr(config, name)) for name in spec.inputs}
+    inputs: dict[str, Any] = {name: _checked_input(name, getattr(config, name)) for name in spec.inputs}
     for name in spec.keyword_inputs:
         value = getattr(config, name, None)
         if isinstance(value, dict) and value:
-            inputs[name] = {key: open_input(path) for key, path in value.items()}
-        elif isinstance(value, Path):
-            inputs[name] = open_input(value)
-    return PipelineJob(kind, str(config.model), inputs, members=config.members, seed=config.seed,
-                       options=dict(config.options), times_wanted=_times(config.times))
+            inputs[name] = {key: _checked_input(f"{name}.{key}", path) for key, path in value.items()}
+        elif value is not None:
+            inputs[name] = _checked_input(name, value)
+    job = PipelineJob(kind, str(config.model), inputs, members=config.members, seed=config.seed,
+                      options=dict(config.options), times_wanted=_times(config.times))
+    _check_memory(job, config)
+    return job
+
+
+def _check_memory(job: Any, config: Any) -> None:
+    """ConfigError before sampling when the ensembles of one output piece (all times of a netCDF output, one
+    region of a zarr one) cannot fit in memory (:func:`geodiff.resources.sampling_bytes`)."""
+    from geodiff.batch.job import JOB_KINDS, time_axis
+    from geodiff.resources import check_memory, sampling_bytes
+
+    bundle = job.bundle
+    layout = getattr(bundle, "prior", bundle)
+    shape = tuple(layout.codec.shape)
+    spec = bundle.metadata.get("downscaling") if isinstance(getattr(bundle, "metadata", None), dict) else None
+    if job.kind == "downscale" and isinstance(spec, dict):
+        coarse = job.inputs["coarse"]
+        shape = (len(spec["target"]), coarse.sizes["lat"] * int(spec["factor"]),
+                 coarse.sizes["lon"] * int(spec["factor"]))
+    kind = JOB_KINDS[job.kind]
+    times = len(job.times_wanted) if job.times_wanted is not None else \
+        len(time_axis(job.inputs[kind.time_input], kind.time_input))
+    fields = min(times, config.batch.time_chunk) if config.output.suffix == ".zarr" else times
+    check_memory(sampling_bytes(shape, config.members, config.options.get("batch_size"), fields),
+                 f"key 'members': {config.members} members of fields {shape} for {fields} time(s) at once")
 
 
 def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
@@ -250,27 +352,28 @@ def _pipeline_command(ctx: typer.Context, kind: str, config: Path, part: str | N
     typer.echo(summary)
 
 
-@app.command()
+@app.command(help=f"""Reconstruct fields from sparse observations with a model bundle (.nc at once or resumable .zarr).
+{_keys_help("reconstruct")}""")
 def reconstruct(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
-    """Reconstruct fields from sparse observations with a model bundle (.nc at once or resumable .zarr)."""
     _pipeline_command(ctx, "reconstruct", config, part)
 
 
-@app.command()
+@app.command(help=f"""Downscale a coarse field with auxiliary sources and stations (.nc at once or resumable .zarr).
+{_keys_help("downscale")}""")
 def downscale(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
-    """Downscale a coarse field with auxiliary sources and stations (.nc at once or resumable .zarr)."""
     _pipeline_command(ctx, "downscale", config, part)
 
 
-@app.command()
+@app.command(help=f"""Assimilate observations into a background field (.nc at once or resumable .zarr).
+{_keys_help("assimilate")}""")
 def assimilate(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
-    """Assimilate observations into a background field (.nc at once or resumable .zarr)."""
     _pipeline_command(ctx, "assimilate", config, part)
 
 
-@batch_app.command("run")
+@batch_app.command("run", help=f"""Run (or resume) the batch job of a configuration naming its pipeline (job: reconstruct,
+downscale, ...); the output is a .zarr store.
+{_keys_help("batch")}""")
 def batch_run(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART_OPTION) -> None:
-    """Run (or resume) the batch job of a configuration naming its pipeline (job: reconstruct, downscale, ...)."""
     from geodiff.jobconfig import load_config
 
     try:
@@ -329,16 +432,22 @@ def batch_verify(
 # evaluate, validate
 
 
+def _evaluation_inputs(config: Any) -> tuple[Any, Any, list[str]]:
+    """``(prediction, truth, variables)`` of an evaluate configuration, opened and checked; the truth's variables
+    converted to the prediction's units (recorded in its ``history``), UnitsError when they cannot be."""
+    import xarray as xr
 
+    from geodiff.datacheck import check_gridded
+    from geodiff.jobconfig import open_input
+    from geodiff.pipelines.units import to_model_units
 
-def _evaluate(config: Any, line: str) -> dict[str, Any]:
-    import numpy as np
-
-    from geodiff import metrics
-    from geodiff.io.paths import open_dataset
-    from geodiff.provenance import append_history
-
-    prediction, truth = open_dataset(config.prediction), open_dataset(config.truth)
+    opened = []
+    for key in ("prediction", "truth"):
+        ds = open_input(getattr(config, key))
+        if not isinstance(ds, xr.Dataset):
+            raise ConfigError(f"key {key!r}: {getattr(config, key)} must be a gridded dataset (.nc or .zarr)")
+        opened.append(ds)
+    prediction, truth = opened
     names = config.variables or [name for name in prediction.data_vars if name in truth.data_vars]
     if not names:
         raise ConfigError(f"no data variable is in both {config.prediction} and {config.truth}")
@@ -346,6 +455,25 @@ def _evaluate(config: Any, line: str) -> dict[str, Any]:
         for ds, where in ((prediction, config.prediction), (truth, config.truth)):
             if name not in ds.data_vars:
                 raise ConfigError(f"key 'variables': {name!r} is not a data variable of {where}")
+    prediction = check_gridded(prediction, names, where=f"key 'prediction': {config.prediction}")
+    truth = check_gridded(truth, names, where=f"key 'truth': {config.truth}")
+    units = {}
+    for name in names:
+        if prediction[name].attrs.get("units") is None:
+            raise UnitsError(f"key 'prediction': {config.prediction}: variable {name!r} has no 'units' attribute; "
+                             "the truth cannot be compared with it")
+        units[name] = str(prediction[name].attrs["units"])
+    truth = to_model_units(truth, units, f"truth {config.truth}")
+    return prediction, truth, names
+
+
+def _evaluate(config: Any, line: str) -> dict[str, Any]:
+    import numpy as np
+
+    from geodiff import metrics
+    from geodiff.provenance import append_history
+
+    prediction, truth, names = _evaluation_inputs(config)
     if "time" in prediction.dims:
         missing = np.setdiff1d(prediction["time"].values, truth["time"].values) if "time" in truth.dims else [0]
         if len(missing):
@@ -374,9 +502,10 @@ def _evaluate(config: Any, line: str) -> dict[str, Any]:
     return report
 
 
-@app.command()
+@app.command(help=f"""Score an ensemble output against a truth dataset (RMSE of the mean, CRPS, spread-skill, bias);
+the truth is converted to the prediction's units.
+{_keys_help("evaluate")}""")
 def evaluate(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
-    """Score an ensemble output against a truth dataset (RMSE of the mean, CRPS, spread-skill, bias)."""
     from geodiff.jobconfig import load_config
 
     try:
@@ -394,26 +523,38 @@ def validate(
     command: str = typer.Argument(..., help="train, reconstruct, downscale, assimilate, evaluate or batch"),
     config: Path = CONFIG_OPTION,
 ) -> None:
-    """Check a configuration without computing: keys, types, files; for reconstruct also the observations."""
+    """Check a configuration without computing, as the run would before its compute: keys, types, options,
+    every input file and dataset, the model, the memory needed; for reconstruct also the observations."""
     from geodiff.jobconfig import load_config
 
     try:
         settings = load_config(config, command)
         kind = getattr(settings, "job", None) or command
-        if kind == "reconstruct":
-            import geodiff
-            from geodiff.jobconfig import open_input
-            from geodiff.observations import as_observations, validate_observations
-
-            model = geodiff.load(settings.model)
-            table = as_observations(open_input(settings.observations))
-            codec = model.codec
-            _, report = validate_observations(table, codec.lat, codec.lon,
-                                              ocean_mask=codec.mask.numpy().astype(bool), channels=codec.channels)
-            typer.echo(str(report))
+        if kind == "train":
+            _training_data(settings)
+        elif kind == "evaluate":
+            _evaluation_inputs(settings)
+        else:
+            job = _pipeline_job(kind, settings)
+            if kind == "reconstruct":
+                typer.echo(str(_observation_report(job, settings)))
     except GeodiffError as err:
         _fail(err)
     typer.echo(f"{config}: valid {command} configuration")
+
+
+def _observation_report(job: Any, settings: Any) -> Any:
+    """The report of the observations of a reconstruct job validated against its model (units converted)."""
+    from geodiff.observations import as_observations, validate_observations
+    from geodiff.pipelines.units import model_units, observations_to_model_units
+
+    codec = job.bundle.codec
+    default = settings.options.get("default_error_std")
+    table = as_observations(job.inputs["observations"], default_error_std=default)
+    table = observations_to_model_units(table, model_units(codec, codec.variables))
+    _, report = validate_observations(table, codec.lat, codec.lon, ocean_mask=codec.mask.numpy().astype(bool),
+                                      channels=codec.channels, default_error_std=default)
+    return report
 
 
 def main() -> None:

@@ -1,25 +1,22 @@
-"""Open an input file, checked: the one opener of the ``geodiff`` commands and of the API where a path is given.
+"""Checks of input files, before any value is used: the checks :func:`geodiff.io.paths.open_input` (the opener of
+the ``geodiff`` commands and of the API where a path is given) makes on what it opens.
 
-A file that cannot be what its name says is refused with an error naming it, before any value is used:
-
-- a netCDF file (``.nc``, ``.nc4``, ``.netcdf``) that is empty, cut short by a killed writer (the netCDF library
-  would read the missing bytes as zeros), or is not netCDF at all (a text file named ``.nc``):
-  :class:`~geodiff.errors.DataError` (:func:`check_input_file`, :func:`~geodiff.adapters.files.check_netcdf`);
-- a zarr store without metadata, or with a chunk that does not decode (a corrupted compressed chunk):
-  :class:`~geodiff.errors.DataError` naming the store and the variable (every chunk is read once, streamed, when
-  ``verify=True``);
-- a CSV table that cannot be parsed, or whose ``time`` column holds values that are not times:
-  :class:`~geodiff.errors.ObservationError` naming the file, the column, the row and the value.
-
-:func:`check_input_file` holds the file checks alone (no opening), for readers that open files themselves.
+- :func:`check_netcdf_input`: a netCDF file that is empty, cut short by a killed writer (the netCDF library would
+  read the missing bytes as zeros), or is not netCDF at all (a text file named ``.nc``):
+  :class:`~geodiff.errors.DataError` naming it (:func:`~geodiff.adapters.files.check_netcdf` reads the header only);
+- :func:`verify_zarr_chunks`: a zarr store with a chunk that does not decode (a corrupted compressed chunk):
+  :class:`~geodiff.errors.DataError` naming the store and the variable (every chunk is read once, streamed);
+- :func:`read_table`: a CSV table that cannot be parsed, or whose ``time`` column holds values that are not
+  times (:func:`parse_times`): :class:`~geodiff.errors.ObservationError` naming the file, the column, the row and
+  the value.
 
 Example
 -------
 >>> import tempfile, pathlib
->>> from geodiff.inputs import open_input
+>>> from geodiff.inputs import check_netcdf_input
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "table.nc"
 >>> _ = path.write_text("lat,lon,value\\n1,2,3\\n")
->>> open_input(path)
+>>> check_netcdf_input(path)
 Traceback (most recent call last):
 ...
 geodiff.errors.DataError: input ...table.nc is not a netCDF file (it starts with b'lat,lon,'); ...
@@ -30,45 +27,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from geodiff.errors import ConfigError, DataError, ObservationError
+from geodiff.errors import DataError, ObservationError
 
-__all__ = ["open_input", "check_input_file", "NETCDF_SUFFIXES", "parse_times"]
-
-NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
-_ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
+__all__ = ["check_netcdf_input", "verify_zarr_chunks", "read_table", "parse_times"]
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or any((path / name).exists() for name in _ZARR_METADATA)
-
-
-def check_input_file(path: str | Path) -> str:
-    """The kind of input at ``path`` (``"netcdf"``, ``"zarr"`` or ``"csv"``) after the checks that need no
-    decoding: it exists, a netCDF file is complete and is netCDF, a zarr store has metadata.
-    :class:`~geodiff.errors.DataError` (or ConfigError for an unknown suffix) naming the file otherwise."""
+def check_netcdf_input(path: str | Path, name: Any = None) -> None:
+    """DataError naming ``name`` (default: ``path``) unless the local file ``path`` is a complete netCDF file
+    (a URL's local copy is checked under the URL's ``name``)."""
     from geodiff.adapters.files import check_netcdf
 
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"input {path} does not exist")
-    if _is_zarr(path):
-        if not path.is_dir() or not any((path / name).exists() for name in _ZARR_METADATA):
-            raise DataError(f"input {path} is not a zarr store (no {' or '.join(_ZARR_METADATA[:2])} in it)")
-        return "zarr"
-    if path.suffix in NETCDF_SUFFIXES:
-        if path.is_dir():
-            raise DataError(f"input {path} is a folder, not a netCDF file")
-        if check_netcdf(path) == "other":
-            with path.open("rb") as stream:
-                start = stream.read(8)
-            raise DataError(f"input {path} is not a netCDF file (it starts with {start!r}); give a netCDF-3 or "
-                            "netCDF-4 file, a .zarr store or a .csv table")
-        return "netcdf"
-    if path.suffix == ".csv":
-        if path.stat().st_size == 0:
-            raise DataError(f"input {path} is empty (0 bytes)")
-        return "csv"
-    raise ConfigError(f"cannot open {path}: expected a .nc, .zarr or .csv file")
+    label = path if name is None else name
+    if path.is_dir():
+        raise DataError(f"input {label} is a folder, not a netCDF file")
+    if check_netcdf(path) == "other":  # DataError naming the file when it is missing, empty or cut short
+        with path.open("rb") as stream:
+            start = stream.read(8)
+        raise DataError(f"input {label} is not a netCDF file (it starts with {start!r}); give a netCDF-3 or "
+                        "netCDF-4 file, a .zarr store or a .csv table")
 
 
 def parse_times(values: Any, where: str, ids: Any = None) -> Any:
@@ -98,57 +75,34 @@ def parse_times(values: Any, where: str, ids: Any = None) -> Any:
     return parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]")
 
 
-def _open_zarr(path: Path, verify: bool) -> Any:
+def verify_zarr_chunks(ds: Any, name: Any) -> None:
+    """Read every chunk of every variable of the zarr-backed ``ds`` once (streamed, one bool kept per chunk);
+    DataError naming the store ``name`` and the variable when a chunk cannot be read or decoded."""
     import dask
-    import xarray as xr
+    import numpy as np
 
-    try:
-        ds = xr.open_zarr(path)
-    except Exception as err:  # zarr raises many unrelated types on a damaged store
-        raise DataError(f"input {path} cannot be opened as a zarr store: {type(err).__name__}: {err}") from err
-    if verify:
-        import numpy as np
-
-        for name, var in ds.variables.items():
-            data = var.data
-            if not hasattr(data, "map_blocks"):
-                continue  # in memory already: it was read (and decoded) on opening
-            one_per_chunk = tuple((1,) * len(sizes) for sizes in data.chunks)
-            try:
-                dask.compute(data.map_blocks(lambda block: np.zeros((1,) * block.ndim, bool), chunks=one_per_chunk,
-                                             dtype=bool))
-            except Exception as err:  # a chunk that does not decode (zstd, blosc, crc32c, ...)
-                raise DataError(f"input {path}: variable {name!r} has a chunk that cannot be read "
-                                f"({type(err).__name__}: {err}); the store is corrupt: write or copy it again"
-                                ) from err
-    return ds
+    for variable, var in ds.variables.items():
+        data = var.data
+        if not hasattr(data, "map_blocks"):
+            continue  # in memory already: it was read (and decoded) on opening
+        one_per_chunk = tuple((1,) * len(sizes) for sizes in data.chunks)
+        try:
+            dask.compute(data.map_blocks(lambda block: np.zeros((1,) * block.ndim, bool), chunks=one_per_chunk,
+                                         dtype=bool))
+        except Exception as err:  # a chunk that does not decode (zstd, blosc, crc32c, ...)
+            raise DataError(f"input {name}: variable {variable!r} has a chunk that cannot be read "
+                            f"({type(err).__name__}: {err}); the store is corrupt: write or copy it again") from err
 
 
-def _open_csv(path: Path) -> Any:
+def read_table(source: Any, name: Any, **read_options: Any) -> Any:
+    """The CSV table at ``source`` (pandas), its ``time`` column parsed (:func:`parse_times`); ObservationError
+    naming ``name`` when it cannot be parsed."""
     import pandas as pd
 
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(source, **read_options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise ObservationError(f"input {path} cannot be read as a CSV table: {err}") from err
+        raise ObservationError(f"input {name} cannot be read as a CSV table: {err}") from err
     if "time" in table.columns:
-        table["time"] = parse_times(table["time"], f"column 'time' of {path}")
+        table["time"] = parse_times(table["time"], f"column 'time' of {name}")
     return table
-
-
-def open_input(path: str | Path, *, verify: bool = True) -> Any:
-    """Open an input lazily after :func:`check_input_file`: ``.zarr`` and ``.nc`` as an ``xr.Dataset`` (dask),
-    ``.csv`` as a ``pandas.DataFrame`` with ``time`` parsed. ``verify``: read every chunk of a zarr store once
-    (streamed) so that a corrupted chunk is named here, not met in the middle of a computation."""
-    import xarray as xr
-
-    path = Path(path)
-    kind = check_input_file(path)
-    if kind == "zarr":
-        return _open_zarr(path, verify)
-    if kind == "csv":
-        return _open_csv(path)
-    try:
-        return xr.open_dataset(path, chunks={})
-    except (OSError, ValueError, RuntimeError) as err:
-        raise DataError(f"input {path} cannot be read as netCDF: {err}") from err

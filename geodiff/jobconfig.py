@@ -3,7 +3,12 @@
 Each command reads one YAML file. Every key is checked against the command's schema (pydantic): an unknown key,
 a value of the wrong type or a missing input file raises :class:`~geodiff.errors.ConfigError` naming the file
 and the key (``training.steps``) and saying what was expected. Relative paths are taken relative to the folder
-of the configuration file. ``options`` of a pipeline are checked against the pipeline's keyword arguments.
+of the configuration file. ``options`` of a pipeline are checked against the pipeline's keyword arguments: their
+names, their types (from the pipeline's signature) and their values (:func:`geodiff.pipelines.request.check_request`:
+device, guidance and sampler names and options, ``max_normalized``), so that ``geodiff validate`` refuses what
+the run would. The YAML itself is read safely: a key given twice is refused (YAML would keep the last silently),
+and so is a document whose aliases expand to more than :data:`MAX_YAML_NODES` values (an "alias bomb").
+A network too large for the memory of the machine (``model.base_channels``) is refused before it is built.
 
 Example
 -------
@@ -20,6 +25,7 @@ geodiff.errors.ConfigError: .../evaluate.yaml: key 'prediction': file .../out.za
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,8 +44,11 @@ from pydantic import (
 from geodiff.errors import ConfigError, GeodiffError
 from geodiff.io.paths import Location, exists, is_url
 
-__all__ = ["load_config", "COMMANDS", "TrainConfig", "ReconstructConfig", "DownscaleConfig", "AssimilateConfig",
-           "EvaluateConfig", "BatchSettings", "open_input"]
+__all__ = ["load_config", "read_yaml", "describe_keys", "describe_options", "COMMANDS", "TrainConfig", "ReconstructConfig",
+           "DownscaleConfig", "AssimilateConfig", "EvaluateConfig", "BatchSettings", "MAX_YAML_NODES", "open_input"]
+
+#: the most values (scalars, lists, mappings) a configuration may expand to, aliases included
+MAX_YAML_NODES = 100_000
 
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
@@ -138,7 +147,7 @@ class TrainingSettings(_Strict):
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: NonNegativeInt = 0
-    grad_clip: float | None = 1.0
+    grad_clip: Annotated[float, Field(ge=0)] | None = 1.0
     ema_decay: float = Field(0.999, ge=0, lt=1)
     loss: Literal["edm", "ddpm"] = "edm"
     patch_size: tuple[PositiveInt, PositiveInt] | None = None
@@ -202,6 +211,58 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
 _PIPELINES = ("reconstruct", "downscale", "assimilate")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.name}: key {key!r} is given twice (lines {seen[key]} and {line}); YAML "
+                                  "would keep only the last one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (memoised per node: linear time)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a recursive alias counts once (and is refused by the schema)
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document at ``path``; ConfigError naming the file when it is not valid YAML, gives a key twice or
+    expands (through aliases) to more than :data:`MAX_YAML_NODES` values."""
+    text = path.read_text()
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            size = _expanded_size(node, {})
+            if size > MAX_YAML_NODES:
+                raise ConfigError(f"{path}: the document expands to {size} values through its aliases (more than "
+                                  f"{MAX_YAML_NODES}); write the values out instead of nesting aliases")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+
+
 def load_config(path: str | Path, command: str) -> Any:
     """Read and validate the YAML configuration of ``command``; returns the validated settings.
 
@@ -213,10 +274,7 @@ def load_config(path: str | Path, command: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"configuration file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(data).__name__}")
     job = None
@@ -243,12 +301,45 @@ def load_config(path: str | Path, command: str) -> Any:
         raise ConfigError(f"{path}: key 'output' must be a .zarr store for a batch job, got {config.output}")
     pipeline_kind = job or (command if command in _PIPELINES else None)
     if pipeline_kind is not None:
-        _check_options(path, pipeline_kind, config.options)
+        _check_options(path, pipeline_kind, config.options, config.members)
+        if config.times is not None:
+            _check_times(path, config.times)
+    if isinstance(config, TrainConfig):
+        _check_model_size(path, config.model)
     return config.model_copy(update={"job": job}) if job else config
 
 
-def _check_options(path: Path, kind: str, options: dict[str, Any]) -> None:
-    """ConfigError unless the pipeline exists and takes every key of ``options``."""
+def _check_times(path: Path, times: list[Any]) -> None:
+    """ConfigError naming the entry of ``times`` that is not a time (or is missing)."""
+    import numpy as np
+
+    from geodiff.errors import ObservationError
+    from geodiff.inputs import parse_times
+
+    try:
+        parsed = parse_times([str(t) if not isinstance(t, str) else t for t in times], f"{path}: key 'times'")
+    except ObservationError as err:
+        raise ConfigError(str(err)) from None
+    missing = np.flatnonzero(np.isnat(parsed))
+    if missing.size:
+        raise ConfigError(f"{path}: key 'times': entry {int(missing[0])} is empty or NaT; list the times wanted")
+
+
+def _check_model_size(path: Path, model: ModelSettings) -> None:
+    """ConfigError before a network too large for this machine's memory is built."""
+    from geodiff.resources import check_memory, unet_bytes
+
+    try:
+        check_memory(unet_bytes(1, model.base_channels, model.channel_mults, model.num_res_blocks),
+                     f"key 'model.base_channels': {model.base_channels} (a UNet with channel_mults "
+                     f"{list(model.channel_mults)})")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _check_options(path: Path, kind: str, options: dict[str, Any], members: int) -> None:
+    """ConfigError unless the pipeline exists, takes every key of ``options`` with a value of the type its
+    signature declares, and :func:`~geodiff.pipelines.request.check_request` accepts the settings."""
     from geodiff.batch.job import JOB_KINDS
 
     try:
@@ -265,6 +356,19 @@ def _check_options(path: Path, kind: str, options: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(f'options.{k}' for k in unknown)} for the {kind} "
                           f"pipeline (allowed: {', '.join(allowed)})")
+    hints = typing.get_type_hints(function)
+    for key, value in options.items():
+        problem = _type_problem(hints.get(key), value)
+        if problem:
+            raise ConfigError(f"{path}: key 'options.{key}': {problem} (got {value!r})")
+    from geodiff.pipelines.request import check_request
+
+    taken = inspect.signature(check_request).parameters
+    settings = {key: value for key, value in options.items() if key in taken}
+    try:
+        check_request(kind, members=members, **settings)
+    except GeodiffError as err:
+        raise type(err)(f"{path}: key 'options': {err}") from None
 
 
 def open_input(path: Location) -> Any:
@@ -273,3 +377,106 @@ def open_input(path: Location) -> Any:
     from geodiff.io.paths import open_input as open_location
 
     return open_location(path)
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit the type ``hint`` (pydantic, strict: no string read as a number), or None.
+    Types pydantic cannot check (tensors, callables, schedules) are left to the pipeline."""
+    from pydantic import PydanticSchemaGenerationError, TypeAdapter
+
+    if hint is None:
+        return None
+    try:
+        adapter = TypeAdapter(hint)
+    except (PydanticSchemaGenerationError, TypeError, NameError):
+        return None
+    try:
+        adapter.validate_python(value, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"expected {_type_name(hint)}" + (f" ({where}: {first['msg']})" if where else f": {first['msg']}")
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "").replace("collections.abc.", "")
+    return text.replace("<class '", "").replace("'>", "")
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _bounds(metadata: Any) -> str:
+    """`` >= 1``, `` > 0 < 1``: the numeric bounds of pydantic/annotated-types metadata."""
+    text = ""
+    for item in metadata:
+        for sub in [item, *getattr(item, "metadata", [])]:
+            for bound, sign in _BOUNDS:
+                value = getattr(sub, bound, None)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    text += f" {sign} {value}"
+    return text
+
+
+def _annotation_text(annotation: Any) -> str:
+    """A short readable type: ``int >= 1``, ``path``, ``list[int]``, ``'edm' | 'ddpm'``, ``float | None``."""
+    import types
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(annotation)
+        return _annotation_text(base) + _bounds(metadata)
+    if origin is Literal:
+        return " | ".join(repr(v) for v in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_annotation_text(arg) for arg in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_annotation_text(arg) for arg in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "None"
+    if annotation is Path:
+        return "path"
+    if annotation is Any:
+        return "any"
+    return getattr(annotation, "__name__", str(annotation)).replace("Strict", "").lower()
+
+
+def describe_keys(schema: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(key, type, default)`` of every key of a configuration schema, nested settings as dotted keys;
+    the default is ``"required"`` for a key that must be given.
+
+    >>> [row for row in describe_keys(EvaluateConfig) if row[0] == "weights"]
+    [('weights', "'coslat' | 'none'", "'coslat'")]
+    """
+    rows = []
+    for name, field in schema.model_fields.items():
+        key = f"{prefix}{name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += describe_keys(field.annotation, f"{key}.")
+            continue
+        default = "required" if field.is_required() else repr(field.default)
+        rows.append((key, _annotation_text(field.annotation) + _bounds(field.metadata), default))
+    return rows
+
+
+def describe_options(kind: str) -> list[tuple[str, str, str]]:
+    """``(options.<name>, type, default)`` of every option a ``kind`` pipeline takes (from its signature)."""
+    from geodiff.batch.job import JOB_KINDS
+
+    try:
+        function = JOB_KINDS[kind].load()
+    except ConfigError:
+        return []
+    spec = JOB_KINDS[kind]
+    taken = {*spec.inputs, *spec.keyword_inputs, "members", "seed", "times", "model"}
+    hints = typing.get_type_hints(function)
+    rows = []
+    for name, param in list(inspect.signature(function).parameters.items())[1:]:
+        if name in taken or param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        text = _type_name(hints.get(name, Any)).replace("NoneType", "None")
+        rows.append((f"options.{name}", text, "required" if param.default is inspect.Parameter.empty
+                     else repr(param.default)))
+    return rows

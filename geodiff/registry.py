@@ -172,3 +172,38 @@ def name_of(kind: str, obj: Any) -> str:
         if ep.value == path:
             return name
     raise PluginError(f"{cls.__qualname__} is not a registered {kind} plugin; register it with geodiff.registry.register")
+
+
+def check_options(target: Any, options: Any, where: str, *, positional: int = 0) -> dict[str, Any]:
+    """``options`` (a dict or None) checked against the keyword arguments of ``target`` (a class: its
+    ``__init__``; a function) after its first ``positional`` arguments; :class:`~geodiff.errors.ConfigError`
+    naming ``where``, the unknown keys and the allowed ones. Returns the options as a dict.
+
+    >>> check_options(get("guidance", "mmps"), {"cg_iterashuns": 3}, "guidance_options", positional=3)
+    Traceback (most recent call last):
+    ...
+    geodiff.errors.ConfigError: guidance_options: unknown key(s) 'cg_iterashuns' for MMPSGuidance (allowed: ...)
+    """
+    from geodiff.errors import ConfigError
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(key, str) for key in options):
+        raise ConfigError(f"{where} must be a mapping of option names to values, got {options!r}")
+    function = target.__init__ if isinstance(target, type) else target
+    try:
+        params = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return dict(options)  # a callable without an inspectable signature: taken at its word
+    if isinstance(target, type):
+        params = params[1:]  # self
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(options)
+    allowed = [p.name for p in params[positional:] if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                                 inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [key for key in options if key not in allowed]
+    if unknown:
+        name = getattr(target, "__name__", type(target).__name__)
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for {name} "
+                          f"(allowed: {', '.join(allowed) or 'none'})")
+    return dict(options)

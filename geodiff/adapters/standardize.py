@@ -53,6 +53,7 @@ __all__ = [
     "CANONICAL_UNITS",
     "LON_CONVENTIONS",
     "calendar_of",
+    "check_units_against_values",
     "check_calendars",
     "convert_units",
     "find_axes",
@@ -247,6 +248,33 @@ def _conversion(src_text: Any, dst_text: str, where: str) -> tuple[float, float,
     return scale * src_scale / dst_scale, offset / dst_scale, "units"
 
 
+def check_units_against_values(units: str, lo: float, hi: float, where: str, standard_name: str = "") -> None:
+    """:class:`UnitsError` naming ``where`` when values spanning ``lo..hi`` are impossible in ``units``: a
+    temperature in kelvin below 100 (degC values, or degC mixed in) or in degC above 250 (kelvin values, or kelvin
+    mixed in). Anomalies and uncertainties (by ``standard_name``) are not checked.
+
+    >>> check_units_against_values("degC", 2.0, 291.0, "variable 'sst'")
+    Traceback (most recent call last):
+    ...
+    geodiff.errors.UnitsError: variable 'sst' says units 'degC' but its values reach 291, impossible in degC ...
+    """
+    if any(w in str(standard_name) for w in ("anomaly", "standard_error", "uncertainty")):
+        return
+    if _is_salinity_units(units):
+        return
+    unit = parse_units(units, where)
+    if _is_kelvin(unit) and lo < 100.0:
+        raise UnitsError(
+            f"{where} says units {units!r} but its values span {lo:.4g}..{hi:.4g}, impossible in kelvin "
+            "(they look like degC); fix the 'units' attribute"
+        )
+    if _is_celsius(unit) and hi > 250.0:
+        raise UnitsError(
+            f"{where} says units {units!r} but its values reach {hi:.4g}, impossible in degC "
+            "(they look like kelvin); fix the 'units' attribute"
+        )
+
+
 def unit_conversion(src: str, dst: str, where: str) -> tuple[float, float]:
     """``(scale, offset)`` with ``value_dst = scale * value_src + offset`` (pint); :class:`UnitsError` naming
     ``where`` when ``src`` cannot be parsed or converted to ``dst``. A spread or error in ``src`` converts by
@@ -352,17 +380,7 @@ def convert_units(
     if check_values and (temperature or ranges):
         stats = _finite_range(da)
     if check_values and temperature and stats is not None:
-        lo, hi = stats
-        if _is_kelvin(src_unit) and lo < 100.0:
-            raise UnitsError(
-                f"{where} says units {src!r} but its values span {lo:.4g}..{hi:.4g}, impossible in kelvin "
-                "(they look like degC); fix the 'units' attribute"
-            )
-        if _is_celsius(src_unit) and hi > 250.0:
-            raise UnitsError(
-                f"{where} says units {src!r} but its values reach {hi:.4g}, impossible in degC "
-                "(they look like kelvin); fix the 'units' attribute"
-            )
+        check_units_against_values(src, *stats, where, standard_name)
     attrs = dict(da.attrs)
     for key, value in ranges.items():
         problem = _range_contradiction(key, value, *stats) if stats is not None else None

@@ -28,6 +28,7 @@ from geodiff.backbones.layers import (
 )
 from geodiff.config import Configurable
 from geodiff.errors import ConfigError
+from geodiff.resources import check_memory, unet_bytes
 
 __all__ = ["UNet"]
 
@@ -123,6 +124,8 @@ class UNet(Configurable, nn.Module):
         _positive_int("cond_channels", cond_channels, 0)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1); got {dropout!r}")
+        check_memory(unet_bytes(self.in_channels, base, mults, num_res_blocks),
+                     f"a UNet with base_channels={base}, channel_mults={mults}")  # before any weight is allocated
         levels = len(mults)
         attention = set()
         for level in attention_levels:

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from geodiff.diffusion.clipping import ClipDenoised
 from geodiff.errors import ConfigError, SamplingError
+from geodiff.resources import check_memory, sampling_bytes
 
 __all__ = [
     "derive_seed",
@@ -255,6 +256,8 @@ class SamplingEngine:
         self.runaway = runaway or RunawayCheck()
         self.autocast = autocast if autocast is not None else contextlib.nullcontext()
         self.device = torch.device(device)
+        self.fields = fields
+        self.memory_checked = False
         batches = -(-members // self.batch)
         self.bar = tqdm(total=fields * batches * self.steps, desc=label, unit="step", disable=not progress)
         self.callback = callback
@@ -308,6 +311,11 @@ class SamplingEngine:
         settings in errors. Redraws use ``torch.Generator`` seeded with :func:`derive_seed` of the generator's
         initial seed, the member and the attempt (the global generator when ``generator`` is None).
         """
+        if not self.memory_checked:  # before the first batch is allocated
+            check_memory(sampling_bytes(shape, self.members, self.batch, self.fields),
+                         f"sampling members={self.members} (batch_size={self.batch}) of fields {tuple(shape)} for "
+                         f"{self.fields} time(s)")
+            self.memory_checked = True
         chunks = []
         for start in range(0, self.members, self.batch):
             chunks.append(self._sample(guidance, shape, min(self.batch, self.members - start), generator, cond))

@@ -34,6 +34,7 @@ from typing import Any
 import xarray as xr
 
 from geodiff.errors import DataError
+from geodiff.inputs import check_netcdf_input, read_table, verify_zarr_chunks
 
 __all__ = ["Location", "is_url", "join", "exists", "filesystem", "is_zarr", "open_dataset", "open_input",
            "NETCDF_SUFFIXES"]
@@ -149,26 +150,30 @@ def open_dataset(location: Location, *, storage_options: dict[str, Any] | None =
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"cannot open zarr store {str(location)!r}: {err}") from err
     local = _local_copy(str(location), storage_options) if is_url(location) else location
+    check_netcdf_input(local, location)  # empty, cut short (read as zeros otherwise) or not netCDF: named here
     try:
         return xr.open_dataset(local, chunks=chunks, **open_options)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot open {str(location)!r} as netCDF or zarr: {err}") from err
 
 
-def open_input(location: Location, *, storage_options: dict[str, Any] | None = None) -> Any:
+def open_input(location: Location, *, storage_options: dict[str, Any] | None = None, verify: bool = True) -> Any:
     """An input of a command, lazily: a zarr store or netCDF file (``xr.Dataset``, dask) or a CSV table (pandas
-    DataFrame, ``time`` parsed). :class:`~geodiff.errors.DataError` for any other kind of file."""
+    DataFrame, ``time`` parsed). :class:`~geodiff.errors.DataError` for any other kind of file, a netCDF file that
+    is empty, cut short or not netCDF, and (``verify``: every chunk read once, streamed) a zarr store with a chunk
+    that does not decode; :class:`~geodiff.errors.ObservationError` for a CSV table that does not parse or holds
+    a time that is not one (:mod:`geodiff.inputs`)."""
     if _suffix(location) == ".csv":
-        import pandas as pd
-
         if not exists(location, storage_options):
             raise DataError(f"{str(location)!r} does not exist")
-        table = pd.read_csv(str(location) if is_url(location) else location, storage_options=storage_options
-                            if is_url(location) else None)
-        if "time" in table.columns:
-            table["time"] = pd.to_datetime(table["time"])
-        return table
-    if _suffix(location) in NETCDF_SUFFIXES or is_zarr(location, storage_options):
+        return read_table(str(location) if is_url(location) else location, location,
+                          storage_options=storage_options if is_url(location) else None)
+    if is_zarr(location, storage_options):
+        ds = open_dataset(location, storage_options=storage_options)
+        if verify:
+            verify_zarr_chunks(ds, location)
+        return ds
+    if _suffix(location) in NETCDF_SUFFIXES:
         return open_dataset(location, storage_options=storage_options)
     raise DataError(f"cannot open {str(location)!r}: expected a netCDF file (.nc), a zarr store (.zarr) or a CSV "
                     "table (.csv)")

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from geodiff import registry
 from geodiff.backbones.autoencoder import Autoencoder
 from geodiff.backbones.unet import UNet
+from geodiff.datacheck import check_gridded
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
@@ -62,7 +63,8 @@ from geodiff.io.normalize import Normalizer
 from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
-from geodiff.pipelines.units import model_units, to_model_units
+from geodiff.pipelines.request import check_request
+from geodiff.pipelines.units import model_units, observations_to_model_units, to_model_units
 from geodiff.provenance import append_history
 
 __all__ = [
@@ -462,14 +464,18 @@ def assimilate(
     ``geodiff_runaway`` (as :func:`geodiff.reconstruct`).
     Times without observations get the background-conditioned prior sample (recorded in the report).
     """
+    check_request("assimilate", device=device, members=members, steps=steps, guidance=guidance,
+                  guidance_options=guidance_options, sampler=sampler, max_normalized=max_normalized)
     model = model if isinstance(model, AssimilationModel) else AssimilationModel.load(model, device=device)
     model.to(device)
     _check_background(model, background)
     codec = model.codec
     clip_latent = resolve_latent_bound(model, clip_latent)
+    background = check_gridded(background, codec.variables, where="background", time=True)
     background = to_model_units(background, model_units(codec, codec.variables), "background")
     codec.check_grid(background)
     table = as_observations(observations, default_error_std=default_error_std)
+    table = observations_to_model_units(table, model_units(codec, codec.variables))
     validated = ObservationTable.validate(table, codec.lat, codec.lon, ocean_mask=codec.mask.cpu().numpy(),
                                           channels=codec.channels, default_error_std=default_error_std)  # fmt: skip
     clean, report = validated.data, validated.report

@@ -48,6 +48,7 @@ import xarray as xr
 
 from geodiff import registry
 from geodiff.backbones.conditional import ClassifierFreeDenoiser
+from geodiff.datacheck import check_gridded
 from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine
 from geodiff.diffusion.residual import RegressionModel
 from geodiff.diffusion.patches import PatchDenoiser
@@ -61,7 +62,8 @@ from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import CoarsenOperator, PointOperator
 from geodiff.pipelines.blocks import PipelineBlock, is_lazy, lazy_over_time
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
-from geodiff.pipelines.units import model_units, to_model_units
+from geodiff.pipelines.request import check_request
+from geodiff.pipelines.units import model_units, observations_to_model_units, to_model_units
 from geodiff.provenance import append_history
 from geodiff.training.pairs import downscaling_metadata
 from geodiff.tutorial import downscaling_paths, open_downscaling
@@ -244,12 +246,13 @@ def downscale(
     (('member', 'time', 'lat', 'lon'), (2, 1, 36, 48))
     """
     settings = {name: value for name, value in locals().items() if name not in ("model", "coarse")}
+    check_request("downscale", device=device, members=members, steps=steps, batch_size=batch_size,
+                  guidance=guidance, guidance_options=guidance_options, sampler=sampler,
+                  sampler_options=sampler_options, max_normalized=max_normalized)
     bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
     bundle = bundle.to(device)
     spec = _spec(bundle)
     factor, target = int(spec["factor"]), list(spec["target"])
-    if members < 1 or steps < 1 or (batch_size is not None and batch_size < 1):
-        raise ConfigError(f"members, steps and batch_size must be >= 1, got {members}, {steps}, {batch_size}")
     denoiser = bundle.denoiser
     denoiser.eval()
     deterministic = isinstance(denoiser, RegressionModel)
@@ -267,6 +270,7 @@ def downscale(
         extra = [d for d in coarse[variable].dims if d not in (TIME, LAT, LON)]
         if extra:
             raise GridError(f"coarse variable {variable!r} has dimensions {extra}; downscale takes ([time,] lat, lon)")
+    coarse = check_gridded(coarse, target, where="coarse")
     coarse = to_model_units(coarse, model_units(bundle.codec, target), "coarse")
     lat = refine_coords(coarse[LAT].values, factor, LAT)
     lon = refine_coords(coarse[LON].values, factor, LON)
@@ -304,6 +308,7 @@ def downscale(
     table = report = validated = None
     if stations is not None:
         table = as_observations(stations, default_error_std=station_error_std)
+        table = observations_to_model_units(table, model_units(bundle.codec, target), "stations")
         validated = ObservationTable.validate(table, lat, lon, ocean_mask=valid, channels=channel_list,
                                               default_error_std=station_error_std)
         table, report = validated.data, validated.report

@@ -46,6 +46,8 @@ from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
 from geodiff.pipelines.blocks import PipelineBlock, is_lazy, lazy_over_time, time_axis
+from geodiff.pipelines.request import check_request
+from geodiff.pipelines.units import model_units, observations_to_model_units
 from geodiff.provenance import append_history, provenance_attrs
 from geodiff.runtime import optimize, precision_context
 
@@ -189,16 +191,18 @@ def reconstruct(
     Returns a Dataset with dims ``(member, time, [depth,] lat, lon)`` on the model grid.
     """
     settings = {name: value for name, value in locals().items() if name not in ("model", "observations", "times")}
+    check_request("reconstruct", device=device, members=members, steps=steps, batch_size=batch_size,
+                  guidance=guidance, guidance_options=guidance_options, sampler=sampler,
+                  sampler_options=sampler_options, max_normalized=max_normalized)
     bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
     bundle = bundle.to(device)
-    if members < 1 or (batch_size is not None and batch_size < 1):
-        raise ConfigError(f"members and batch_size must be >= 1, got members={members}, batch_size={batch_size}")
     if lazy or (lazy is None and is_lazy(observations)):
         return _reconstruct_lazily(bundle, observations, times, settings)
     codec, denoiser = bundle.codec, bundle.denoiser
     denoiser.eval()
     valid = codec.mask.cpu().numpy().astype(bool)  # [C, H, W], True = ocean
     table = as_observations(observations, default_error_std=default_error_std)
+    table = observations_to_model_units(table, model_units(codec, codec.variables))
     validated = ObservationTable.validate(
         table, codec.lat, codec.lon, ocean_mask=valid, channels=codec.channels,
         default_error_std=default_error_std,

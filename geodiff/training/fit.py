@@ -3,9 +3,10 @@
 :func:`fit` does what a user otherwise chains by hand (normaliser, codec, encoding, network, denoiser, training,
 bundle) and adds what a scientist needs from a training run:
 
-- **Strict input checks** before any training time is spent: canonical layout, latitude ascending and within
-  +-90, longitude increasing, units on every variable, no fill values (``|value| > 1e15``) or values far outside
-  the fitted statistics.
+- **Strict input checks** before any training time is spent (:func:`geodiff.datacheck.check_gridded`):
+  canonical layout, latitude within +-90 (a descending one is flipped, with a record), longitude increasing,
+  times unique, parseable units that agree with the values, no fill values (``|value| >= 1e15``) or values far
+  outside the fitted statistics.
 - **Anomaly priors by default**: :class:`~geodiff.io.anomaly.AnomalyNormalizer` (per-cell climatology, by month
   for monthly series, and per-cell smoothed std), so the network models variability, not the mean state.
 - **Lazy data**: a dask-backed Dataset (``xr.open_zarr`` of a long series) is never loaded whole; statistics
@@ -58,7 +59,6 @@ from geodiff.training.hybrid_prior import fit_hybrid_prior
 
 __all__ = ["fit", "FieldStream", "check_training_data", "default_architecture", "validation_loss"]
 
-FILL_VALUE_LIMIT = 1e15  # a magnitude no geophysical field reaches: a fill value that was not decoded
 MAX_TRAINING_NORMALIZED = 50.0  # normalised training values beyond this: wrong units mixed in, or a fill value
 FIT_STATE = "fit_state.json"
 BEST_WEIGHTS = "best_ema.safetensors"
@@ -68,31 +68,15 @@ PROBE_WARMUP, PROBE_STEPS = 5, 25  # steps that measure the speed for a time bud
 MAX_PRIOR_TIMES = 1000  # training fields (evenly spaced) that make the low-rank part of a hybrid prior  # validation fields scored (evenly spaced over the validation period)
 
 
-def check_training_data(ds: xr.Dataset, variables: Sequence[str]) -> None:
-    """Raise a :class:`~geodiff.errors.GeodiffError` naming what is wrong with a training dataset.
-
-    Checks the layout ``(time, [level,] lat, lon)``, latitude strictly ascending within [-90, 90], longitude
-    strictly increasing, a ``units`` attribute on every variable, and floating-point data.
+def check_training_data(ds: xr.Dataset, variables: Sequence[str]) -> xr.Dataset:
+    """``ds`` checked for training (:func:`geodiff.datacheck.check_gridded`: coordinates, times, fill values,
+    units; a descending latitude flipped with a record) plus the layout ``(time, [level,] lat, lon)``, at least
+    3 times and floating-point data; a :class:`~geodiff.errors.GeodiffError` naming what is wrong otherwise.
     """
+    from geodiff.datacheck import check_gridded
+
     if not isinstance(ds, xr.Dataset):
         raise ConfigError(f"fit expects an xarray.Dataset, got {type(ds).__name__}")
-    for name in ("lat", "lon", "time"):
-        if name not in ds.coords:
-            raise CoordinateError(f"the training dataset has no {name!r} coordinate")
-    lat = np.asarray(ds["lat"].values, dtype=np.float64)
-    lon = np.asarray(ds["lon"].values, dtype=np.float64)
-    if lat.ndim != 1 or lon.ndim != 1:
-        raise CoordinateError("coordinates 'lat' and 'lon' must be 1-D")
-    if not np.all(np.isfinite(lat)) or np.abs(lat).max() > 90:
-        raise CoordinateError(f"coordinate 'lat' must lie within [-90, 90]; found {lat.min():g}..{lat.max():g}")
-    if lat.size > 1 and not np.all(np.diff(lat) > 0):
-        raise CoordinateError("coordinate 'lat' must be strictly ascending (flip it with ds.sortby('lat'), or use "
-                              "geodiff.adapters.standardize)")
-    if lon.size > 1 and not (np.all(np.isfinite(lon)) and np.all(np.diff(lon) > 0)):
-        raise CoordinateError("coordinate 'lon' must be strictly increasing in one convention (e.g. 0..360 or "
-                              "-180..180; roll it with geodiff.adapters.standardize)")
-    if ds.sizes["time"] < 3:
-        raise DataError(f"fit needs at least 3 times (training and validation); the dataset has {ds.sizes['time']}")
     for name in variables:
         if name not in ds.data_vars:
             raise ConfigError(f"variable {name!r} is not a data variable of the dataset; found {list(ds.data_vars)}")
@@ -101,25 +85,20 @@ def check_training_data(ds: xr.Dataset, variables: Sequence[str]) -> None:
             raise DataError(f"variable {name!r} has dtype {da.dtype}; expected floating point (NaN on land)")
         if da.dims[0] != "time" or da.dims[-2:] != ("lat", "lon") or da.ndim not in (3, 4):
             raise CoordinateError(f"variable {name!r} has dims {da.dims}; expected (time, [level,] lat, lon)")
-        if not str(da.attrs.get("units", "")).strip():
-            raise UnitsError(f"variable {name!r} has no 'units' attribute; geodiff converts units, never guesses them")
+    if ds.sizes.get("time", 0) < 3:
+        raise DataError(f"fit needs at least 3 times (training and validation); the dataset has "
+                        f"{ds.sizes.get('time', 0)}")
+    return check_gridded(ds, variables, where="the training dataset", time=True)
 
 
 def _check_values(ds: xr.Dataset, variables: Sequence[str], normalizer: AnomalyNormalizer | Normalizer) -> None:
-    """DataError naming a variable with fill values or values far outside its own statistics (one lazy pass)."""
+    """DataError naming a variable with values far outside its own statistics (one lazy pass)."""
     import dask
 
-    pending = []
-    for name in variables:
-        raw = abs(ds[name]).max()
-        scaled = abs(normalizer.normalize(ds[[name]])[name]).max()
-        pending.append((raw, scaled))
+    pending = [abs(normalizer.normalize(ds[[name]])[name]).max() for name in variables]
     (computed,) = dask.compute(pending)
-    for name, (raw, scaled) in zip(variables, computed):
-        raw, scaled = float(raw), float(scaled)
-        if not math.isfinite(raw) or raw > FILL_VALUE_LIMIT:
-            raise DataError(f"variable {name!r} holds {raw:.3g}: a fill value that was not decoded to NaN "
-                            "(open the file with mask_and_scale=True or set them to NaN)")
+    for name, scaled in zip(variables, computed):
+        scaled = float(scaled)
         if scaled > MAX_TRAINING_NORMALIZED:
             raise DataError(f"variable {name!r} has values {scaled:.3g} standard deviations from its climatology: "
                             "mixed units, a fill value or corrupt data; check the training data")
@@ -263,7 +242,7 @@ def fit(
 
     names = [variables] if isinstance(variables, str) else list(variables or [
         str(n) for n, v in ds.data_vars.items() if "time" in v.dims])
-    check_training_data(ds, names)
+    ds = check_training_data(ds, names)
     if not 0 < validation < 0.5:
         raise ConfigError(f"validation must be a fraction in (0, 0.5), got {validation}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):

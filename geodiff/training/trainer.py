@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from geodiff.config import check_json
 from geodiff.diffusion.losses import DenoisingLoss
 from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, GridError
+from geodiff.resources import check_device
 from geodiff.training import distributed
 from geodiff.training.checkpoint import (
     flatten_optimizer_state,
@@ -294,6 +295,10 @@ def train(
         raise ConfigError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
     if ema_decay is not None and not 0 <= ema_decay < 1:
         raise ConfigError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
+    if grad_clip is not None and (isinstance(grad_clip, bool) or not grad_clip >= 0):
+        raise ConfigError(f"grad_clip must be a maximum gradient norm >= 0 (0 or None: no clipping), got "
+                          f"{grad_clip!r}; a negative one would reverse the gradient")
+    check_device(device)
     if objective is None:
         objective = DenoisingObjective.for_denoiser(loss, denoiser)
     elif not isinstance(objective, Objective):

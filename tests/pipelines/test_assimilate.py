@@ -157,7 +157,7 @@ def test_background_units_are_converted_or_rejected(model, truth, obs):
     assert "km h-1" in converted.attrs["history"]
     unitless = truth.copy(deep=True)
     del unitless["z"].attrs["units"]
-    with pytest.raises(UnitsError, match="'background z' has no 'units'"):
+    with pytest.raises(UnitsError, match="background: variable 'z' has no 'units'"):
         assimilate(model, unitless, obs, members=1, steps=2, progress=False)
 
 

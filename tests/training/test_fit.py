@@ -87,8 +87,11 @@ def test_fit_resumes_to_the_same_weights(tmp_path):
 @pytest.mark.parametrize(
     "spoil, error, match",
     [
-        (lambda ds: ds.isel(lat=slice(None, None, -1)), CoordinateError, "ascending"),
-        (lambda ds: ds.assign_coords(lat=ds.lat * 6), CoordinateError, r"\[-90, 90\]"),
+        (lambda ds: ds.assign_coords(lat=ds.lat * 6), CoordinateError, r"'lat' has \d+ out-of-range value"),
+        (lambda ds: ds.isel(time=[0, 1, 2, 2, 3]), CoordinateError, "duplicate times"),
+        (lambda ds: ds.assign(sst=ds.sst.where(ds.time != ds.time[3], ds.sst + 273.15)), UnitsError,
+         "impossible in degC"),
+        (lambda ds: ds.assign(sst=ds.sst.where(ds.time != ds.time[2], np.inf)), DataError, "infinite"),
         (lambda ds: ds.assign_coords(lon=ds.lon.values[::-1].copy()), CoordinateError, "lon"),
         (lambda ds: ds.assign(sst=ds.sst.assign_attrs(units="")), UnitsError, "'sst'"),
         (lambda ds: ds.assign(sst=ds.sst.where(ds.sst.time != ds.time[5], 1e20)), DataError, "fill value"),
@@ -97,6 +100,15 @@ def test_fit_resumes_to_the_same_weights(tmp_path):
 def test_bad_training_data_is_refused_before_training(spoil, error, match):
     with pytest.raises(error, match=match):
         geodiff.fit(spoil(monthly()), steps=2, progress=False, base_channels=8)
+
+
+def test_descending_latitude_is_flipped_and_trains_as_ascending():
+    options = dict(steps=2, validate_every=2, progress=False, base_channels=8, prior="network")
+    ascending = geodiff.fit(monthly(times=12), **options)
+    descending = geodiff.fit(monthly(times=12).isel(lat=slice(None, None, -1)), **options)
+    assert np.all(np.diff(descending.codec.lat) > 0)
+    for name, tensor in ascending.denoiser.state_dict().items():
+        assert torch.equal(tensor, descending.denoiser.state_dict()[name]), name
 
 
 def test_a_dask_backed_series_streams_without_loading_it(tmp_path):
