@@ -127,7 +127,7 @@ def test_coarse_units_are_converted_to_the_model_units_or_rejected(tiny_bundle, 
     assert "degC" in converted.attrs["history"]
     unitless = coarse_dataset.copy(deep=True)
     del unitless["tas"].attrs["units"]
-    with pytest.raises(UnitsError, match="'coarse tas' has no 'units'"):
+    with pytest.raises(UnitsError, match="coarse: variable 'tas' has no 'units'"):
         geodiff.downscale(tiny_bundle, unitless, **SETTINGS)
     metres = coarse_dataset.copy(deep=True)
     metres["tas"].attrs["units"] = "m"
