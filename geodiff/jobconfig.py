@@ -430,7 +430,10 @@ def _annotation_text(annotation: Any) -> str:
     if origin is Literal:
         return " | ".join(repr(v) for v in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_annotation_text(arg) for arg in typing.get_args(annotation))
+        args = typing.get_args(annotation)
+        if set(args) == {str, Path}:
+            return "path"  # a local path or a URL
+        return " | ".join(_annotation_text(arg) for arg in args)
     if origin is not None:
         args = ", ".join(_annotation_text(arg) for arg in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
