@@ -218,7 +218,7 @@ def _times(values: list[Any] | None) -> Any:
     """The ``times`` of a configuration (checked by :func:`~geodiff.jobconfig.load_config`) as datetime64."""
     if values is None:
         return None
-    from geodiff.inputs import parse_times
+    from geodiff.observations import parse_times
 
     return parse_times([str(v) for v in values], "key 'times'")
 

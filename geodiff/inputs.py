@@ -7,7 +7,7 @@ the ``geodiff`` commands and of the API where a path is given) makes on what it 
 - :func:`verify_zarr_chunks`: a zarr store with a chunk that does not decode (a corrupted compressed chunk):
   :class:`~geodiff.errors.DataError` naming the store and the variable (every chunk is read once, streamed);
 - :func:`read_table`: a CSV table that cannot be parsed, or whose ``time`` column holds values that are not
-  times (:func:`parse_times`): :class:`~geodiff.errors.ObservationError` naming the file, the column, the row and
+  times (:func:`~geodiff.observations.parse_times`): :class:`~geodiff.errors.ObservationError` naming the file, the column, the row and
   the value.
 
 Example
@@ -29,7 +29,7 @@ from typing import Any
 
 from geodiff.errors import DataError, ObservationError
 
-__all__ = ["check_netcdf_input", "verify_zarr_chunks", "read_table", "parse_times"]
+__all__ = ["check_netcdf_input", "verify_zarr_chunks", "read_table"]
 
 
 def check_netcdf_input(path: str | Path, name: Any = None) -> None:
@@ -46,33 +46,6 @@ def check_netcdf_input(path: str | Path, name: Any = None) -> None:
             start = stream.read(8)
         raise DataError(f"input {label} is not a netCDF file (it starts with {start!r}); give a netCDF-3 or "
                         "netCDF-4 file, a .zarr store or a .csv table")
-
-
-def parse_times(values: Any, where: str, ids: Any = None) -> Any:
-    """``values`` (strings or times) as ``datetime64[ns]``; :class:`ObservationError` naming ``where``, the entry
-    (``ids[i]`` when given, else the row) and the value when one is not a time. Missing entries (empty, NaT) stay
-    NaT (counted and dropped where the table is validated); time-zone-aware times are converted to UTC and
-    returned naive.
-
-    >>> parse_times(["2020-01-15", "soon"], "column 'time' of obs.csv")
-    Traceback (most recent call last):
-    ...
-    geodiff.errors.ObservationError: column 'time' of obs.csv: row 1 holds 'soon', which is not a time; ...
-    """
-    import numpy as np
-    import pandas as pd
-
-    series = pd.Series(np.asarray(values, dtype=object))
-    if not len(series):
-        return np.array([], dtype="datetime64[ns]")
-    parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
-    bad = parsed.isna() & ~series.isna() & (series.astype(str).str.strip() != "")
-    if bool(bad.any()):
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        entry = f"row {row}" if ids is None else f"obs_id {np.asarray(ids)[row].item()!r}"
-        raise ObservationError(f"{where}: {entry} holds {series.iloc[row]!r}, which is not a time; write times "
-                               "as ISO 8601 (e.g. 2020-01-15 or 2020-01-15T12:00Z)")
-    return parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]")
 
 
 def verify_zarr_chunks(ds: Any, name: Any) -> None:
@@ -95,9 +68,11 @@ def verify_zarr_chunks(ds: Any, name: Any) -> None:
 
 
 def read_table(source: Any, name: Any, **read_options: Any) -> Any:
-    """The CSV table at ``source`` (pandas), its ``time`` column parsed (:func:`parse_times`); ObservationError
+    """The CSV table at ``source`` (pandas), its ``time`` column parsed (:func:`~geodiff.observations.parse_times`); ObservationError
     naming ``name`` when it cannot be parsed."""
     import pandas as pd
+
+    from geodiff.observations import parse_times
 
     try:
         table = pd.read_csv(source, **read_options)

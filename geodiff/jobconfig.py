@@ -314,7 +314,7 @@ def _check_times(path: Path, times: list[Any]) -> None:
     import numpy as np
 
     from geodiff.errors import ObservationError
-    from geodiff.inputs import parse_times
+    from geodiff.observations import parse_times
 
     try:
         parsed = parse_times([str(t) if not isinstance(t, str) else t for t in times], f"{path}: key 'times'")

@@ -50,7 +50,8 @@ import xarray as xr
 from geodiff.errors import GridError, ObservationError
 from geodiff.grid import Stencil, channel_layout, channel_mask, point_stencil
 
-__all__ = ["ObservationTable", "ObservationReport", "as_observations", "validate_observations", "OBSERVATION_COLUMNS"]
+__all__ = ["ObservationTable", "ObservationReport", "as_observations", "validate_observations", "parse_times",
+           "OBSERVATION_COLUMNS"]
 
 #: every standard column of an observation table: data variables first, then coordinates
 OBSERVATION_COLUMNS = ("value", "error_std", "lat", "lon", "time", "depth", "variable", "source", "obs_id")
@@ -108,6 +109,30 @@ def _first_id(ids: np.ndarray, bad: np.ndarray) -> Any:
     return _plain(ids[where[0]]) if where.size else None
 
 
+def parse_times(values: Any, where: str, ids: Any = None) -> Any:
+    """``values`` (strings or times) as ``datetime64[ns]``; :class:`ObservationError` naming ``where``, the entry
+    (``ids[i]`` when given, else the row) and the value when one is not a time. Missing entries (empty, NaT) stay
+    NaT (counted and dropped where the table is validated); time-zone-aware times are converted to UTC and
+    returned naive.
+
+    >>> parse_times(["2020-01-15", "soon"], "column 'time' of obs.csv")
+    Traceback (most recent call last):
+    ...
+    geodiff.errors.ObservationError: column 'time' of obs.csv: row 1 holds 'soon', which is not a time; ...
+    """
+    series = pd.Series(np.asarray(values, dtype=object))
+    if not len(series):
+        return np.array([], dtype="datetime64[ns]")
+    parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
+    bad = parsed.isna() & ~series.isna() & (series.astype(str).str.strip() != "")
+    if bool(bad.any()):
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        entry = f"row {row}" if ids is None else f"obs_id {np.asarray(ids)[row].item()!r}"
+        raise ObservationError(f"{where}: {entry} holds {series.iloc[row]!r}, which is not a time; write times "
+                               "as ISO 8601 (e.g. 2020-01-15 or 2020-01-15T12:00Z)")
+    return parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]")
+
+
 def _time_column(values: np.ndarray, ids: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
     """The ``time`` column as datetime64[ns] (or cftime / numbers as given); strings parsed, time-zone-aware
     times converted to UTC (recorded in ``attrs["time_converted"]``); ObservationError naming the obs_id of an
@@ -120,8 +145,6 @@ def _time_column(values: np.ndarray, ids: np.ndarray, attrs: dict[str, Any]) -> 
     if present and all(hasattr(v, "calendar") for v in present):  # cftime dates
         return values
     zones = {str(v.tzinfo) for v in present if isinstance(v, datetime.datetime) and v.tzinfo is not None}
-    from geodiff.inputs import parse_times
-
     parsed = parse_times(values, "observation column 'time'", ids)
     if zones:
         attrs["time_converted"] = f"time-zone-aware times ({', '.join(sorted(zones))}) converted to UTC"

@@ -78,12 +78,14 @@ def observations_to_model_units(table: xr.Dataset, units: Mapping[str, str], lab
     value = np.asarray(table["value"].values, dtype=np.float64).copy()
     error = np.asarray(table["error_std"].values, dtype=np.float64).copy()
     changes, targets = [], set()
-    for name in np.unique(variables):
+    for name in map(str, np.unique(variables)):
         if name not in units:
             continue  # not a variable of the model: counted and dropped by the validation
         rows = variables == name
-        where = f"{label} 'value' of {name!r}"
-        converted, done = convert_units(table["value"][rows], units[name], name=where)
+        try:
+            converted, done = convert_units(table["value"][rows], units[name], name=name)
+        except UnitsError as err:
+            raise UnitsError(f"{label} 'value': {err}") from None
         value[rows] = converted.values
         scale, _ = unit_conversion(str(error_source), units[name], f"{label} 'error_std' of {name!r}")
         error[rows] *= abs(scale)

@@ -32,6 +32,7 @@ from geodiff.adapters.standardize import check_calendars, select_bbox, standardi
 from geodiff.errors import (
     CalendarError,
     CheckpointError,
+    ConfigError,
     CoordinateError,
     DataError,
     GeodiffError,
@@ -70,6 +71,11 @@ CATEGORIES = (
     "store, ledger or checkpoint damaged on disk, or disk full",
     "reconstruction with zero valid observations",
     "input file incomplete (killed writer)",
+    "training data not validated",
+    "units declared but ignored",
+    "observation and coarse times or coordinates not checked",
+    "resources not bounded",
+    "errors that blame the wrong thing",
 )
 
 
@@ -190,8 +196,8 @@ def other_model_folder(tmp_path: Path, part: str) -> Path:
     return folder
 
 
-def recon(frame: pd.DataFrame, **kwargs: Any) -> xr.Dataset:
-    return reconstruct(model(), frame, members=1, steps=2, progress=False, **kwargs)
+def recon(frame: pd.DataFrame, members_override: Any = 1, **kwargs: Any) -> xr.Dataset:
+    return reconstruct(model(), frame, members=members_override, steps=2, progress=False, **kwargs)
 
 
 def truncated_netcdf(tmp_path: Path, fmt: str, keep: float = 0.7) -> Path:
@@ -506,6 +512,136 @@ CASES: list[Case] = [
     C("input file incomplete (killed writer)", "empty file", lambda p: era5.open_dataset(_touch(p / "era5.nc", b"")),
       DataError, "era5.nc' is incomplete or corrupt"),
 ]
+
+
+# -- inputs checked where they enter (training, pipelines), units, times, resources (through the API; the same
+#    classes through the ``geodiff`` command are in tests/reliability/test_cli_inputs.py)
+
+
+def gridded(spoil: Callable[[xr.Dataset], xr.Dataset]) -> Any:
+    from geodiff.datacheck import check_gridded
+
+    return check_gridded(spoil(helpers.ocean()), where="ocean.nc")
+
+
+def flipped_record() -> str:
+    out = gridded(lambda ds: ds.isel(lat=slice(None, None, -1)))
+    assert np.all(np.diff(out.lat.values) > 0)
+    return out.attrs["history"]
+
+
+def as_table(frame: pd.DataFrame) -> xr.Dataset:
+    return xr.Dataset.from_dataframe(frame.reset_index(drop=True)).rename(index="obs").drop_vars("obs")
+
+
+def fahrenheit_record() -> str:
+    """A table in degF reconstructs as the same table in degC (converted, recorded), not as degC numbers."""
+    from geodiff.pipelines.units import observations_to_model_units
+
+    frame = helpers.observations()
+    table = as_table(frame.assign(value=frame.value * 9 / 5 + 32, error_std=frame.error_std * 9 / 5))
+    table["value"].attrs["units"] = "degF"
+    kwargs = dict(max_normalized=None, seed=1)
+    np.testing.assert_allclose(recon(table, **kwargs).thetao.values, recon(frame, **kwargs).thetao.values,
+                               rtol=1e-4, atol=1e-4)
+    return observations_to_model_units(as_observations(table), {"thetao": "degC"}).attrs["history"]
+
+
+def zoned_times_record() -> str:
+    frame = table(time=pd.to_datetime(["2020-01-15 01:00", "2020-01-15 01:00"]).tz_localize("Europe/Paris"))
+    out = as_observations(frame)
+    assert out.time.values[0] == np.datetime64("2020-01-15T00:00")
+    return out.attrs["time_converted"]
+
+
+_DOWNSCALE: dict[str, Any] = {}
+
+
+def downscale_with(spoil: Callable[[xr.Dataset], xr.Dataset], **kwargs: Any) -> Any:
+    """Downscale the shipped sample's first two years, coarsened by 4, after ``spoil``."""
+    import geodiff
+    from geodiff.pipelines.downscale import coarsen, downscale, open_sample, sample_paths
+
+    if "model" not in _DOWNSCALE:
+        fields, topography = open_sample()
+        _DOWNSCALE.update(model=geodiff.load(sample_paths()["model"]), coarse=coarsen(fields.isel(time=[0, 1]), 4),
+                          topography=topography)
+    return downscale(_DOWNSCALE["model"], spoil(_DOWNSCALE["coarse"]), sources={"topography": _DOWNSCALE["topography"]},
+                     members=1, steps=1, progress=False, **kwargs)
+
+
+def _lat_values(ds: xr.Dataset, values: np.ndarray) -> xr.Dataset:
+    return ds.assign_coords(lat=("lat", values, ds.lat.attrs))
+
+
+INPUT_CASES: list[Case] = [
+    # -- training data (geodiff.fit, geodiff train and the pipelines share geodiff.datacheck.check_gridded)
+    C("training data not validated", "1e20 fill values", lambda p: gridded(lambda ds: ds.fillna(1e20)), DataError,
+      "fill value(s) of magnitude >= 1e+15 (e.g. 1e+20)"),
+    C("training data not validated", "kelvin mixed with degC",
+      lambda p: gridded(lambda ds: ds.where(ds.time != ds.time[1], ds + 273.15)), UnitsError, "impossible in degC"),
+    C("training data not validated", "latitudes of +-150", lambda p: gridded(lambda ds: ds.assign_coords(
+        lat=ds.lat * 150 / 14)), CoordinateError, "'lat' has 4 out-of-range value(s)"),
+    C("training data not validated", "non-monotonic longitudes",
+      lambda p: gridded(lambda ds: ds.isel(lon=[0, 2, 1, *range(3, 16)])), CoordinateError, "'lon' is not monotonic"),
+    C("training data not validated", "descending latitude (ERA5 order)", lambda p: flipped_record(), HANDLED,
+      "flipped latitude 'lat' to ascending"),
+    C("training data not validated", "duplicate times",
+      lambda p: gridded(lambda ds: ds.isel(time=[0, 1, 1])), CoordinateError, "duplicate times"),
+    C("training data not validated", "negative grad_clip",
+      lambda p: __import__("geodiff").train(model().denoiser, torch.zeros(2, 3, 8, 16), steps=1, batch_size=1,
+                                            grad_clip=-1.0, progress=False), ConfigError, "grad_clip must be"),
+    # -- units
+    C("units declared but ignored", "observation value in degF", lambda p: fahrenheit_record(), HANDLED,
+      "observations: converted 'thetao' from 'degF' to 'degC'"),
+    C("units declared but ignored", "observation value in an unconvertible unit",
+      lambda p: recon(as_table(helpers.observations()).assign(
+          value=lambda t: t.value.assign_attrs(units="m s-1"))), UnitsError, "cannot be converted to 'degC'"),
+    C("units declared but ignored", "observation value in K with degC numbers",
+      lambda p: recon(as_table(helpers.observations()).assign(value=lambda t: t.value.assign_attrs(units="K"))),
+      UnitsError, "impossible in kelvin"),
+    # -- times and coordinates
+    C("observation and coarse times or coordinates not checked", "observation time 'not a time'",
+      lambda p: as_observations(table(time=["2020-01-15", "not a time"])), ObservationError,
+      "obs_id 1 holds 'not a time', which is not a time"),
+    C("observation and coarse times or coordinates not checked", "time-zone-aware observation times",
+      lambda p: zoned_times_record(), HANDLED, "(Europe/Paris) converted to UTC"),
+    C("observation and coarse times or coordinates not checked", "NaT observation time",
+      lambda p: report_of(table(time=[T0, pd.NaT]), lambda r: r.missing_position == 1 and r.kept == 1), HANDLED,
+      "missing position or time (NaN): 1"),
+    C("observation and coarse times or coordinates not checked", "downscale with no lat values (never invented)",
+      lambda p: downscale_with(lambda ds: ds.drop_vars("lat")), CoordinateError,
+      "dimension 'lat' has no coordinate values"),
+    C("observation and coarse times or coordinates not checked", "downscale with latitudes up to 118.75",
+      lambda p: downscale_with(lambda ds: _lat_values(ds, np.linspace(20.0, 118.75, ds.sizes["lat"]))),
+      CoordinateError, "coarse: coordinate 'lat' has"),
+    C("observation and coarse times or coordinates not checked", "downscale with duplicate coarse times",
+      lambda p: downscale_with(lambda ds: ds.isel(time=[0, 0])), CoordinateError, "duplicate times"),
+    # -- resources
+    C("resources not bounded", "members=100000000",
+      lambda p: recon(helpers.observations(), members_override=100_000_000), ConfigError, "needs at least"),
+    C("resources not bounded", "a UNet of 2^20 base channels",
+      lambda p: __import__("geodiff.backbones.unet", fromlist=["UNet"]).UNet(1, base_channels=2**20),
+      ConfigError, "a UNet with base_channels=1048576"),
+    C("resources not bounded", "float members", lambda p: recon(helpers.observations(), members_override=2.5),
+      ConfigError, "members must be an integer >= 1, got 2.5"),
+    C("resources not bounded", "max_normalized='none'", lambda p: recon(helpers.observations(), max_normalized="none"),
+      ConfigError, "max_normalized must be a positive number, 'auto' or None"),
+    # -- wrong blame
+    C("errors that blame the wrong thing", "device='cuda' without CUDA",
+      lambda p: recon(helpers.observations(), device="cuda" if not torch.cuda.is_available() else "cuda:99"),
+      ConfigError, "device='cuda"),
+    C("errors that blame the wrong thing", "unknown key in guidance_options",
+      lambda p: recon(helpers.observations(), guidance_options={"scale_": 1.0}), ConfigError,
+      "unknown key(s) 'scale_' for MMPSGuidance (allowed: method, cg_iterations"),
+    C("errors that blame the wrong thing", "inf in a coarse field (not 'sampling diverged')",
+      lambda p: downscale_with(lambda ds: ds.where(ds.lat < ds.lat[3], np.inf)), DataError,
+      "coarse: variable 'tas' holds"),
+    C("errors that blame the wrong thing", "1e20 observation with the range check off (not 'diverged')",
+      lambda p: recon(helpers.observations().assign(value=lambda f: np.where(f.obs_id == 2, 1e20, f.value)),
+                      max_normalized=None), ObservationError, "fill value(s) (|value| >= 1e+15)"),
+]
+CASES += INPUT_CASES
 
 
 def _write(path: Path, ds: xr.Dataset) -> Path:
