@@ -44,8 +44,15 @@ CONFIG_OPTION = typer.Option(..., "--config", "-c", help="YAML configuration fil
 PART_OPTION = typer.Option(None, "--part", help="run only part i of N of the regions (array jobs), e.g. 2/8")
 
 
-def _fail(err: GeodiffError) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+def _fail(err: GeodiffError | OSError) -> None:
+    """Exit 2 with one line: the message of a GeodiffError, or what the system refused (a file that cannot be
+    written, a full disk) and the file."""
+    if isinstance(err, OSError) and not isinstance(err, GeodiffError):
+        where = " ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
+        message = f"{err.strerror or err}{': ' + where if where else ''}"
+    else:
+        message = str(err)
+    typer.secho(f"error: {' '.join(message.splitlines())}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -92,7 +99,7 @@ def plugins(kind: str = typer.Argument(None, help="plugin kind; all kinds when o
         kinds = [kind] if kind else list(registry.KINDS)
         for k in kinds:
             typer.echo(f"{k}: {', '.join(registry.available(k)) or '-'}")
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
 
 
@@ -112,7 +119,7 @@ def demo(
     try:
         run_demo(output=output, coverage=coverage, members=members, steps=steps, seed=seed, baselines=baselines,
                  plot=plot)
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
 
 
@@ -144,10 +151,8 @@ def _train(config: Any, line: str) -> Path | None:
     from geodiff.io import Codec, ModelBundle, Normalizer
     from geodiff.provenance import append_history
 
-    ds = _training_data(config)
-    if config.output.exists() and any(config.output.iterdir()) and not config.overwrite:
-        raise CheckpointError(f"key 'output': {config.output} is not empty; set overwrite: true to replace it")
-    ds = ds.load()
+    _check_train_output(config)
+    ds = _training_data(config).load()
     normalizer = Normalizer.fit(ds)
     data, mask = Codec.from_dataset(ds).encode(normalizer.normalize(ds))
     m = config.model
@@ -204,7 +209,7 @@ def train(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
     try:
         settings = load_config(config, "train")
         written = _train(settings, _command_line(ctx))
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
     if written is not None:
         typer.echo(f"wrote model bundle {written}")
@@ -299,6 +304,7 @@ def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
     from geodiff.provenance import append_history
 
     parse_part(part)
+    _check_pipeline_output(config, part)
     job = _pipeline_job(kind, config)
     output = config.output
     if output.suffix == ".zarr":
@@ -316,12 +322,6 @@ def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
             return f"{output}: {state.done}/{state.total} regions done; run the other parts, then finalise"
         finalise_store(output)
         return f"wrote {output} ({state.total} regions, finalised)"
-    if part is not None:
-        raise ConfigError("--part needs a .zarr output (a netCDF file is written in one go)")
-    if output.suffix not in (".nc", ".nc4"):
-        raise ConfigError(f"key 'output': {output} must end with .nc (one file) or .zarr (resumable batch)")
-    if output.exists():
-        raise DataError(f"key 'output': {output} exists; remove it or choose another path")
     import numpy as np
 
     result = job.run(np.asarray(job.times().values))
@@ -329,6 +329,41 @@ def _run_pipeline(kind: str, config: Any, line: str, part: str | None) -> str:
     output.parent.mkdir(parents=True, exist_ok=True)
     write_netcdf(result, output)
     return f"wrote {output}"
+
+
+def _check_writable(path: Path) -> None:
+    """ConfigError naming the output ``path`` when it cannot be created: its nearest existing folder is a file
+    or cannot be written to."""
+    import os
+
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"key 'output': {path} cannot be created: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"key 'output': {path} cannot be created: {folder} is not writable")
+
+
+def _check_pipeline_output(config: Any, part: str | None = None) -> None:
+    """ConfigError / DataError before any compute when the output cannot be written as asked."""
+    output = config.output
+    _check_writable(output)
+    if output.suffix == ".zarr":
+        return
+    if part is not None:
+        raise ConfigError("--part needs a .zarr output (a netCDF file is written in one go)")
+    if output.suffix not in (".nc", ".nc4"):
+        raise ConfigError(f"key 'output': {output} must end with .nc (one file) or .zarr (resumable batch)")
+    if output.exists():
+        raise DataError(f"key 'output': {output} exists; remove it or choose another path")
+
+
+def _check_train_output(config: Any) -> None:
+    _check_writable(config.output)
+    if config.output.exists() and (not config.output.is_dir() or any(config.output.iterdir())) \
+            and not config.overwrite:
+        raise CheckpointError(f"key 'output': {config.output} is not empty; set overwrite: true to replace it")
 
 
 def _client(settings: Any) -> tuple[Any, Any]:
@@ -347,7 +382,7 @@ def _pipeline_command(ctx: typer.Context, kind: str, config: Path, part: str | N
 
     try:
         summary = _run_pipeline(kind, load_config(config, kind), _command_line(ctx), part)
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
     typer.echo(summary)
 
@@ -379,7 +414,7 @@ def batch_run(ctx: typer.Context, config: Path = CONFIG_OPTION, part: str = PART
     try:
         settings = load_config(config, "batch")
         summary = _run_pipeline(settings.job, settings, _command_line(ctx), part)
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
     typer.echo(summary)
 
@@ -391,7 +426,7 @@ def batch_status(store: Path = typer.Argument(..., help="zarr store of a batch j
 
     try:
         typer.echo(str(store_status(store)))
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
 
 
@@ -402,7 +437,7 @@ def batch_finalise(ctx: typer.Context, store: Path = typer.Argument(..., help="z
 
     try:
         finalise_store(store, history=_command_line(ctx))
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
     typer.echo(f"{store}: every region verified, metadata consolidated")
 
@@ -510,7 +545,7 @@ def evaluate(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
 
     try:
         report = _evaluate(load_config(config, "evaluate"), _command_line(ctx))
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
     typer.echo("| variable | score | value |\n|---|---|---|")
     for name, row in report["scores"].items():
@@ -531,14 +566,16 @@ def validate(
         settings = load_config(config, command)
         kind = getattr(settings, "job", None) or command
         if kind == "train":
+            _check_train_output(settings)
             _training_data(settings)
         elif kind == "evaluate":
             _evaluation_inputs(settings)
         else:
+            _check_pipeline_output(settings)
             job = _pipeline_job(kind, settings)
             if kind == "reconstruct":
                 typer.echo(str(_observation_report(job, settings)))
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
     typer.echo(f"{config}: valid {command} configuration")
 

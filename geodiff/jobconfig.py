@@ -244,7 +244,10 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
 def read_yaml(path: Path) -> Any:
     """The YAML document at ``path``; ConfigError naming the file when it is not valid YAML, gives a key twice or
     expands (through aliases) to more than :data:`MAX_YAML_NODES` values."""
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a text (YAML) file: {err}") from None
     try:
         loader = _UniqueKeyLoader(text)
         loader.name = str(path)
@@ -356,9 +359,11 @@ def _check_options(path: Path, kind: str, options: dict[str, Any], members: int)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(f'options.{k}' for k in unknown)} for the {kind} "
                           f"pipeline (allowed: {', '.join(allowed)})")
+    from geodiff.registry import type_problem
+
     hints = typing.get_type_hints(function)
     for key, value in options.items():
-        problem = _type_problem(hints.get(key), value)
+        problem = type_problem(hints.get(key), value)
         if problem:
             raise ConfigError(f"{path}: key 'options.{key}': {problem} (got {value!r})")
     from geodiff.pipelines.request import check_request
@@ -377,31 +382,6 @@ def open_input(path: Location) -> Any:
     from geodiff.io.paths import open_input as open_location
 
     return open_location(path)
-
-
-def _type_problem(hint: Any, value: Any) -> str | None:
-    """Why ``value`` does not fit the type ``hint`` (pydantic, strict: no string read as a number), or None.
-    Types pydantic cannot check (tensors, callables, schedules) are left to the pipeline."""
-    from pydantic import PydanticSchemaGenerationError, TypeAdapter
-
-    if hint is None:
-        return None
-    try:
-        adapter = TypeAdapter(hint)
-    except (PydanticSchemaGenerationError, TypeError, NameError):
-        return None
-    try:
-        adapter.validate_python(value, strict=True)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return f"expected {_type_name(hint)}" + (f" ({where}: {first['msg']})" if where else f": {first['msg']}")
-    return None
-
-
-def _type_name(hint: Any) -> str:
-    text = str(hint).replace("typing.", "").replace("collections.abc.", "")
-    return text.replace("<class '", "").replace("'>", "")
 
 
 _BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
@@ -467,6 +447,7 @@ def describe_keys(schema: type[BaseModel], prefix: str = "") -> list[tuple[str, 
 def describe_options(kind: str) -> list[tuple[str, str, str]]:
     """``(options.<name>, type, default)`` of every option a ``kind`` pipeline takes (from its signature)."""
     from geodiff.batch.job import JOB_KINDS
+    from geodiff.registry import type_name
 
     try:
         function = JOB_KINDS[kind].load()
@@ -479,7 +460,7 @@ def describe_options(kind: str) -> list[tuple[str, str, str]]:
     for name, param in list(inspect.signature(function).parameters.items())[1:]:
         if name in taken or param.kind is inspect.Parameter.VAR_KEYWORD:
             continue
-        text = _type_name(hints.get(name, Any)).replace("NoneType", "None")
+        text = type_name(hints.get(name, Any)).replace("NoneType", "None")
         rows.append((f"options.{name}", text, "required" if param.default is inspect.Parameter.empty
                      else repr(param.default)))
     return rows

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import typing
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -201,9 +202,43 @@ def check_options(target: Any, options: Any, where: str, *, positional: int = 0)
         return dict(options)
     allowed = [p.name for p in params[positional:] if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                                  inspect.Parameter.KEYWORD_ONLY)]
+    name = getattr(target, "__name__", type(target).__name__)
     unknown = [key for key in options if key not in allowed]
     if unknown:
-        name = getattr(target, "__name__", type(target).__name__)
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for {name} "
                           f"(allowed: {', '.join(allowed) or 'none'})")
+    try:
+        hints = typing.get_type_hints(function)
+    except (NameError, TypeError):
+        hints = {}
+    for key, value in options.items():
+        problem = type_problem(hints.get(key), value)
+        if problem:
+            raise ConfigError(f"{where}: key {key!r} of {name}: {problem} (got {value!r})")
     return dict(options)
+
+
+def type_problem(hint: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit the type ``hint`` (pydantic, strict: no string read as a number), or None.
+    Types pydantic cannot check (tensors, callables, schedules) are left to the pipeline."""
+    from pydantic import PydanticSchemaGenerationError, TypeAdapter, ValidationError
+
+    if hint is None:
+        return None
+    try:
+        adapter = TypeAdapter(hint)
+    except (PydanticSchemaGenerationError, TypeError, NameError):
+        return None
+    try:
+        adapter.validate_python(value, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"expected {type_name(hint)}" + (f" ({where}: {first['msg']})" if where else f": {first['msg']}")
+    return None
+
+
+def type_name(hint: Any) -> str:
+    """A type hint as written in code, without the ``typing.`` prefixes (for messages and help)."""
+    text = str(hint).replace("typing.", "").replace("collections.abc.", "")
+    return text.replace("<class '", "").replace("'>", "")

@@ -465,7 +465,8 @@ def assimilate(
     Times without observations get the background-conditioned prior sample (recorded in the report).
     """
     check_request("assimilate", device=device, members=members, steps=steps, guidance=guidance,
-                  guidance_options=guidance_options, sampler=sampler, max_normalized=max_normalized)
+                  guidance_options=guidance_options, sampler=sampler, max_normalized=max_normalized,
+                  on_runaway=on_runaway, runaway_factor=runaway_factor)
     model = model if isinstance(model, AssimilationModel) else AssimilationModel.load(model, device=device)
     model.to(device)
     _check_background(model, background)

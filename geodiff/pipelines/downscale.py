@@ -248,7 +248,8 @@ def downscale(
     settings = {name: value for name, value in locals().items() if name not in ("model", "coarse")}
     check_request("downscale", device=device, members=members, steps=steps, batch_size=batch_size,
                   guidance=guidance, guidance_options=guidance_options, sampler=sampler,
-                  sampler_options=sampler_options, max_normalized=max_normalized)
+                  sampler_options=sampler_options, max_normalized=max_normalized, on_runaway=on_runaway,
+                  runaway_factor=runaway_factor)
     bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
     bundle = bundle.to(device)
     spec = _spec(bundle)

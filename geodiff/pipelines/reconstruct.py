@@ -193,7 +193,8 @@ def reconstruct(
     settings = {name: value for name, value in locals().items() if name not in ("model", "observations", "times")}
     check_request("reconstruct", device=device, members=members, steps=steps, batch_size=batch_size,
                   guidance=guidance, guidance_options=guidance_options, sampler=sampler,
-                  sampler_options=sampler_options, max_normalized=max_normalized)
+                  sampler_options=sampler_options, max_normalized=max_normalized, precision=precision,
+                  on_runaway=on_runaway, runaway_factor=runaway_factor)
     bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
     bundle = bundle.to(device)
     if lazy or (lazy is None and is_lazy(observations)):

@@ -4,7 +4,8 @@
 :func:`geodiff.assimilate`, and by ``geodiff validate`` with a configuration's options, so that a configuration
 ``validate`` accepts is one ``run`` accepts: the device exists here, ``members`` / ``steps`` / ``batch_size`` are
 integers >= 1, the guidance and sampler are registered and take every key of ``guidance_options`` /
-``sampler_options``, and ``max_normalized`` is a number, None (or ``"auto"`` where the pipeline has it).
+``sampler_options`` with values of the types they declare, ``max_normalized`` is a number, None (or ``"auto"``
+where the pipeline has it), ``precision`` and ``on_runaway`` are known.
 Each failure is a :class:`~geodiff.errors.ConfigError` (or :class:`~geodiff.errors.PluginError` for an unknown
 name) naming the setting, the value and what is allowed.
 
@@ -62,10 +63,15 @@ def guidance_class(kind: str, guidance: Any) -> Any:
 
 def check_request(kind: str, *, device: Any = "cpu", members: Any = 1, steps: Any = 1, batch_size: Any = None,
                   guidance: Any = "default", guidance_options: Any = None, sampler: Any = "heun",
-                  sampler_options: Any = None, max_normalized: Any = None) -> None:
+                  sampler_options: Any = None, max_normalized: Any = None, precision: Any = "fp32",
+                  on_runaway: Any = "resample", runaway_factor: Any = None) -> None:
     """Check the settings of a ``kind`` pipeline call (module docstring); ``guidance="default"`` stands for the
     pipeline's default guidance."""
-    check_device(device)
+    from geodiff.diffusion.engine import RunawayCheck
+    from geodiff.runtime import precision_context
+
+    precision_context(precision, check_device(device).type)  # built, not entered: checks the name and device
+    RunawayCheck(on_runaway, runaway_factor)
     check_count(members, "members")
     check_count(steps, "steps")
     if batch_size is not None:

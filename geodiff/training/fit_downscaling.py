@@ -216,7 +216,7 @@ def fit_downscaling(
         raise ConfigError(f"validation must be a fraction in (0, 0.5), got {validation}")
     names = [variables] if isinstance(variables, str) else list(variables or [
         str(n) for n, v in ds.data_vars.items() if "time" in v.dims])
-    check_training_data(ds, names)
+    ds = check_training_data(ds, names)
     ds = ds[names]
     lat, lon = np.asarray(ds["lat"].values, np.float64), np.asarray(ds["lon"].values, np.float64)
     shape = (len(names), lat.size, lon.size)

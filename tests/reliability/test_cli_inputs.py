@@ -174,6 +174,8 @@ CASES: list[CliCase] = [
       "variable 'value' has a chunk that cannot be read"),
     C(FILES, "CSV with an unparseable time", "reconstruct", lambda w, t: csv_observations(w, t, "yesterday"),
       "row 3 holds 'yesterday', which is not a time"),
+    C(FILES, "output below a file", "reconstruct", lambda w, t: recon_config(w, t, output=str(w / "obs.nc" / "o.nc")),
+      "obs.nc is a file, not a folder"),
     # -- training data
     C(TRAINING, "1e20 fill values", "train",
       lambda w, t: spoiled_training(w, t, lambda ds: ds.where(ds.time != ds.time[2], 1e20)),
@@ -214,6 +216,8 @@ CASES: list[CliCase] = [
     C(RESOURCES, "YAML alias bomb in options.guidance_options", "reconstruct", alias_bomb,
       "values through its aliases (more than 100000)"),
     C(RESOURCES, "duplicate YAML keys", "reconstruct", duplicate_keys, "key 'members' is given twice (lines 4 and 5)"),
+    C(RESOURCES, "a binary file as configuration", "reconstruct", lambda w, t: b"\x89HDF\r\n\x1a\n\xff\xfe\x00",
+      "is not a text (YAML) file"),
     C(RESOURCES, "float members", "reconstruct", lambda w, t: recon_config(w, t, members=2.5),
       "key 'members': Input should be a valid integer"),
     C(RESOURCES, "max_normalized: 'none'", "reconstruct",
@@ -224,6 +228,9 @@ CASES: list[CliCase] = [
     C(BLAME, "unknown key in guidance_options", "reconstruct",
       lambda w, t: recon_config(w, t, options={"guidance_options": {"cg_iterashuns": 2}}),
       "unknown key(s) 'cg_iterashuns' for MMPSGuidance (allowed: method, cg_iterations"),
+    C(BLAME, "a guidance option of the wrong type", "reconstruct",
+      lambda w, t: recon_config(w, t, options={"guidance_options": {"cg_iterations": "three"}}),
+      "key 'cg_iterations' of MMPSGuidance: expected int"),
     C(BLAME, "an option of the wrong type", "reconstruct", lambda w, t: recon_config(w, t, options={"steps": "many"}),
       "key 'options.steps': expected int"),
     C(BLAME, "observation value 1e20 with the range check off", "reconstruct",
@@ -232,6 +239,14 @@ CASES: list[CliCase] = [
     # -- validate == run
     C(VALIDATE, "guidance: mmsp", "reconstruct", lambda w, t: recon_config(w, t, options={"guidance": "mmsp"}),
       "no guidance plugin named 'mmsp'"),
+    C(VALIDATE, "netCDF output that exists already", "reconstruct",
+      lambda w, t: recon_config(w, t, output=str(w / "obs.nc")), "obs.nc exists; remove it"),
+    C(VALIDATE, "training output that is not empty", "train",
+      lambda w, t: {**train_config(w, t), "output": str(w / "bundle")}, "is not empty; set overwrite: true"),
+    C(VALIDATE, "unknown precision", "reconstruct", lambda w, t: recon_config(w, t, options={"precision": "fp64"}),
+      "precision must be one of ('fp32', 'bf16', 'fp16')"),
+    C(VALIDATE, "unknown runaway policy", "reconstruct",
+      lambda w, t: recon_config(w, t, options={"on_runaway": "ignore"}), "on_runaway must be one of"),
     C(VALIDATE, "sampler options of another sampler", "reconstruct",
       lambda w, t: recon_config(w, t, options={"sampler_options": {"eta": 0.5}}),
       "unknown key(s) 'eta' for HeunSampler"),
@@ -252,7 +267,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config_file(tmp_path: Path, config: Any) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    if isinstance(config, bytes):
+        path.write_bytes(config)
+    else:
+        path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
     return path
 
 
