@@ -233,7 +233,7 @@ _TABLES = ("observations", "stations")
 
 
 def _checked_input(name: str, path: Path) -> Any:
-    """Input ``name`` opened (:func:`~geodiff.inputs.open_input`) and checked: an observation table's structure
+    """Input ``name`` opened (:func:`~geodiff.io.paths.open_input`) and checked: an observation table's structure
     and times (:func:`~geodiff.observations.as_observations`; the table itself goes on unchanged), a gridded
     field's coordinates, times, values and units (:func:`~geodiff.datacheck.check_gridded`)."""
     import xarray as xr
@@ -453,7 +453,7 @@ def batch_verify(
 
     try:
         problems = verify_store(store, repair=repair)
-    except GeodiffError as err:
+    except (GeodiffError, OSError) as err:
         _fail(err)
     for line in problems:
         typer.echo(line)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ from geodiff.io.normalize import Normalizer
 from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
-from geodiff.pipelines.request import check_request
+from geodiff.pipelines.request import check_request, opened
 from geodiff.pipelines.units import model_units, observations_to_model_units, to_model_units
 from geodiff.provenance import append_history
 
@@ -431,8 +432,8 @@ def _check_background(model: AssimilationModel, background: xr.Dataset) -> None:
 
 def assimilate(
     model: AssimilationModel | str,
-    background: xr.Dataset,
-    observations: xr.Dataset | pd.DataFrame,
+    background: xr.Dataset | str | os.PathLike,
+    observations: xr.Dataset | pd.DataFrame | str | os.PathLike,
     *,
     members: int = 8,
     steps: int = 16,
@@ -467,6 +468,7 @@ def assimilate(
     check_request("assimilate", device=device, members=members, steps=steps, guidance=guidance,
                   guidance_options=guidance_options, sampler=sampler, max_normalized=max_normalized,
                   on_runaway=on_runaway, runaway_factor=runaway_factor)
+    background, observations = opened(background), opened(observations)
     model = model if isinstance(model, AssimilationModel) else AssimilationModel.load(model, device=device)
     model.to(device)
     _check_background(model, background)

@@ -38,6 +38,7 @@ Example
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,7 +63,7 @@ from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import CoarsenOperator, PointOperator
 from geodiff.pipelines.blocks import PipelineBlock, is_lazy, lazy_over_time
 from geodiff.pipelines.reconstruct import record_provenance, time_generator
-from geodiff.pipelines.request import check_request
+from geodiff.pipelines.request import check_request, opened
 from geodiff.pipelines.units import model_units, observations_to_model_units, to_model_units
 from geodiff.provenance import append_history
 from geodiff.training.pairs import downscaling_metadata
@@ -169,10 +170,10 @@ def _source_tensor(bundle: ModelBundle, ds: xr.Dataset, name: str, variables: li
 
 def downscale(
     model: ModelBundle | str,
-    coarse: xr.Dataset | xr.DataArray,
+    coarse: xr.Dataset | xr.DataArray | str | os.PathLike,
     *,
     sources: Mapping[str, xr.Dataset | xr.DataArray] | None = None,
-    stations: xr.Dataset | pd.DataFrame | None = None,
+    stations: xr.Dataset | pd.DataFrame | str | os.PathLike | None = None,
     members: int = 8,
     steps: int = 24,
     sampler: str = "heun",
@@ -263,7 +264,8 @@ def downscale(
         guidance, members = None, 1
     if getattr(denoiser, "mask", None) is not None:
         raise ConfigError("a downscaling model must be trained without a fixed denoiser mask (it samples any domain)")
-    coarse = _as_dataset(coarse, "coarse")
+    coarse = _as_dataset(opened(coarse), "coarse")
+    stations = opened(stations)
     missing = [v for v in target if v not in coarse.data_vars]
     if missing:
         raise ConfigError(f"the coarse field lacks the model's target variables {missing}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
 from geodiff.observations import ObservationTable, as_observations
 from geodiff.operators import PointOperator
 from geodiff.pipelines.blocks import PipelineBlock, is_lazy, lazy_over_time, time_axis
-from geodiff.pipelines.request import check_request
+from geodiff.pipelines.request import check_request, opened
 from geodiff.pipelines.units import model_units, observations_to_model_units
 from geodiff.provenance import append_history, provenance_attrs
 from geodiff.runtime import optimize, precision_context
@@ -109,7 +110,7 @@ def _patched(denoiser: Any, mask: torch.Tensor, patch: Any, overlap: Any) -> Pat
 
 def reconstruct(
     model: ModelBundle | str,
-    observations: xr.Dataset | pd.DataFrame,
+    observations: xr.Dataset | pd.DataFrame | str | os.PathLike,
     *,
     guidance: str = "mmps",
     guidance_options: dict[str, Any] | None = None,
@@ -139,8 +140,11 @@ def reconstruct(
     Parameters
     ----------
     model: a :class:`~geodiff.io.ModelBundle` or the path of one (``geodiff.load``).
-    observations: observation table (``xr.Dataset`` with dim ``obs`` or ``DataFrame`` with the columns of :mod:`geodiff.observations`), in the
-        units of the model's variables; validated against the model grid (the report is kept in the attrs).
+    observations: observation table (``xr.Dataset`` with dim ``obs`` or ``DataFrame`` with the columns of
+        :mod:`geodiff.observations`), or the path / URL of one (netCDF, zarr, CSV; opened and checked by
+        :func:`geodiff.io.paths.open_input`); a ``units`` attribute on ``value`` is converted to the model's units
+        (pint; refused when it cannot be), else the values are taken as in the model's units; validated against
+        the model grid (the report is kept in the attrs).
     guidance: registered guidance name (``mmps``, ``dps``, ``sda``, ``reconmost``, ``repaint``) with
         ``guidance_options`` (e.g. ``{"cg_iterations": 3}``). MMPS solves exactly (``method="exact"``) when the
         model's denoiser knows its Gaussian covariance (the hybrid prior of :func:`geodiff.fit`), else with
@@ -195,6 +199,7 @@ def reconstruct(
                   guidance=guidance, guidance_options=guidance_options, sampler=sampler,
                   sampler_options=sampler_options, max_normalized=max_normalized, precision=precision,
                   on_runaway=on_runaway, runaway_factor=runaway_factor)
+    observations = opened(observations)
     bundle = model if isinstance(model, ModelBundle) else load(model, device=device)
     bundle = bundle.to(device)
     if lazy or (lazy is None and is_lazy(observations)):

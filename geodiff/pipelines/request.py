@@ -30,7 +30,7 @@ from geodiff import registry
 from geodiff.errors import ConfigError
 from geodiff.resources import check_count, check_device
 
-__all__ = ["check_request", "guidance_class", "ASSIMILATION_GUIDANCE"]
+__all__ = ["check_request", "guidance_class", "opened", "ASSIMILATION_GUIDANCE"]
 
 #: guidance names of :func:`geodiff.assimilate` (through the decoder of its latent model)
 ASSIMILATION_GUIDANCE = ("mmps", "dps", "none")
@@ -88,3 +88,15 @@ def check_request(kind: str, *, device: Any = "cpu", members: Any = 1, steps: An
         allowed = "a positive number, 'auto' or None (null in YAML)" if kind == "reconstruct" \
             else "a positive number or None (null in YAML)"
         raise ConfigError(f"max_normalized must be {allowed}, got {max_normalized!r}")
+
+
+def opened(value: Any) -> Any:
+    """``value`` itself, or the checked dataset / table at ``value`` when it is a path or URL
+    (:func:`geodiff.io.paths.open_input`: netCDF, zarr or CSV, every file check of :mod:`geodiff.inputs`)."""
+    import os
+
+    if isinstance(value, (str, os.PathLike)):
+        from geodiff.io.paths import open_input
+
+        return open_input(value)
+    return value

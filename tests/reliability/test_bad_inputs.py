@@ -617,6 +617,9 @@ INPUT_CASES: list[Case] = [
       CoordinateError, "coarse: coordinate 'lat' has"),
     C("observation and coarse times or coordinates not checked", "downscale with duplicate coarse times",
       lambda p: downscale_with(lambda ds: ds.isel(time=[0, 0])), CoordinateError, "duplicate times"),
+    C("input file incomplete (killed writer)", "reconstruct given the path of an observation file cut short",
+      lambda p: recon(str(_cut_file(_write(p / "obs.nc", as_table(helpers.observations())), 0.8))), DataError,
+      "obs.nc' is incomplete or corrupt"),
     # -- resources
     C("resources not bounded", "members=100000000",
       lambda p: recon(helpers.observations(), members_override=100_000_000), ConfigError, "needs at least"),
@@ -646,6 +649,12 @@ CASES += INPUT_CASES
 
 def _write(path: Path, ds: xr.Dataset) -> Path:
     ds.to_netcdf(path)
+    return path
+
+
+def _cut_file(path: Path, keep: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
     return path
 
 
