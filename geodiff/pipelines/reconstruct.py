@@ -148,7 +148,8 @@ def reconstruct(
     guidance: registered guidance name (``mmps``, ``dps``, ``sda``, ``reconmost``, ``repaint``) with
         ``guidance_options`` (e.g. ``{"cg_iterations": 3}``). MMPS solves exactly (``method="exact"``) when the
         model's denoiser knows its Gaussian covariance (the hybrid prior of :func:`geodiff.fit`), else with
-        conjugate gradients (``"cg"``); ``guidance_options={"method": ...}`` overrides it, and the attribute
+        conjugate gradients (``"cg"``, also whenever ``cg_iterations`` or ``preconditioner`` is given);
+        ``guidance_options={"method": ...}`` overrides it, and the attribute
         ``geodiff_guidance`` records which was used.
     members: ensemble size; ``batch_size`` members are sampled at once (default: all).
     steps: sampler steps; ``sampler`` is a registered sampler name with ``sampler_options``.
@@ -223,8 +224,8 @@ def reconstruct(
     network = denoiser if patch is None else _patched(denoiser, codec.mask.to(device), patch, overlap)
     guidance_cls = observation_method(guidance)
     options = dict(guidance_options or {})
-    if guidance_cls is MMPSGuidance and "method" not in options:  # exact solves for priors with a known spectrum
-        options["method"] = preferred_method(denoiser)
+    if guidance_cls is MMPSGuidance and not {"method", "cg_iterations", "preconditioner"} & set(options):
+        options["method"] = preferred_method(denoiser)  # exact solves for priors with a known spectrum
     if max_normalized == "auto":
         max_normalized = float(getattr(bundle.normalizer, "bound", MAX_NORMALIZED))
     bound = None if max_normalized is None else float(max_normalized)
