@@ -130,7 +130,11 @@ class PatchDenoiser:
     are cropped per window (module docstring); windows start on multiples of :func:`alignment`. With
     ``max_batch`` windows are denoised together in batches of up to that many fields (``B`` per window).
     ``mask``: validity ``[C, H, W]`` of the whole domain (module docstring); windows without a valid cell are
-    skipped unless ``skip_masked=False``.
+    skipped unless ``skip_masked=False``. ``periodic_lon``: the domain is a whole latitude circle (a global grid):
+    the field, its mask and every source are extended by at least ``overlap[1]`` wrapped columns on each side,
+    the windows cover the extended domain and each extended column's estimate is blended into the column it
+    wraps to, so the cells on both sides of the grid's longitude seam see each other and blend like any other
+    neighbours.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class PatchDenoiser:
         max_batch: int | None = None,
         mask: Tensor | None = None,
         skip_masked: bool = True,
+        periodic_lon: bool = False,
     ):
         patch = tuple(int(p) for p in patch)
         overlap = tuple(int(o) for o in overlap)
@@ -157,6 +162,7 @@ class PatchDenoiser:
         if self.mask is not None and self.mask.ndim != 3:
             raise GridError(f"mask must be a bool tensor [C, H, W], got shape {list(self.mask.shape)}")
         self.skip_masked = bool(skip_masked)
+        self.periodic_lon = bool(periodic_lon)
 
     def windows(self, height: int, width: int, align: int = 1) -> Iterator[tuple[int, int, int, int]]:
         """The windows ``(i0, i1, j0, j1)`` covering a ``height x width`` domain."""
@@ -177,12 +183,15 @@ class PatchDenoiser:
 
     def computed(self, height: int, width: int, align: int = 1) -> list[tuple[tuple[int, int, int, int], Tensor]]:
         """The windows (with weights) that are denoised: all of :meth:`weights` but those without a valid cell."""
+        return self._computed(height, width, align, self.mask)
+
+    def _computed(self, height: int, width: int, align: int, mask: Tensor | None):
         plan = self.weights(height, width, align)
-        if self.mask is None or not self.skip_masked:
+        if mask is None or not self.skip_masked:
             return plan
-        if tuple(self.mask.shape[-2:]) != (height, width):
-            raise GridError(f"the mask covers {tuple(self.mask.shape[-2:])} cells, the field {(height, width)}")
-        valid = self.mask.any(dim=0)
+        if tuple(mask.shape[-2:]) != (height, width):
+            raise GridError(f"the mask covers {tuple(mask.shape[-2:])} cells, the field {(height, width)}")
+        valid = mask.cpu().any(dim=0)
         return [(w, weight) for w, weight in plan if bool(valid[w[0]:w[1], w[2]:w[3]].any())]
 
     def __call__(self, x: Tensor, sigma: float | Tensor, cond: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -194,7 +203,31 @@ class PatchDenoiser:
             extra = {} if mask is None else {"mask": mask}
             return self.denoiser(x, sigma, dict(cond) if cond is not None else None, **extra)
         align = alignment(cond, (height, width))
-        plan = self.computed(height, width, align)
+        if not self.periodic_lon or width <= self.patch[1]:
+            numerator, total = self._blend(x, sigma, cond, mask, align)
+            return numerator / _covered(total)
+        pad = -(-max(self.overlap[1], 1) // align) * align  # wrapped columns on each side, whole source cells
+        if pad > width:
+            raise GridError(f"a periodic domain of {width} columns is narrower than the overlap {self.overlap[1]}")
+
+        def wrapped(value: Tensor, cells: int) -> Tensor:
+            return torch.cat([value[..., -cells:], value, value[..., :cells]], dim=-1)
+
+        sources = None if cond is None else {
+            name: wrapped(value, int(source_ratio(value, (height, width), name)[1] * pad))
+            for name, value in cond.items()}  # fmt: skip
+        numerator, total = self._blend(wrapped(x, pad), sigma, sources, None if mask is None else wrapped(mask, pad),
+                                       align)
+        columns = (torch.arange(width + 2 * pad, device=x.device) - pad) % width  # the column each one wraps to
+        numerator = torch.zeros_like(x).index_add(-1, columns, numerator)
+        total = torch.zeros(height, width, dtype=total.dtype, device=x.device).index_add(-1, columns, total)
+        return numerator / _covered(total)
+
+    def _blend(self, x: Tensor, sigma: float | Tensor, cond: Mapping[str, Tensor] | None, mask: Tensor | None,
+               align: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The weighted sum of the window estimates ``[B, C, H, W]`` and the sum of the weights ``[H, W]``."""
+        height, width = x.shape[-2:]
+        plan = self._computed(height, width, align, mask)
         total = torch.zeros(height, width, dtype=x.dtype, device=x.device)
         numerator = torch.zeros_like(x)
         batch = x.shape[0]
@@ -219,9 +252,12 @@ class PatchDenoiser:
                 piece = out[k * batch : (k + 1) * batch] * w
                 numerator = _add_window(numerator, piece, (i0, i1, j0, j1))
                 total[i0:i1, j0:j1] += w
-        if len(plan) < len(list(self.windows(height, width, align))):  # cells under skipped windows only: 0
-            total = torch.where(total > 0, total, torch.ones_like(total))
-        return numerator / total
+        return numerator, total
+
+
+def _covered(total: Tensor) -> Tensor:
+    """The sum of the weights with 1 where no window was denoised (cells under skipped windows only: 0)."""
+    return torch.where(total > 0, total, torch.ones_like(total))
 
 
 def _expand(source: Tensor, batch: int) -> Tensor:

@@ -55,7 +55,7 @@ from geodiff.diffusion.residual import RegressionModel
 from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import ConfigError, CoordinateError, GridError
-from geodiff.grid import channel_mask, coarse_coords, grid_for_ratio, refine_coords
+from geodiff.grid import channel_mask, coarse_coords, grid_for_ratio, is_periodic, refine_coords
 from geodiff.guidance import CoarseGuidance, combine
 from geodiff.io.bundle import ModelBundle, load
 from geodiff.io.codec import Codec
@@ -320,7 +320,7 @@ def downscale(
     train_patch = tuple(int(p) for p in (patch or spec["patch"]))
     overlap = tuple(int(o) for o in (overlap or (train_patch[0] // 4, train_patch[1] // 4)))
     bound = None if max_normalized is None else float(max_normalized)
-    patched = PatchDenoiser(base, patch=train_patch, overlap=overlap)
+    patched = PatchDenoiser(base, patch=train_patch, overlap=overlap, periodic_lon=is_periodic(lon))
     engine = SamplingEngine(
         registry.get("sampler", sampler)(**(sampler_options or {})), patched,
         (schedule or EDMSchedule()).sigmas(steps), members=members, batch_size=batch_size, device=device,

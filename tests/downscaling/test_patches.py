@@ -108,3 +108,22 @@ def test_all_land_windows_are_skipped_with_the_same_result():
         PatchDenoiser(counted, patch=(8, 8), overlap=(4, 4), mask=mask[0])
     with pytest.raises(GridError, match="mask"):
         skipping(torch.zeros(1, 2, 24, 32), 0.7)
+
+
+def test_periodic_longitude_blends_across_the_seam():
+    """On a whole latitude circle, a denoiser that looks at its neighbours (a circular 3-point mean along lon) gives
+    the whole-domain result with wrapped windows; without wrapping the columns at the seam differ."""
+    def smooth(x, sigma, cond=None):
+        return (torch.roll(x, 1, -1) + x + torch.roll(x, -1, -1)) / 3
+
+    def local_mean(x, sigma, cond=None):  # what a network with zero padding sees inside a window
+        padded = torch.nn.functional.pad(x, (1, 1))
+        return (padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]) / 3
+
+    x = torch.randn(2, 1, 8, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = smooth(x, 1.0)
+    cond = {"coarse": torch.randn(1, 1, 2, 8, dtype=torch.float64)}
+    wrapped = PatchDenoiser(local_mean, patch=(8, 16), overlap=(0, 4), periodic_lon=True)(x, 1.0, cond)
+    plain = PatchDenoiser(local_mean, patch=(8, 16), overlap=(0, 4))(x, 1.0, cond)
+    assert torch.allclose(wrapped[..., [0, 31]], exact[..., [0, 31]], atol=1e-12)
+    assert not torch.allclose(plain[..., [0, 31]], exact[..., [0, 31]], atol=1e-3)

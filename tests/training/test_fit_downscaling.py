@@ -128,3 +128,13 @@ def test_bad_input_is_refused(models):
         fit_downscaling(ds, 4, mode="residual", regression=regression, steps=1, **SMALL)
     with pytest.raises(GridError, match="mask"):
         fit_downscaling(ds, 4, mode="regression", steps=1, mask=np.ones((3, 3), bool), **SMALL)
+
+
+def test_global_grids_wrap_in_training_and_sampling():
+    ds, _ = series()
+    lon = (np.arange(W) + 0.5) * 360.0 / W
+    ds = ds.assign_coords(lon=lon)
+    bundle = fit_downscaling(ds, 4, mode="regression", steps=1, **SMALL)
+    assert bundle.metadata["training"]["architecture"]["periodic_lon"] is True
+    out = downscale(bundle, coarsen(ds.isel(time=[T - 1]), 4), progress=False)
+    assert np.isfinite(out.tas.values).all()
