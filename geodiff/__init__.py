@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "train": "geodiff.training.trainer:train",
     "fit": "geodiff.training.fit:fit",
+    "fit_downscaling": "geodiff.training.fit_downscaling:fit_downscaling",
     "load": "geodiff.io.bundle:load",
     "ModelBundle": "geodiff.io.bundle:ModelBundle",
     "Codec": "geodiff.io.codec:Codec",

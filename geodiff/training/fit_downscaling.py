@@ -1,4 +1,4 @@
-"""Train a conditional downscaling model from Datasets in one call: ``fit_downscaling(ds, factor) -> ModelBundle``.
+"""Train a conditional downscaling model from Datasets in one call: ``geodiff.fit_downscaling(ds, factor)``.
 
 The conditional sibling of :func:`geodiff.fit`. From a high-resolution training series ``ds`` (the truth), the
 integer coarsening ``factor`` and optional auxiliary ``sources`` (topography, a satellite product, ... on grids of
