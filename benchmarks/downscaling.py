@@ -198,14 +198,19 @@ def evaluate(name: str, train_ds: xr.DataArray, test: xr.Dataset, sources: dict,
             ("diffusion direct, coarse + station guidance", "direct", {"stations": table}),
             ("diffusion residual, coarse + station guidance", "residual", {"stations": table}),
             ("diffusion residual, coarse + station guidance, preconditioned CG", "residual",
-             {"stations": table, "guidance_options": {"preconditioner": "diagonal"}})]
+             {"stations": table, "guidance_options": {"preconditioner": "diagonal"}}),
+            ("diffusion residual, coarse + station guidance, 3 CG steps", "residual",
+             {"stations": table, "guidance_options": {"cg_iterations": 3}}),
+            ("diffusion residual, coarse + station guidance, preconditioned CG, 3 steps", "residual",
+             {"stations": table, "guidance_options": {"preconditioner": "diagonal", "cg_iterations": 3}})]
+    runs = [run for run in runs if not args.methods or any(m in run[0] for m in args.methods.split(","))]
     for label, mode, extra in runs:
         start = time.perf_counter()
         result = downscale(models[mode], coarse, **sampling, **extra)
         runaway = json.loads(result.attrs.get("geodiff_runaway", "{}")).get("members", {})
         record(label, result[var], time.perf_counter() - start,
                f"{sum(len(v) for v in runaway.values())} runaway members redrawn" if runaway else "")
-    (out / name / "scores.json").write_text(json.dumps(rows, indent=1))
+    (out / name / f"scores{args.tag}.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -232,6 +237,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--methods", default="", help="score only the diffusion runs whose label holds one of these "
+                        "comma-separated words (bicubic and regression always)")
+    parser.add_argument("--tag", default="", help="suffix of the scores file (OUT/<set>/scores<tag>.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
