@@ -16,7 +16,7 @@ For each time of ``coarse``:
    smooth weights at every step: no seams), optionally with classifier-free guidance over the sources;
 3. guidance (default ``"coarse"``): the area mean of the sample must match the coarse field within
    ``coarse_error_std`` (:class:`~geodiff.guidance.coarse.CoarseGuidance`, land-aware
-   :class:`~geodiff.operators.CoarsenOperator`), jointly with station observations when given
+   :class:`~geodiff.operators.CoarsenOperator` with the area weights the model was trained with), jointly with station observations when given
    (:class:`~geodiff.operators.PointOperator` at the stations' positions).
 
 The result has the coarse dataset's variable names and attributes on the high-resolution grid, a ``member``
@@ -305,7 +305,9 @@ def downscale(
                                                   "mask": _validity(under, mask, bundle, lat, lon)})
     coarse_values = _coarse_values(coarse, target)  # [T?, C, Hc, Wc]
     valid = _validity(_valid_under(coarse_values, has_time, factor), mask, bundle, lat, lon)
-    operator = CoarsenOperator((channels, height, width), factor, mask=valid, grid_lat=lat).to(device)
+    weights = spec.get("area_weights", "coslat")  # the coarse area means the model was trained with
+    operator = CoarsenOperator((channels, height, width), factor, mask=valid,
+                               grid_lat=lat if weights == "coslat" else None).to(device)
     fine_codec, coarse_codec = output_codec(coarse, target, factor, valid), output_codec(coarse, target, 1)
     channel_list = [(v, None) for v in target]
     table = report = validated = None

@@ -245,7 +245,8 @@ def fit_downscaling(
         if regression.metadata.get("training", {}).get("mode") != "regression":
             raise ConfigError("regression= must be a bundle trained with mode='regression'")
         expected = downscaling_metadata(factor, regression.metadata["downscaling"]["patch"], names,
-                                        {n: (list(v.data_vars), ratios[n]) for n, v in source_data.items()})
+                                        {n: (list(v.data_vars), ratios[n]) for n, v in source_data.items()},
+                                        area_weights=area_weights)
         if regression.metadata["downscaling"] != expected:
             raise ConfigError("the regression bundle was trained for other variables, factor or sources: "
                               f"{regression.metadata['downscaling']} (now {expected})")
@@ -353,7 +354,7 @@ def fit_downscaling(
     metadata = {
         "name": f"downscaling ({mode}) of {', '.join(names)} x{factor}",
         "trained_by": "geodiff.training.fit_downscaling",
-        "downscaling": downscaling_metadata(factor, patch, names, sources_meta),
+        "downscaling": downscaling_metadata(factor, patch, names, sources_meta, area_weights=area_weights),
         "training": {
             "mode": mode, "steps": total, "best_step": result.best_step,
             "validation_history": [{"step": i * every, "score": v} for i, v in enumerate(result.validation_losses)],

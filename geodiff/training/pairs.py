@@ -43,12 +43,15 @@ COARSE = "coarse"
 
 
 def downscaling_metadata(
-    factor: int, patch: Sequence[int], target: Sequence[str], sources: Mapping[str, tuple[Sequence[str], Any]]
+    factor: int, patch: Sequence[int], target: Sequence[str], sources: Mapping[str, tuple[Sequence[str], Any]],
+    *, area_weights: str | None = "coslat",
 ) -> dict[str, Any]:
     """The bundle metadata entry ``"downscaling"`` for :func:`geodiff.downscale`.
 
     ``sources``: ``{name: (variables, ratio)}`` of the auxiliary sources (``ratio`` = source cells per
     high-resolution cell, e.g. 1 or ``"1/2"``); the coarse source ``(target, 1/factor)`` is added.
+    ``area_weights``: the weights of the coarse area means the model was trained with (``"coslat"`` or None for
+    equal weights; recorded when not the default ``"coslat"``).
 
     >>> downscaling_metadata(4, (32, 32), ["tas"], {"topography": (["orog"], 1)})["sources"]["coarse"]
     {'variables': ['tas'], 'ratio': '1/4'}
@@ -60,7 +63,10 @@ def downscaling_metadata(
         if name == COARSE:
             raise ConfigError(f"source name {COARSE!r} is reserved for the coarse field")
         entries[name] = {"variables": list(variables), "ratio": str(Fraction(ratio))}
-    return {"factor": factor, "patch": [int(p) for p in patch], "target": list(target), "sources": entries}
+    if area_weights not in ("coslat", None):
+        raise ConfigError(f"area_weights must be 'coslat' or None, got {area_weights!r}")
+    spec = {"factor": factor, "patch": [int(p) for p in patch], "target": list(target), "sources": entries}
+    return spec if area_weights == "coslat" else {**spec, "area_weights": area_weights}
 
 
 def _patch_seed(seed: int, index: int) -> int:

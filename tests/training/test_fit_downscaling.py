@@ -98,8 +98,9 @@ def test_masks_keep_land_out_of_the_model_and_the_output():
     ds, _ = series()
     land = np.zeros((H, W), dtype=bool)
     land[5:7, 5:7] = True  # land under one coarse ocean cell: the coarse cell stays valid
-    bundle = fit_downscaling(ds, 4, mode="regression", steps=2, mask=~land, **SMALL)
+    bundle = fit_downscaling(ds, 4, mode="regression", steps=2, mask=~land, area_weights=None, **SMALL)
     assert bundle.codec.mask[0].numpy().tolist() == (~land).tolist()
+    assert bundle.metadata["downscaling"]["area_weights"] is None  # downscale's coarse guidance uses the same
     coarse = coarsen(ds.isel(time=[T - 1]).where(xr.DataArray(~land, dims=("lat", "lon"))), 4)
     assert np.isfinite(coarse.tas.values).all()
     out = downscale(bundle, coarse, progress=False)  # the model's own mask: its grid
