@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from geodiff.config import Configurable
 from geodiff.diffusion.denoiser import Denoiser, build_plugin, describe_plugin
+from geodiff.errors import ConfigError
 
 __all__ = ["RegressionModel", "ResidualDenoiser"]
 
@@ -46,20 +47,31 @@ class RegressionModel(Configurable, nn.Module):
     """``(x [B, C, H, W], sigma, cond) -> prediction [B, C, H, W]`` from the conditioning only (module docstring).
 
     ``backbone``: an ``nn.Module`` with the backbone contract, or ``{"name", "config"}`` of a registered one.
+    ``coarse_skip``: add the bilinear interpolation of ``cond["coarse"]`` (``[B, C, H/f, W/f]``, cell centres
+    aligned) to the network's output, so the network learns only what interpolation misses (and an untrained
+    one with a zero output is bilinear interpolation).
     """
 
-    def __init__(self, backbone: nn.Module | dict[str, Any]):
+    def __init__(self, backbone: nn.Module | dict[str, Any], *, coarse_skip: bool = False):
         super().__init__()
         if isinstance(backbone, dict):
             backbone = build_plugin("backbone", backbone)
         self.backbone = backbone
+        self.coarse_skip = bool(coarse_skip)
         self.config = {"backbone": describe_plugin("backbone", backbone)}
+        if self.coarse_skip:
+            self.config["coarse_skip"] = True
 
     def forward(self, x: Tensor, sigma: Any = None, cond: dict[str, Tensor] | None = None, *,
                 mask: Tensor | None = None) -> Tensor:  # fmt: skip
         """The prediction ``[B, C, H, W]``; ``mask`` (``[C, H, W]`` or ``[B, C, H, W]``, True = valid) zeroes
         the invalid cells."""
         out = self.backbone(torch.zeros_like(x), torch.zeros(x.shape[0], device=x.device), cond=cond)
+        if self.coarse_skip:
+            if cond is None or "coarse" not in cond:
+                raise ConfigError("a regression with coarse_skip needs the coarse field in cond['coarse']")
+            out = out + torch.nn.functional.interpolate(cond["coarse"].to(out.dtype), size=tuple(x.shape[-2:]),
+                                                        mode="bilinear", align_corners=False)
         return out if mask is None else out * torch.as_tensor(mask, device=x.device).to(out.dtype)
 
 

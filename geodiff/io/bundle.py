@@ -420,9 +420,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     try:
         described = config["denoiser"]
         # the configuration names its class by its keys: a Gaussian prior, a regression mean, or neither; a
-        # regression model has only a backbone (no noise preconditioning)
+        # regression model has no noise preconditioning (no sigma_data)
         denoiser_class = (GaussianResidualDenoiser if "prior" in described else ResidualDenoiser
-                          if "mean" in described else RegressionModel if set(described) == {"backbone"}
+                          if "mean" in described else RegressionModel if "sigma_data" not in described
                           else Denoiser)
         denoiser = denoiser_class.from_config(config["denoiser"])
     except (GeodiffError, TypeError, ValueError, KeyError) as err:

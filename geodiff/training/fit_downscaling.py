@@ -9,7 +9,8 @@ land-aware area mean of each patch as the ``coarse`` source, the sources cut to 
 the bundle with its ``"downscaling"`` metadata. Three ``mode`` s share data, patches, network, budget, learning-rate
 schedule and early stopping, so they compare fairly:
 
-- ``"regression"``: a deterministic :class:`~geodiff.diffusion.residual.RegressionModel` (mean squared error);
+- ``"regression"``: a deterministic :class:`~geodiff.diffusion.residual.RegressionModel` (mean squared error) that
+  learns what bilinear interpolation of the coarse field misses (``coarse_skip``);
 - ``"direct"``: an EDM :class:`~geodiff.diffusion.denoiser.Denoiser` of the normalised field;
 - ``"residual"``: a :class:`~geodiff.diffusion.residual.ResidualDenoiser`: the regression's prediction plus a
   diffusion model of what it misses (CorrDiff); the regression (``regression=``, a bundle of mode
@@ -294,7 +295,7 @@ def fit_downscaling(
     torch.manual_seed(seed)
     sigma_data = 1.0
     if mode == "regression":
-        model: torch.nn.Module = RegressionModel(network())
+        model: torch.nn.Module = RegressionModel(network(), coarse_skip=True)
         objective: Any = RegressionObjective()
 
         def score(m: torch.nn.Module) -> float:

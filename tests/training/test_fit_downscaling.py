@@ -139,3 +139,18 @@ def test_global_grids_wrap_in_training_and_sampling():
     assert bundle.metadata["training"]["architecture"]["periodic_lon"] is True
     out = downscale(bundle, coarsen(ds.isel(time=[T - 1]), 4), progress=False)
     assert np.isfinite(out.tas.values).all()
+
+
+def test_regression_with_coarse_skip_adds_the_bilinear_interpolation():
+    class Silent(torch.nn.Module):  # a backbone whose output is zero
+        def forward(self, x, noise_label, *, mask=None, cond=None):
+            return torch.zeros_like(x)
+
+    coarse = torch.arange(4.0).reshape(1, 1, 2, 2)
+    out = RegressionModel(Silent(), coarse_skip=True)(torch.zeros(1, 1, 4, 4), None, {"coarse": coarse})
+    assert out[0, 0].tolist() == [[0.0, 0.25, 0.75, 1.0], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5],
+                                  [2.0, 2.25, 2.75, 3.0]]
+    assert torch.equal(RegressionModel(Silent())(torch.zeros(1, 1, 4, 4), None, {"coarse": coarse}),
+                       torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ConfigError, match="coarse"):
+        RegressionModel(Silent(), coarse_skip=True)(torch.zeros(1, 1, 4, 4), None, {})
