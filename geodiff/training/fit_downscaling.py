@@ -81,6 +81,7 @@ PROBE_STEPS = 12  # steps that measure the speed for a time budget (after two wa
 VALIDATION_PATCHES = 32  # fixed validation patches (from validation times evenly spaced, 4 patches a time at most)
 MAX_PATCH = 32
 RUN_STATE = "fit_downscaling.json"
+MAX_SCORING_SHARE = 0.15  # of a time budget spent on validation scores at most
 
 
 def _source_ratio(source: xr.Dataset, height: int, width: int, name: str) -> Fraction:
@@ -191,7 +192,8 @@ def fit_downscaling(
     regression: for ``mode="residual"``: the regression bundle to build on (same variables, factor, sources).
     steps, time_budget: optimizer steps, or seconds of training (steps from the measured speed); default 2000.
     validation, validate_every: fraction of the times (the last ones) held out for early stopping, and steps
-        between scores (default: ``steps / 10``).
+        between scores (default: ``steps / 10``; with a time budget, fewer scores when scoring would take more
+        than 15 % of it).
     patch_size, patches_per_field: training window (default: up to 32 x 32 on the coarse cells' alignment) and
         windows drawn per field.
     base_channels, channel_mults, source_channels: width and depth of the network and of its source encoders.
@@ -328,6 +330,7 @@ def fit_downscaling(
                    ema_decay=None, seed=seed, device=device)
     total = state.get("steps") or steps
     seconds_per_step = state.get("seconds_per_step")
+    scores = state.get("scores", 10)  # validations after the one at step 0
     if total is None and time_budget is not None:
         probe = copy.deepcopy(model)
         train(probe, data, steps=2, progress=False, **options)
@@ -338,14 +341,17 @@ def fit_downscaling(
         probe.eval()
         with torch.no_grad():
             score(probe)
-        scoring = 11 * (_time.perf_counter() - timed)  # the run scores 11 times
+        one_score = max(_time.perf_counter() - timed, 1e-6)
+        # at most MAX_SCORING_SHARE of the budget goes to validation: fewer scores on a slow machine
+        scores = max(1, min(10, int(MAX_SCORING_SHARE * time_budget / one_score) - 1))
         spent = _time.perf_counter() - started
-        total = max(PROBE_STEPS, int((time_budget - spent - scoring) / seconds_per_step))
+        total = max(PROBE_STEPS, int((time_budget - spent - (scores + 1) * one_score) / seconds_per_step))
     total = int(total or 2000)
-    every = int(validate_every or max(1, total // 10))
+    every = int(validate_every or max(1, total // scores))
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / RUN_STATE).write_text(json.dumps({"steps": total, "seconds_per_step": seconds_per_step}))
+        (folder / RUN_STATE).write_text(json.dumps({"steps": total, "seconds_per_step": seconds_per_step,
+                                                    "scores": scores}))
     result = train(model, data, steps=total, warmup_steps=min(100, max(1, total // 10)), cosine_steps=total,
                    checkpoint_dir=folder, checkpoint_every=every, resume=resume, progress=progress,
                    validation=score, eval_every=every, **options)
