@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from geodiff.io.cf import without_coordinate_fill
+
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "geodiff" / "data" / "downscaling"
 HELDOUT_FROM = 2060  # years >= this are held out (not used in training)
@@ -93,6 +95,8 @@ def north_america(iris_dir: str | Path, etopo: str | Path) -> tuple[xr.Dataset, 
                  "units": "K"}
     tas["lat"] = tas["lat"].astype("float64")
     tas["lon"] = tas["lon"].astype("float64")
+    tas["time"].attrs.pop("bounds", None)  # the source's time_bnds is not kept: no dangling reference to it
+    tas["time"].encoding.pop("bounds", None)
     tas["lat"].attrs = {"standard_name": "latitude", "units": "degrees_north"}
     tas["lon"].attrs = {"standard_name": "longitude", "units": "degrees_east"}
     fields = tas.to_dataset(name="tas")
@@ -127,10 +131,10 @@ def main() -> None:
     fields, topography = north_america(args.iris, args.etopo)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     encoding = {"zlib": True, "complevel": 6}
-    held = heldout(fields)
+    held = without_coordinate_fill(heldout(fields))  # CF: coordinate variables hold no missing values
     held.to_netcdf(OUTPUT / "north_america_tas_heldout.nc", encoding={"tas": encoding})
-    topography.to_netcdf(OUTPUT / "north_america_topography.nc",
-                         encoding={name: encoding for name in topography.data_vars})
+    without_coordinate_fill(topography).to_netcdf(OUTPUT / "north_america_topography.nc",
+                                                  encoding={name: encoding for name in topography.data_vars})
     print(f"wrote {held.sizes['time']} held-out fields and the topography to {OUTPUT}")
 
 

@@ -47,6 +47,7 @@ import xarray as xr
 import zarr
 
 from geodiff.errors import StoreError
+from geodiff.io.cf import without_coordinate_fill
 from geodiff.io.encoding import chunk_shape, disk_full, zarr_compressors
 
 __all__ = ["OutputStore", "Problem", "build_template", "layout_of", "compare_layouts", "values_digest", "LEDGER"]
@@ -116,7 +117,7 @@ def build_template(sample: xr.Dataset, times: xr.Variable, time_chunk: int,
     time_encoding = {k: v for k, v in times.encoding.items() if k in ("dtype", "units", "calendar")}
     time_encoding["compressors"] = zarr_compressors()
     coords["time"] = xr.Variable(("time",), times.values, attrs=dict(times.attrs), encoding=time_encoding)
-    return xr.Dataset(data_vars, coords=coords, attrs=dict(sample.attrs))
+    return without_coordinate_fill(xr.Dataset(data_vars, coords=coords, attrs=dict(sample.attrs)))
 
 
 def layout_of(ds: xr.Dataset) -> dict[str, Any]:

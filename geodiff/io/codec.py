@@ -48,6 +48,7 @@ import torch
 import xarray as xr
 
 from geodiff.errors import ConfigError, CoordinateError, GridError
+from geodiff.io.cf import as_cf_ensemble, member_coordinate
 from geodiff.io.spec import clean_encoding as _clean_encoding
 from geodiff.io.spec import from_json as _from_json
 from geodiff.io.spec import to_json as _to_json
@@ -456,7 +457,9 @@ class Codec:
 
         ``x`` is ``[B, C, H, W]`` (``B`` fields along time) or ``[C, H, W]`` (one field); with
         ``member=True`` it is ``[M, B, C, H, W]`` or ``[M, C, H, W]`` and the dataset gets a leading
-        ``member`` dimension (coordinate ``0..M-1``).
+        ``member`` dimension (coordinate ``0..M-1``, a CF realization) and the CF form of generated values
+        (:func:`geodiff.io.cf.as_cf_ensemble`: source-storage attributes dropped, coordinates without
+        ``_FillValue``).
 
         ``time``: omitted -> the time axis of the dataset the codec was learned from (``B`` must match it),
         or no time dimension for a single field ``[C, H, W]``; ``None`` -> no time dimension (``B`` must be
@@ -511,7 +514,7 @@ class Codec:
             )
         coords: dict[str, xr.Variable] = {}
         if member:
-            coords[MEMBER] = xr.Variable((MEMBER,), np.arange(members), attrs={"long_name": "ensemble member"})
+            coords[MEMBER] = member_coordinate(members)
         for name in self._coord_order:
             if time_vars is not None and name in time_vars:
                 coords[name] = time_vars[name]
@@ -521,7 +524,7 @@ class Codec:
             coords.setdefault(name, var)
         ds = xr.Dataset(data_vars, coords=coords, attrs=copy.deepcopy(self._attrs))
         ds.encoding = copy.deepcopy(self._encoding)
-        return ds
+        return as_cf_ensemble(ds) if member else ds
 
     def _time_axis(self, time: Any, batch: int | None) -> dict[str, xr.Variable] | None:
         """Coordinates along ``time`` for the decoded dataset, or ``None`` for no time dimension."""
