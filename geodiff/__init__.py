@@ -1,6 +1,8 @@
 """geodiff: score-based (diffusion) models for geoscience fields, xarray in and xarray out.
 
-The public entry points are imported lazily so that ``import geodiff`` stays light.
+The public entry points are imported lazily so that ``import geodiff`` stays light. Progress and results are
+logged through the ``geodiff`` logger (``logging.getLogger("geodiff")``, silent until the application configures
+logging; the ``geodiff`` command logs at INFO level to stderr).
 
 Example
 -------
@@ -14,12 +16,15 @@ True
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from geodiff import accessor, errors, registry  # accessor registers ``.geodiff`` on xarray objects
 from geodiff.errors import GeodiffError
 
 __version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # public name -> "module:attribute", imported on first use
 _LAZY: dict[str, str] = {

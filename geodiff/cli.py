@@ -169,7 +169,7 @@ def _train(config: Any, line: str) -> Path | None:
                            weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
                            ema_decay=t.ema_decay, loss=t.loss, patch_size=t.patch_size, seed=t.seed,
                            checkpoint_dir=config.checkpoint_dir, checkpoint_every=t.checkpoint_every, resume=True,
-                           progress=config.progress)
+                           progress=config.progress, threads=config.threads)
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         return None  # rank 0 writes the bundle
     codec = Codec.from_dataset(ds.isel(time=[0]))
@@ -269,7 +269,7 @@ def _pipeline_job(kind: str, config: Any) -> Any:
         elif value is not None:
             inputs[name] = _checked_input(name, value)
     job = PipelineJob(kind, str(config.model), inputs, members=config.members, seed=config.seed,
-                      options=dict(config.options), times_wanted=_times(config.times))
+                      options={"threads": config.threads, **config.options}, times_wanted=_times(config.times))
     _check_memory(job, config)
     return job
 
@@ -596,10 +596,17 @@ def _observation_report(job: Any, settings: Any) -> Any:
 
 def main() -> None:
     """Entry point of the ``geodiff`` console script: the command owns its process, so the allocator setting of
-    :func:`geodiff.runtime.configure_allocator` (large buffers kept in the heap; a no-op off glibc) is applied."""
+    :func:`geodiff.runtime.configure_allocator` (large buffers kept in the heap; a no-op off glibc) is applied and
+    the ``geodiff`` logger writes INFO lines to stderr."""
+    import logging
+
     from geodiff.runtime import configure_allocator
 
     configure_allocator()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logging.getLogger("geodiff").addHandler(handler)
+    logging.getLogger("geodiff").setLevel(logging.INFO)
     app()
 
 

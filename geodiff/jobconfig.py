@@ -103,6 +103,7 @@ class _PipelineConfig(_Strict):
     times: list[Any] | None = None
     batch: BatchSettings = BatchSettings()
     progress: StrictBool = True
+    threads: PositiveInt = 1  # torch threads per process (geodiff.runtime.DEFAULT_THREADS)
 
 
 class ReconstructConfig(_PipelineConfig):
@@ -166,6 +167,7 @@ class TrainConfig(_Strict):
     model: ModelSettings = ModelSettings()
     training: TrainingSettings
     progress: StrictBool = True
+    threads: PositiveInt = 1  # torch threads (geodiff.runtime.DEFAULT_THREADS)
 
 
 class EvaluateConfig(_Strict):

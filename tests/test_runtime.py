@@ -141,3 +141,57 @@ def test_reconstruct_bf16_path_records_its_precision_and_stays_close_to_fp32():
     assert 0 < float(difference) < 0.5 * float(abs(fp32[woa.VARIABLE]).max())  # changed, but the same field
     with pytest.raises(ConfigError, match="fp16"):
         reconstruct(model, obs, members=1, steps=2, precision="fp16", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# threads
+
+
+def test_torch_threads_sets_and_restores_the_count_and_refuses_bad_values():
+    before = torch.get_num_threads()
+    with runtime.torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with runtime.torch_threads(None):
+        assert torch.get_num_threads() == before
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ConfigError, match="threads must be a positive integer"):
+            with runtime.torch_threads(bad):
+                pass
+
+
+def test_uses_threads_runs_the_call_with_its_threads_argument():
+    @runtime.uses_threads
+    def work(x, *, threads=runtime.DEFAULT_THREADS):
+        return torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    assert work(0) == runtime.DEFAULT_THREADS == 1
+    assert work(0, threads=2) == 2 and torch.get_num_threads() == before
+    assert "threads" in __import__("inspect").signature(work).parameters
+    with pytest.raises(ConfigError, match="has no 'threads' parameter"):
+        runtime.uses_threads(lambda x: x)
+
+
+def test_pipelines_and_training_take_threads_and_record_it(caplog, monkeypatch):
+    import inspect
+    import json
+    import logging
+
+    import geodiff
+    from geodiff.adapters import woa
+    from geodiff.pipelines.demo import prior_path
+
+    for function in (geodiff.reconstruct, geodiff.downscale, geodiff.assimilate, geodiff.train, geodiff.fit):
+        assert inspect.signature(function).parameters["threads"].default == runtime.DEFAULT_THREADS
+    seen = []
+    monkeypatch.setattr(runtime.torch, "set_num_threads", lambda n: seen.append(n))
+    split = woa.holdout_split(woa.open_sample())
+    obs, _ = woa.holdout_observations(split.heldout.isel(time=[0]), 0.02, seed=0, error_std=0.1)
+    with caplog.at_level(logging.INFO, logger="geodiff"):
+        out = geodiff.reconstruct(geodiff.load(prior_path()), obs, members=1, steps=2, threads=3, progress=False,
+                                  on_runaway="keep")
+    assert seen[0] == 3  # set for the call, then restored
+    assert json.loads(out.attrs["geodiff_guidance"])["threads"] == 3
+    assert any(r.name == "geodiff.diffusion.engine" and "reconstruct: 1 field(s) x 1 members, 2 steps" in r.message
+               for r in caplog.records)

@@ -47,7 +47,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ContextManager
@@ -59,6 +61,8 @@ from tqdm.auto import tqdm
 from geodiff.diffusion.clipping import ClipDenoised
 from geodiff.errors import ConfigError, SamplingError
 from geodiff.resources import check_memory, sampling_bytes
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "derive_seed",
@@ -261,6 +265,9 @@ class SamplingEngine:
         batches = -(-members // self.batch)
         self.bar = tqdm(total=fields * batches * self.steps, desc=label, unit="step", disable=not progress)
         self.callback = callback
+        self.label = label
+        self.drawn = 0
+        self.started = time.perf_counter()
 
     def __enter__(self) -> SamplingEngine:
         return self
@@ -269,8 +276,12 @@ class SamplingEngine:
         self.close()
 
     def close(self) -> None:
-        """Close the progress bar."""
+        """Close the progress bar and log what was sampled (logger ``geodiff.diffusion.engine``, INFO)."""
         self.bar.close()
+        if self.drawn:
+            logger.info("%s: %d field(s) x %d members, %d steps (%d network evaluations per member) in %.1f s "
+                        "on %s with %d torch thread(s)", self.label, self.drawn, self.members, self.steps, self.nfe(),
+                        time.perf_counter() - self.started, self.device, torch.get_num_threads())
 
     def nfe(self) -> int:
         """Network evaluations per member (without redraws)."""
@@ -342,6 +353,10 @@ class SamplingEngine:
                 x[m] = self._sample(guidance, shape, 1, redraw_generator, cond)[0]
                 records[m].redraws += 1
             found = self._find(x, measure, valid)
+        self.drawn += 1
+        for record in records.values():
+            logger.warning("%s%s: member %d ran away (%s); %s", self.label, f" at {where}" if where else "",
+                           record.member, record.reason, "kept" if record.kept else f"redrawn {record.redraws}x")
         return Ensemble(x, sorted(records.values(), key=lambda r: r.member))
 
     def _find(self, x: Tensor, measure: Callable[[Tensor], Tensor] | None, valid: Tensor | None) -> dict[int, str]:

@@ -59,6 +59,7 @@ from geodiff.diffusion.schedules import EDMSchedule, Schedule
 from geodiff.errors import CheckpointError, ConfigError, GridError, ObservationError
 from geodiff.guidance import DecodedOperator, DPSGuidance, LatentMMPSGuidance, RewardGuidance, combine
 from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle, load
+from geodiff.io.cf import generated_attrs
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
 from geodiff.observations import ObservationTable, as_observations
@@ -67,6 +68,7 @@ from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.request import check_request, opened
 from geodiff.pipelines.units import model_units, observations_to_model_units, to_model_units
 from geodiff.provenance import append_history
+from geodiff.runtime import DEFAULT_THREADS, uses_threads
 
 __all__ = [
     "AssimilationModel",
@@ -430,6 +432,7 @@ def _check_background(model: AssimilationModel, background: xr.Dataset) -> None:
         raise GridError("the background needs a 'time' dimension (the analysis times)")
 
 
+@uses_threads
 def assimilate(
     model: AssimilationModel | str,
     background: xr.Dataset | str | os.PathLike,
@@ -449,6 +452,7 @@ def assimilate(
     clip_latent: float | str | None = "auto",
     device: str = "cpu",
     progress: bool = True,
+    threads: int | None = DEFAULT_THREADS,
     max_normalized: float | None = MAX_NORMALIZED,
     on_runaway: str = "resample",
     runaway_factor: float | None = RUNAWAY_FACTOR,
@@ -464,6 +468,7 @@ def assimilate(
     decoded states in normalised units, are redrawn, refused or kept and flagged, and recorded in attribute
     ``geodiff_runaway`` (as :func:`geodiff.reconstruct`).
     Times without observations get the background-conditioned prior sample (recorded in the report).
+    ``threads``: torch threads of the call (default 1, :data:`geodiff.runtime.DEFAULT_THREADS`; None: as set).
     """
     check_request("assimilate", device=device, members=members, steps=steps, guidance=guidance,
                   guidance_options=guidance_options, sampler=sampler, max_normalized=max_normalized,
@@ -513,11 +518,11 @@ def assimilate(
             fields.append(x.detach().cpu())
     out = codec.decode(torch.stack(fields, dim=1), member=True, time=times)
     for name in codec.variables:
-        out[name].attrs = dict(background[name].attrs)
+        out[name].attrs = generated_attrs(background[name].attrs)
     described = getattr(reward, "describe", lambda: None)() if reward is not None else None
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "reward_scale": reward_scale,
               "reward_mode": reward_mode, "reward": described, "sampler": sampler, "steps": steps,
-              "members": members, "seed": seed, "clip_latent": clip_latent}  # fmt: skip
+              "members": members, "seed": seed, "clip_latent": clip_latent, "threads": threads}  # fmt: skip
     return record_provenance(out, background.attrs, "geodiff.assimilate", config, model_sha256=model.sha256,
                              seed=seed, observations={**report.as_dict(), "used_per_time": n_used},
                              runaway={**engine.runaway.describe(), "members": runaways})

@@ -66,6 +66,7 @@ from geodiff.pipelines.reconstruct import record_provenance, time_generator
 from geodiff.pipelines.request import check_request, opened
 from geodiff.pipelines.units import model_units, observations_to_model_units, to_model_units
 from geodiff.provenance import append_history
+from geodiff.runtime import DEFAULT_THREADS, uses_threads
 from geodiff.training.pairs import downscaling_metadata
 from geodiff.tutorial import downscaling_paths, open_downscaling
 
@@ -168,6 +169,7 @@ def _source_tensor(bundle: ModelBundle, ds: xr.Dataset, name: str, variables: li
     return torch.from_numpy(np.stack(arrays))[None]
 
 
+@uses_threads
 def downscale(
     model: ModelBundle | str,
     coarse: xr.Dataset | xr.DataArray | str | os.PathLike,
@@ -192,6 +194,7 @@ def downscale(
     batch_size: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    threads: int | None = DEFAULT_THREADS,
     max_normalized: float | None = None,
     on_runaway: str = "resample",
     runaway_factor: float | None = RUNAWAY_FACTOR,
@@ -234,6 +237,7 @@ def downscale(
         block by block of ``time_chunk`` times on ``.compute()`` / ``.to_zarr()`` as :func:`geodiff.reconstruct`
         does (bit for bit the eager result; attributes without the per-call reports). The validity mask
         (coarse cells finite at every time) is computed first, in one pass over the coarse field.
+    threads: torch threads of the call (default 1, :data:`geodiff.runtime.DEFAULT_THREADS`; None: as set).
 
     Example
     -------
@@ -383,6 +387,7 @@ def downscale(
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "guidance_described": described,
               "coarse_error_std": {v: float(errors[v]) for v in target}, "sources": used_sources,
               "cfg_scale": cfg_scale, "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
+              "threads": threads,
               "members": members, "seed": seed, "factor": factor, "patch": list(train_patch),
               "overlap": list(overlap), "deterministic": deterministic}
     return record_provenance(out, coarse.attrs, "geodiff.downscale", config, model_sha256=bundle.sha256, seed=seed,
@@ -410,7 +415,7 @@ def _downscale_lazily(bundle: ModelBundle, coarse: xr.Dataset, settings: dict[st
     block = PipelineBlock(downscale, bundle, (coarse,), keyword_inputs, {**options, "progress": False, "lazy": False})
     template = output_template(bundle, coarse.isel({TIME: [0]}), members=settings["members"])
     config = {name: settings[name] for name in ("guidance", "sampler", "steps", "members", "seed", "cfg_scale",
-                                                "condition_on_coarse", "time_chunk")}
+                                                "condition_on_coarse", "threads", "time_chunk")}
     used_sources = ([COARSE] if settings["condition_on_coarse"] else []) + sorted(settings["sources"] or {})
     config.update(guidance_options=settings["guidance_options"] or {}, sampler_options=settings["sampler_options"] or {},
                   coarse_error_std={name: float(value) for name, value in settings["coarse_error_std"].items()},

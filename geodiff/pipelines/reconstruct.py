@@ -50,7 +50,7 @@ from geodiff.pipelines.blocks import PipelineBlock, is_lazy, lazy_over_time, tim
 from geodiff.pipelines.request import check_request, opened
 from geodiff.pipelines.units import model_units, observations_to_model_units
 from geodiff.provenance import append_history, provenance_attrs
-from geodiff.runtime import optimize, precision_context
+from geodiff.runtime import DEFAULT_THREADS, optimize, precision_context, uses_threads
 
 __all__ = ["reconstruct", "time_generator_seed", "time_generator", "record_provenance"]
 
@@ -108,6 +108,7 @@ def _patched(denoiser: Any, mask: torch.Tensor, patch: Any, overlap: Any) -> Pat
     return PatchDenoiser(denoiser, patch=tuple(patch), overlap=overlap, mask=mask)
 
 
+@uses_threads
 def reconstruct(
     model: ModelBundle | str,
     observations: xr.Dataset | pd.DataFrame | str | os.PathLike,
@@ -127,6 +128,7 @@ def reconstruct(
     precision: str = "fp32",
     compile: bool = False,
     progress: bool = True,
+    threads: int | None = DEFAULT_THREADS,
     max_normalized: float | str | None = "auto",
     on_runaway: str = "resample",
     runaway_factor: float | None = RUNAWAY_FACTOR,
@@ -163,6 +165,7 @@ def reconstruct(
         The network always runs channels-last (:func:`geodiff.runtime.optimize`; results unchanged up to float
         rounding). The process-wide allocator setting that removes page faults from every forward pass is left to
         the caller (:func:`geodiff.runtime.configure_allocator`; the ``geodiff`` command applies it).
+    threads: torch threads of the call (default 1, :data:`geodiff.runtime.DEFAULT_THREADS`; None: as set).
     max_normalized: an observation whose value, in the model's normalised units, exceeds this in magnitude
         (``"auto"``: the normaliser's ``bound``, 10 standard deviations of per-variable statistics or
         :data:`~geodiff.io.anomaly.ANOMALY_BOUND` = 40 of a cell's anomaly std, whose values shift further when the
@@ -260,7 +263,7 @@ def reconstruct(
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "guidance_described": described,
               "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
               "nfe_per_member": engine.nfe(), "members": members, "seed": seed,
-              "precision": precision, "max_normalized": max_normalized}
+              "threads": threads, "precision": precision, "max_normalized": max_normalized}
     if patch is not None:
         config["patch"] = {"patch": list(network.patch), "overlap": list(network.overlap),
                            "windows": len(network.computed(*codec.shape[-2:])),
@@ -279,8 +282,8 @@ def _reconstruct_lazily(bundle: ModelBundle, observations: Any, times: Any, sett
     block = PipelineBlock(reconstruct, bundle, (observations,), options={**options, "progress": False, "lazy": False},
                           pass_times=True)
     template = bundle.decode(torch.zeros(settings["members"], 1, *bundle.codec.shape), member=True, time=wanted[:1])
-    config = {name: settings[name] for name in ("guidance", "sampler", "steps", "members", "seed", "precision",
-                                                "max_normalized", "time_chunk")}
+    config = {name: settings[name] for name in ("guidance", "sampler", "steps", "members", "seed", "threads",
+                                                "precision", "max_normalized", "time_chunk")}
     config.update(guidance_options=settings["guidance_options"] or {},
                   sampler_options=settings["sampler_options"] or {}, lazy=True)
     if settings["patch"] is not None:

@@ -34,6 +34,7 @@ Example
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time as _time
@@ -55,7 +56,10 @@ from geodiff.io.anomaly import AnomalyNormalizer
 from geodiff.io.bundle import ModelBundle
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
+from geodiff.runtime import DEFAULT_THREADS, uses_threads
 from geodiff.training.hybrid_prior import fit_hybrid_prior
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["fit", "FieldStream", "check_training_data", "default_architecture", "validation_loss"]
 
@@ -184,6 +188,7 @@ def validation_loss(denoiser: torch.nn.Module, fields: Tensor, mask: Tensor, *, 
     return total / len(VALIDATION_SIGMAS)
 
 
+@uses_threads
 def fit(
     ds: xr.Dataset,
     *,
@@ -205,6 +210,7 @@ def fit(
     device: str = "cpu",
     max_memory: float | None = 2e9,
     progress: bool = True,
+    threads: int | None = DEFAULT_THREADS,
 ) -> ModelBundle:
     """Train a diffusion prior of the variables of ``ds`` and return its :class:`~geodiff.io.ModelBundle`.
 
@@ -232,6 +238,7 @@ def fit(
     max_memory: bytes the encoded training fields may take in memory (float32); a longer series is streamed from
         ``ds`` one time per sample (:class:`FieldStream`: slower, memory of a batch). None: always in memory.
 
+    threads: torch threads of the call (default 1, :data:`geodiff.runtime.DEFAULT_THREADS`; None: as set).
     Returns the bundle with the EMA weights of the best validation score; ``bundle.metadata["training"]`` records
     every choice (architecture, steps, seconds, validation history).
     """
@@ -313,7 +320,7 @@ def fit(
                                   "same steps, resume=False or another checkpoint_dir")
     elif not resume and latest_checkpoint(folder) is not None:
         raise CheckpointError(f"{folder} holds checkpoints of an earlier run and resume=False; use another folder")
-    options = dict(batch_size=batch_size, lr=lr, warmup_steps=100, ema_decay=ema_decay, loss=loss,
+    options = dict(threads=threads, batch_size=batch_size, lr=lr, warmup_steps=100, ema_decay=ema_decay, loss=loss,
                    patch_size=None if patch is None else tuple(patch), checkpoint_dir=folder, resume=True,
                    seed=seed, device=device, progress=False, mask=mask)
 
@@ -336,6 +343,9 @@ def fit(
         if score < state["best"]["score"]:
             state["best"] = {"step": target, "score": score}
             _save_weights(result.ema, folder / BEST_WEIGHTS)
+        logger.info("fit step %d: training loss %s, validation loss %.6g (best %.6g at step %d)", target,
+                    "-" if not recent else f"{np.mean(recent):.6g}", score, state["best"]["score"],
+                    state["best"]["step"])
         state["seconds"] = float(state.get("seconds", 0.0)) + (_time.perf_counter() - started)
         started = _time.perf_counter()
         state_path.write_text(json.dumps(state, indent=1))

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ from geodiff.config import check_json
 from geodiff.diffusion.losses import DenoisingLoss
 from geodiff.errors import CheckpointError, ConfigError, DataError, GeodiffError, GridError
 from geodiff.resources import check_device
+from geodiff.runtime import DEFAULT_THREADS, uses_threads
 from geodiff.training import distributed
 from geodiff.training.checkpoint import (
     flatten_optimizer_state,
@@ -69,6 +71,8 @@ from geodiff.training.checkpoint import (
 from geodiff.training.data import BatchPlan, LocalBatchSampler, crop_batch, derive_seed, split_item, stack_items
 from geodiff.training.ema import EMA
 from geodiff.training.objectives import DenoisingObjective, Objective
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["train", "TrainResult"]
 
@@ -216,6 +220,7 @@ def _batches(
         yield batch, batch_cond
 
 
+@uses_threads
 def train(
     denoiser: nn.Module,
     data: Tensor | Dataset,
@@ -239,6 +244,7 @@ def train(
     amp: str | bool = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    threads: int | None = DEFAULT_THREADS,
     objective: Objective | None = None,
     cosine_steps: int | None = None,
     validation: Validation | None = None,
@@ -274,6 +280,7 @@ def train(
     amp: ``"auto"`` (bf16, else fp16, autocast on GPU; off on CPU), ``"bf16"``, ``"fp16"`` (GPU only) or ``"off"``.
     num_workers: DataLoader worker processes for a ``Dataset`` (a tensor is indexed directly).
     progress: show a tqdm progress bar with the loss (rank 0).
+    threads: torch threads of the call (default 1, :data:`geodiff.runtime.DEFAULT_THREADS`; None: as set).
     objective: what to minimise (:mod:`geodiff.training.objectives`); None: the denoising ``loss``.
     cosine_steps: decay the learning rate along a half cosine to 0 over that many steps; None: constant.
     validation, eval_every: a function ``model -> loss`` measured (eval mode, no gradients) before the first step
@@ -369,6 +376,8 @@ class _Validated:
         if self.best_step is None or value < min(self.losses[:-1]):
             self.best_step = step
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        logger.info("step %d: validation loss %.6g (best %.6g at step %d)", step, value, min(self.losses),
+                    self.best_step)
 
 
 def _train(
@@ -465,6 +474,9 @@ def _train(
             return float(plan.batch_size * mask_cells)
         return float(crop_batch(mask_cpu, corners, plan.patch_size).sum())
 
+    if info.is_main:
+        logger.info("training steps %d..%d, batch %d, on %s with %d torch thread(s)", start + 1, steps,
+                    plan.batch_size, device, torch.get_num_threads())
     if validation is not None and start == 0 and not validated.losses:
         validated.measure(0, denoiser, validation)
     bar = None
@@ -473,6 +485,7 @@ def _train(
 
         bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     rng_devices = [device] if device.type == "cuda" else []
+    log_every = max(1, steps // 10)  # steps between training-loss log lines
     t0, ran, waited = time.perf_counter(), 0, 0.0
     shown = None
     try:
@@ -524,11 +537,17 @@ def _train(
             losses.append(value)
             ran += 1
             done = step + 1
+            if info.is_main and (done % log_every == 0 or done == steps):
+                logger.info("step %d/%d: training loss %.6g (mean of the last %d steps)", done, steps,
+                            sum(losses[-log_every:]) / len(losses[-log_every:]), len(losses[-log_every:]))
             if validation is not None and done % eval_every == 0:
                 validated.measure(done, denoiser, validation)
             if bar is not None:
                 shown = value if shown is None or not math.isfinite(shown) else 0.9 * shown + 0.1 * value
-                bar.set_postfix(loss=f"{shown:.4g}", refresh=False)
+                postfix = {"loss": f"{shown:.4g}"}
+                if validated.losses:
+                    postfix["val"] = f"{validated.losses[-1]:.4g}"
+                bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps):
                 if info.is_main:
@@ -540,6 +559,10 @@ def _train(
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
+    if info.is_main and ran:
+        logger.info("trained %d steps in %.1f s (%.3g steps/s)%s", ran, elapsed, ran / max(elapsed, 1e-9),
+                    f"; best validation loss {min(validated.losses):.6g} at step {validated.best_step}"
+                    if validated.losses else "")
     if validated.best_state is not None:
         denoiser.load_state_dict(validated.best_state)
     return TrainResult(

@@ -177,3 +177,17 @@ def test_objectives_refuse_what_they_cannot_train():
                           progress=False)
     with pytest.raises(ConfigError, match="non-finite"):
         geodiff.train(tiny_denoiser(), gaussian_data(4) * 1e30, steps=2, batch_size=2, lr=1.0, progress=False)
+
+
+def test_training_logs_its_losses_and_the_validation_loss(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="geodiff"):
+        geodiff.train(tiny_denoiser(), gaussian_data(8), steps=4, batch_size=4, lr=1e-2, ema_decay=None,
+                      validation=lambda model: 0.5, eval_every=2, progress=False)
+    lines = [r.message for r in caplog.records if r.name == "geodiff.training.trainer"]
+    assert lines[0].startswith("training steps 1..4, batch 4")
+    assert "step 0: validation loss 0.5 (best 0.5 at step 0)" in lines
+    assert "step 4: validation loss 0.5 (best 0.5 at step 0)" in lines
+    assert any(line.startswith("step 4/4: training loss ") for line in lines)
+    assert lines[-1].startswith("trained 4 steps in ") and "best validation loss 0.5 at step 0" in lines[-1]
