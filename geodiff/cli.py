@@ -153,23 +153,32 @@ def _train(config: Any, line: str) -> Path | None:
 
     _check_train_output(config)
     ds = _training_data(config).load()
-    normalizer = Normalizer.fit(ds)
+    t = config.training
+    held_out = max(1, round(t.validation * ds.sizes["time"])) if t.validation else 0
+    if held_out >= ds.sizes["time"]:
+        raise ConfigError(f"key 'training.validation': {t.validation} leaves no time of {config.data} to train on")
+    normalizer = Normalizer.fit(ds.isel(time=slice(0, ds.sizes["time"] - held_out)))
     data, mask = Codec.from_dataset(ds).encode(normalizer.normalize(ds))
+    data, validation_fields = data[: len(data) - held_out], data[len(data) - held_out :]
     m = config.model
     torch.manual_seed(config.training.seed)  # initial weights follow the seed
     backbone = UNet(in_channels=data.shape[1], base_channels=m.base_channels, channel_mults=list(m.channel_mults),
                     num_res_blocks=m.num_res_blocks, attention_levels=list(m.attention_levels),
                     mid_attention=m.mid_attention, mask_aware=m.mask_aware, periodic_lon=m.periodic_lon)
     denoiser = Denoiser(backbone, sigma_data=m.sigma_data)
-    t = config.training
     from geodiff.training.checkpoint import latest_checkpoint
+    from geodiff.training.fit import validation_loss
+
+    def validation(model: Any) -> float:
+        return validation_loss(model, validation_fields, mask, seed=t.seed, sigma_data=m.sigma_data)
 
     previous = latest_checkpoint(config.checkpoint_dir) if config.checkpoint_dir is not None else None
     result = geodiff.train(denoiser, data, mask=mask, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
                            weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, grad_clip=t.grad_clip,
                            ema_decay=t.ema_decay, loss=t.loss, patch_size=t.patch_size, seed=t.seed,
                            checkpoint_dir=config.checkpoint_dir, checkpoint_every=t.checkpoint_every, resume=True,
-                           progress=config.progress, threads=config.threads)
+                           progress=config.progress, threads=config.threads,
+                           validation=validation if held_out else None, eval_every=t.eval_every)
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         return None  # rank 0 writes the bundle
     codec = Codec.from_dataset(ds.isel(time=[0]))
@@ -177,7 +186,9 @@ def _train(config: Any, line: str) -> Path | None:
     metadata = append_history({}, line)
     metadata["training"] = {"config": json.loads(config.model_dump_json()), "steps": result.step,
                             "resumed_from": None if previous is None else previous.name,
-                            "final_loss": result.losses[-1] if result.losses else None}
+                            "final_loss": result.losses[-1] if result.losses else None,
+                            "validation_times": held_out, "validation_losses": result.validation_losses,
+                            "best_step": result.best_step}
     ModelBundle(result.ema, codec, normalizer, metadata=metadata).save(config.output, overwrite=config.overwrite)
     return config.output
 

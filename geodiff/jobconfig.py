@@ -154,6 +154,8 @@ class TrainingSettings(_Strict):
     patch_size: tuple[PositiveInt, PositiveInt] | None = None
     seed: NonNegativeInt = 0
     checkpoint_every: PositiveInt = 1000
+    validation: float = Field(0.0, ge=0, lt=0.5)  # fraction of the times, the last ones, held out for validation
+    eval_every: PositiveInt = 100  # steps between validation losses
 
 
 class TrainConfig(_Strict):
