@@ -182,7 +182,10 @@ def test_pipelines_and_training_take_threads_and_record_it(caplog, monkeypatch):
     from geodiff.adapters import woa
     from geodiff.pipelines.demo import prior_path
 
-    for function in (geodiff.reconstruct, geodiff.downscale, geodiff.assimilate, geodiff.train, geodiff.fit):
+    from geodiff.training.fit_downscaling import fit_downscaling
+
+    for function in (geodiff.reconstruct, geodiff.downscale, geodiff.assimilate, geodiff.train, geodiff.fit,
+                     fit_downscaling):
         assert inspect.signature(function).parameters["threads"].default == runtime.DEFAULT_THREADS
     seen = []
     monkeypatch.setattr(runtime.torch, "set_num_threads", lambda n: seen.append(n))

@@ -69,6 +69,7 @@ from geodiff.grid import channel_mask, grid_for_ratio, is_periodic
 from geodiff.io.bundle import ModelBundle
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
+from geodiff.runtime import DEFAULT_THREADS, uses_threads
 from geodiff.training.fit import check_training_data, validation_loss
 from geodiff.training.objectives import DenoisingObjective, RegressionObjective
 from geodiff.training.pairs import COARSE, DownscalingPairs, downscaling_metadata
@@ -150,6 +151,7 @@ def _mask(ds: xr.Dataset, names: Sequence[str], mask: Any, shape: tuple[int, int
     return finite & channel_mask(mask, shape, "mask")
 
 
+@uses_threads
 def fit_downscaling(
     ds: xr.Dataset,
     factor: int,
@@ -177,6 +179,7 @@ def fit_downscaling(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    threads: int | None = DEFAULT_THREADS,
 ) -> ModelBundle:
     """Train a conditional downscaling model (``mode``) of ``ds`` at ``factor`` and return its bundle for
     :func:`geodiff.downscale` (module docstring).
@@ -204,6 +207,7 @@ def fit_downscaling(
     area_weights: weights of the coarse area mean: ``"coslat"`` or None (equal).
     checkpoint_dir, resume: where the run keeps checkpoints; an interrupted run continues from them.
     seed: seed of the weights, the patches and every random draw of training.
+    threads: torch threads of the call (default 1, :data:`geodiff.runtime.DEFAULT_THREADS`; None: as set).
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
@@ -327,7 +331,7 @@ def fit_downscaling(
             raise CheckpointError(f"{folder / RUN_STATE} is a run of {state.get('steps')} steps; now steps={steps}")
     started = _time.perf_counter()
     options = dict(objective=objective, batch_size=batch_size, lr=lr, weight_decay=0.01, grad_clip=1.0,
-                   ema_decay=None, seed=seed, device=device)
+                   threads=threads, ema_decay=None, seed=seed, device=device)
     total = state.get("steps") or steps
     seconds_per_step = state.get("seconds_per_step")
     scores = state.get("scores", 10)  # validations after the one at step 0
