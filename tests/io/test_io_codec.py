@@ -84,9 +84,12 @@ def test_ensemble_decode_adds_member_dim(ocean):
     assert out.sizes["member"] == 3 and list(out.member.values) == [0, 1, 2]
     assert list(out.data_vars) == ["thetao", "so", "zos"]
     assert out.attrs == ocean.attrs and out.thetao.attrs["units"] == "degC"
-    for m in range(3):
-        xr.testing.assert_identical(out.isel(member=m, drop=True), codec.decode(ens[m]))
-    xr.testing.assert_identical(out.isel(member=0, drop=True), ocean)
+    assert out.member.dtype == np.int32 and out.member.attrs["standard_name"] == "realization"
+    for m in range(3):  # the same values; an ensemble adds CF attributes to its axes where the input has none
+        xr.testing.assert_equal(out.isel(member=m, drop=True), codec.decode(ens[m]))
+    xr.testing.assert_equal(out.isel(member=0, drop=True), ocean)
+    for name in ocean.variables:
+        assert out[name].attrs.items() >= ocean[name].attrs.items(), name
     assert np.isnan(out.thetao.values[:, :, land_mask()]).all()
     single = codec.decode(ens[:, 0], member=True)  # [M, C, H, W]: members of one field
     assert single.thetao.dims == ("member", "depth", "lat", "lon")
