@@ -15,6 +15,7 @@ geodiff.errors.DataError: no EN4 files given
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,16 @@ import xarray as xr
 
 from geodiff.errors import DataError
 from geodiff.inputs import INCOMPLETE, check_netcdf
+from geodiff.io.paths import Location, exists, glob, is_folder, local_file
 
 __all__ = ["check_netcdf", "netcdf_files", "INCOMPLETE"]
 
 
-def netcdf_files(paths: str | Path | Sequence[str | Path], product: str, *, folder_glob: str | None = None) -> list[Path]:
+def netcdf_files(paths: Location | Sequence[Location], product: str, *, folder_glob: str | None = None) -> list[Path]:
     """The input files of an adapter, sorted, each checked to exist and to be complete (:func:`check_netcdf`).
 
-    ``paths``: one path or several; with ``folder_glob`` (e.g. ``"*.nc"``) a folder stands for its matching files.
+    ``paths``: one path or URL, or several (:mod:`geodiff.io.paths`: a URL's file is fetched once into a local
+    cache, under its own name); with ``folder_glob`` (e.g. ``"*.nc"``) a folder stands for its matching files.
     ``product`` names the product in the :class:`~geodiff.errors.DataError` messages.
 
     >>> netcdf_files([], "EN4")
@@ -38,21 +41,21 @@ def netcdf_files(paths: str | Path | Sequence[str | Path], product: str, *, fold
     ...
     geodiff.errors.DataError: no EN4 files given
     """
-    if isinstance(paths, (str, Path)):
-        path = Path(paths)
-        items = sorted(path.glob(folder_glob)) if folder_glob and path.is_dir() else [path]
+    if isinstance(paths, (str, os.PathLike)):
+        items = glob(paths, folder_glob) if folder_glob and is_folder(paths) else [paths]
     else:
-        items = [Path(p) for p in paths]
+        items = list(paths)
     if not items:
-        if folder_glob and isinstance(paths, (str, Path)):
+        if folder_glob and isinstance(paths, (str, os.PathLike)):
             raise DataError(f"no {product} netCDF files found in {str(paths)!r} (looked for {folder_glob!r})")
         raise DataError(f"no {product} files given")
-    missing = [str(p) for p in items if not p.exists()]
+    missing = [str(p) for p in items if not exists(p)]
     if missing:
         raise DataError(f"{product} files {missing} do not exist")
-    for item in items:
+    local = [local_file(item) for item in sorted(items, key=str)]
+    for item in local:
         check_netcdf(item)
-    return sorted(items)
+    return local
 
 
 def open_netcdf_files(files: Sequence[Path], product: str, variables: Sequence[str] = (), *, along: str = "coords",

@@ -36,8 +36,8 @@ import xarray as xr
 from geodiff.errors import DataError
 from geodiff.inputs import check_netcdf_input, read_table, verify_zarr_chunks
 
-__all__ = ["Location", "is_url", "join", "exists", "filesystem", "is_zarr", "open_dataset", "open_input",
-           "NETCDF_SUFFIXES"]
+__all__ = ["Location", "is_url", "join", "exists", "filesystem", "is_zarr", "is_folder", "glob", "local_file",
+           "open_dataset", "open_input", "NETCDF_SUFFIXES"]
 
 #: a local path or an fsspec URL (``memory://bucket/x.zarr``, ``s3://bucket/x.zarr``, ``https://host/x.nc``)
 Location = str | os.PathLike
@@ -119,16 +119,50 @@ def _consolidated(location: Location, storage_options: dict[str, Any] | None) ->
         return False
 
 
-def _local_copy(location: str, storage_options: dict[str, Any] | None) -> str:
-    """A local file with the content of the file at URL ``location`` (fsspec ``simplecache``, read once)."""
+def local_file(location: Location, storage_options: dict[str, Any] | None = None) -> Path:
+    """A local file with the content of ``location``: the path itself, or for a URL a copy fetched once into a
+    cache folder of this URL's parent (fsspec ``simplecache``; the file keeps its name, which some products'
+    readers parse). :class:`~geodiff.errors.DataError` names the URL when it cannot be reached.
+
+    >>> import fsspec
+    >>> with fsspec.open("memory://doc/cached.nc", "wb") as fh:
+    ...     _ = fh.write(b"x")
+    >>> local_file("memory://doc/cached.nc").name, local_file("/data/a.nc")
+    ('cached.nc', PosixPath('/data/a.nc'))
+    """
+    if not is_url(location):
+        return Path(location)
+    import hashlib
+    import tempfile
+
     import fsspec
 
+    location = str(location)
     protocol = location.split("://", 1)[0]
+    parent = hashlib.sha256(posixpath.dirname(location).encode()).hexdigest()[:16]
+    cache = {"same_names": True, "cache_storage": os.path.join(tempfile.gettempdir(), "geodiff-url-cache", parent)}
     try:
-        return fsspec.open_local(f"simplecache::{location}", **({protocol: storage_options} if storage_options
-                                                                  else {}))
-    except (ImportError, ValueError) as err:
+        return Path(fsspec.open_local(f"simplecache::{location}", simplecache=cache,
+                                      **({protocol: storage_options} if storage_options else {})))
+    except (ImportError, ValueError, OSError) as err:
         raise DataError(f"cannot reach {location!r}: {err}") from err
+
+
+def glob(location: Location, pattern: str, storage_options: dict[str, Any] | None = None) -> list[Location]:
+    """The files in folder ``location`` (local path or URL) whose names match ``pattern`` (e.g. ``"*.nc"``), sorted;
+    URLs stay URLs."""
+    if not is_url(location):
+        return sorted(Path(location).glob(pattern))
+    fs, path = filesystem(location, storage_options)
+    return [fs.unstrip_protocol(item) for item in sorted(fs.glob(posixpath.join(path.rstrip("/"), pattern)))]
+
+
+def is_folder(location: Location, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when ``location`` (local path or URL) is a folder."""
+    if not is_url(location):
+        return Path(location).is_dir()
+    fs, path = filesystem(location, storage_options)
+    return bool(fs.isdir(path))
 
 
 def open_dataset(location: Location, *, storage_options: dict[str, Any] | None = None, chunks: Any = None,
@@ -149,7 +183,7 @@ def open_dataset(location: Location, *, storage_options: dict[str, Any] | None =
                                 chunks=chunks, **options)
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"cannot open zarr store {str(location)!r}: {err}") from err
-    local = _local_copy(str(location), storage_options) if is_url(location) else location
+    local = local_file(location, storage_options)
     check_netcdf_input(local, location)  # empty, cut short (read as zeros otherwise) or not netCDF: named here
     try:
         return xr.open_dataset(local, chunks=chunks, **open_options)
