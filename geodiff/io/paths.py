@@ -127,8 +127,8 @@ def local_file(location: Location, storage_options: dict[str, Any] | None = None
     >>> import fsspec
     >>> with fsspec.open("memory://doc/cached.nc", "wb") as fh:
     ...     _ = fh.write(b"x")
-    >>> local_file("memory://doc/cached.nc").name, local_file("/data/a.nc")
-    ('cached.nc', PosixPath('/data/a.nc'))
+    >>> local_file("memory://doc/cached.nc").name, str(local_file("/data/a.nc"))
+    ('cached.nc', '/data/a.nc')
     """
     if not is_url(location):
         return Path(location)
