@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
-from geodiff.errors import CheckpointError, ConfigError, CoordinateError, DataError, UnitsError
+from geodiff.errors import CheckpointError, ConfigError, CoordinateError, DataError
 from geodiff.io.anomaly import AnomalyNormalizer
 from geodiff.io.bundle import ModelBundle
 from geodiff.io.codec import Codec
@@ -219,8 +219,11 @@ def fit(
     ds: canonical dataset ``(time, [level,] lat, lon)``, NaN on land (numpy- or dask-backed; never loaded whole
         when dask-backed).
     variables: variables to model (default: every data variable with a time dimension).
-    steps: optimizer steps; default from ``time_budget`` (measured speed), else 2000.
-    time_budget: seconds of training (used to choose ``steps`` when it is not given).
+    steps: optimizer steps; default from ``time_budget`` (measured speed), else 2000. With ``time_budget`` as well,
+        the most steps.
+    time_budget: seconds of training, a wall-clock limit: ``steps`` is sized from the measured speed when not given,
+        and the run stops when the budget is spent (each segment between validations shortened to fit it at the
+        speed of the previous one; the recorded ``steps`` are those done, ``stopped_by_budget`` says so).
     validation: fraction of the times, the last ones, held out for validation and early stopping (at least one).
     validate_every: steps between validations (default: ``steps / 10``).
     anomaly: ``"auto"`` (per-cell anomalies with a monthly climatology for monthly series of >= 2 years, else a
@@ -346,7 +349,10 @@ def fit(
         logger.info("fit step %d: training loss %s, validation loss %.6g (best %.6g at step %d)", target,
                     "-" if not recent else f"{np.mean(recent):.6g}", score, state["best"]["score"],
                     state["best"]["step"])
-        state["seconds"] = float(state.get("seconds", 0.0)) + (_time.perf_counter() - started)
+        elapsed = _time.perf_counter() - started
+        state["seconds"] = float(state.get("seconds", 0.0)) + elapsed
+        if target > done:
+            state["seconds_per_step"] = elapsed / (target - done)
         started = _time.perf_counter()
         state_path.write_text(json.dumps(state, indent=1))
 
@@ -365,6 +371,15 @@ def fit(
     bar = tqdm(total=total, initial=done, desc="fit", unit="step", disable=not progress)
     while done < total:
         target = min(total, done + every)
+        if time_budget is not None:  # a wall-clock limit: shorten the segment to what the budget left allows
+            left = time_budget - float(state.get("seconds", 0.0))
+            affordable = int(left / (1.1 * state["seconds_per_step"])) if state.get("seconds_per_step") else every
+            if affordable < 1:
+                state["stopped_by_budget"] = True
+                state_path.write_text(json.dumps(state, indent=1))
+                logger.info("fit: time budget of %.0f s spent after %d steps", time_budget, done)
+                break
+            target = min(target, done + affordable)
         segment(done, target)
         bar.update(target - done)
         last = state["history"][-1]
@@ -382,7 +397,8 @@ def fit(
         "name": f"prior of {', '.join(names)}",
         "trained_by": "geodiff.fit",
         "training": {
-            "steps": int(total), "best_step": state["best"]["step"], "best_validation": state["best"]["score"],
+            "steps": int(done), "stopped_by_budget": bool(state.get("stopped_by_budget", False)),
+            "best_step": state["best"]["step"], "best_validation": state["best"]["score"],
             "history": state["history"], "seconds": round(float(state["seconds"]), 1),
             "architecture": arch, "patch_size": None if patch is None else list(patch), "batch_size": batch_size,
             "lr": lr, "ema_decay": ema_decay, "loss": loss.config, "seed": seed,

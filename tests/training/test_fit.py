@@ -209,3 +209,14 @@ def test_a_time_budget_sizes_the_run():
     training = bundle.metadata["training"]
     assert training["steps"] >= 25 and training["history"][1]["step"] == 25
     assert [h["step"] for h in training["history"]][-1] == training["steps"]
+
+
+def test_a_time_budget_stops_a_run_of_given_steps():
+    bundle = geodiff.fit(monthly(times=30, shape=(6, 8)), steps=5000, time_budget=0.5, validate_every=10,
+                         progress=False, base_channels=4)
+    training = bundle.metadata["training"]
+    assert training["stopped_by_budget"] and 10 <= training["steps"] < 5000
+    assert [h["step"] for h in training["history"]][-1] == training["steps"]
+    unlimited = geodiff.fit(monthly(times=30, shape=(6, 8)), steps=20, validate_every=10, progress=False,
+                            base_channels=4).metadata["training"]
+    assert unlimited["steps"] == 20 and not unlimited["stopped_by_budget"]
