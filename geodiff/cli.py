@@ -143,7 +143,6 @@ def _command_line(ctx: typer.Context) -> str:
 
 def _train(config: Any, line: str) -> Path | None:
     import torch
-    import xarray as xr
 
     import geodiff
     from geodiff.backbones.unet import UNet
@@ -566,14 +565,16 @@ def evaluate(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
 
 @app.command()
 def validate(
-    command: str = typer.Argument(..., help="train, reconstruct, downscale, assimilate, evaluate or batch"),
+    command: str | None = typer.Argument(None, help="train, reconstruct, downscale, assimilate, evaluate or batch "
+                                                    "(default: the one the configuration's keys are for)"),
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Check a configuration without computing, as the run would before its compute: keys, types, options,
     every input file and dataset, the model, the memory needed; for reconstruct also the observations."""
-    from geodiff.jobconfig import load_config
+    from geodiff.jobconfig import command_of, load_config
 
     try:
+        command = command or command_of(config)
         settings = load_config(config, command)
         kind = getattr(settings, "job", None) or command
         if kind == "train":

@@ -44,7 +44,7 @@ from pydantic import (
 from geodiff.errors import ConfigError, GeodiffError
 from geodiff.io.paths import Location, exists, is_url
 
-__all__ = ["load_config", "read_yaml", "describe_keys", "describe_options", "COMMANDS", "TrainConfig", "ReconstructConfig",
+__all__ = ["load_config", "command_of", "read_yaml", "describe_keys", "describe_options", "COMMANDS", "TrainConfig", "ReconstructConfig",
            "DownscaleConfig", "AssimilateConfig", "EvaluateConfig", "BatchSettings", "MAX_YAML_NODES", "open_input"]
 
 #: the most values (scalars, lists, mappings) a configuration may expand to, aliases included
@@ -270,6 +270,41 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
 
 
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The keys and values of the YAML configuration file ``path`` (:func:`read_yaml`); ConfigError otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist")
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def command_of(path: str | Path) -> str:
+    """The command a configuration file is written for: ``batch`` when it names a ``job``, else the one command
+    whose required keys it has and whose keys it uses (``train``: data and training; ``evaluate``: prediction and
+    truth; ...). :class:`~geodiff.errors.ConfigError` when none or several fit.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "e.yaml"
+    >>> _ = path.write_text("prediction: out.zarr\\ntruth: truth.nc\\n")
+    >>> command_of(path)
+    'evaluate'
+    """
+    path = Path(path)
+    data = _read_mapping(path)
+    if "job" in data:
+        return "batch"
+    keys = set(map(str, data))
+    fits = [name for name, schema in COMMANDS.items()
+            if {k for k, f in schema.model_fields.items() if f.is_required()} <= keys <= set(schema.model_fields)]
+    if len(fits) != 1:
+        raise ConfigError(f"{path}: cannot tell which command its keys {sorted(keys)} are for "
+                          f"({'several fit: ' + ', '.join(fits) if fits else 'none fits'}); name it: "
+                          f"geodiff validate COMMAND --config {path}")
+    return fits[0]
+
+
 def load_config(path: str | Path, command: str) -> Any:
     """Read and validate the YAML configuration of ``command``; returns the validated settings.
 
@@ -279,11 +314,7 @@ def load_config(path: str | Path, command: str) -> Any:
     Raises :class:`~geodiff.errors.ConfigError` naming the file and every bad key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"configuration file {path} does not exist")
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(data).__name__}")
+    data = _read_mapping(path)
     job = None
     if command == "batch":
         job = data.pop("job", None)

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 import yaml
@@ -55,6 +56,10 @@ def test_reconstruct_and_evaluate_configs_run_as_shipped(configs):
     out = xr.open_zarr(configs / "reconstruction.zarr")
     truth = xr.open_dataset(configs / "data" / "woa_truth.nc")
     assert dict(out["temperature"].sizes) == {"member": 4, **truth["temperature"].sizes}
+    shipped = xr.open_dataset(configs / "data" / "woa_reconstruction.nc")  # what evaluate.yaml scores
+    np.testing.assert_array_equal(out["temperature"].values, shipped["temperature"].values)
+    for command in (["validate", "--config"], ["validate", "batch", "--config"]):  # the command read from the keys
+        assert "valid batch configuration" in geodiff_command(*command, config)
     evaluate = str(configs / "evaluate.yaml")
     assert "valid evaluate configuration" in geodiff_command("validate", "evaluate", "--config", evaluate)
     assert "rmse_ensemble_mean" in geodiff_command("evaluate", "--config", evaluate)
