@@ -230,3 +230,11 @@ def test_downscale_and_assimilate_name_an_unavailable_pipeline(workspace, tmp_pa
     assert result.exit_code == 2
     assert f"pipeline '{absent}' is not available in this installation" in result.output
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_validate_without_a_command_names_the_keys_it_cannot_place(tmp_path):
+    config = tmp_path / "unclear.yaml"
+    config.write_text("truth: a.nc\nmembers: 4\n")
+    result = CliRunner().invoke(app, ["validate", "--config", str(config)])
+    assert result.exit_code == 2 and "cannot tell which command its keys ['members', 'truth']" in result.output
+    assert "Traceback" not in result.output
