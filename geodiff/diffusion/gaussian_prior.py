@@ -100,16 +100,23 @@ class GaussianResidualDenoiser(Denoiser):
         "nugget"} per channel]}`` (normalised units; length scale in km; ``P`` valid cells of the mask). The
         low-rank factor ``W [K, P]`` is the buffer :attr:`factor`, set by whoever builds the prior
         (``geodiff.fit``) and saved with the weights.
+    correction: False leaves the learned correction out (the denoiser is the Gaussian part alone and the backbone
+        is not run); ``geodiff.fit`` sets it when the correction does not help guided reconstructions of the
+        validation period (:mod:`geodiff.training.correction_check`).
     """
 
     def __init__(self, backbone: nn.Module | dict[str, Any], *, prior: dict[str, Any], sigma_data: float = 1.0,
                  parameterization: str = "edm", noise_label: str = "edm", schedule: Any = None,
-                 mask: Tensor | None = None):
+                 mask: Tensor | None = None, correction: bool = True):
         super().__init__(backbone, sigma_data=sigma_data, parameterization=parameterization,
                          noise_label=noise_label, schedule=schedule, mask=mask)
         prior = _check_prior(prior)
+        if not isinstance(correction, bool):
+            raise ConfigError(f"correction must be True or False, got {correction!r}")
         self.config["prior"] = prior
+        self.config["correction"] = correction
         self.prior = prior
+        self.correction = correction
         self.register_buffer("factor", torch.zeros(prior["rank"], prior["cells"], dtype=torch.float32))
         self._decomposition: tuple[str, Tensor, Tensor] | None = None
         if mask is not None:
@@ -162,11 +169,14 @@ class GaussianResidualDenoiser(Denoiser):
 
     def forward(self, x: Tensor, sigma: float | Tensor, cond: dict[str, Tensor] | None = None, *,
                 mask: Tensor | None = None) -> Tensor:
-        """``E_G[x0 | x] + c_out F(c_in x)`` on the valid cells. A per-call ``mask`` must equal the prior's."""
+        """``E_G[x0 | x] + c_out F(c_in x)`` on the valid cells (``E_G[x0 | x]`` alone without the correction).
+        A per-call ``mask`` must equal the prior's."""
         if mask is not None:
             mask = torch.as_tensor(mask, device=x.device)
             if not bool((mask == self.mask.to(mask.device)).all()):
                 raise GridError("a GaussianResidualDenoiser works on its prior's whole grid; train it without patches")
+        if not self.correction:
+            return self.gaussian(x, sigma)
         learned = super().forward(x, sigma, cond)
         _, c_skip, _, _ = self.coefficients(sigma_tensor(sigma, x.shape[0], x.device).to(torch.float64))
         valid = self.mask.to(dtype=x.dtype, device=x.device)

@@ -14,6 +14,9 @@ bundle) and adds what a scientist needs from a training run:
 - **A validation period** (the last ``validation`` fraction of the times, by time): the EMA weights are scored
   every ``validate_every`` steps with a deterministic denoising loss and the best ones are kept (early stopping
   on the score, not on the training loss).
+- **Guided reconstructions decide the hybrid prior's correction**: the learned correction is kept only where it
+  lowers the CRPS of guided reconstructions of validation times with a calibrated ensemble
+  (:mod:`geodiff.training.correction_check`); otherwise the bundle samples the Gaussian part alone.
 - **Sizes from the data**: UNet depth and patch size from the grid, step count from ``time_budget`` (seconds)
   when ``steps`` is not given; every choice is recorded in the bundle's metadata.
 - **Resume**: with ``checkpoint_dir`` a killed run continues (the training loop's exact resume plus the best
@@ -211,6 +214,7 @@ def fit(
     max_memory: float | None = 2e9,
     progress: bool = True,
     threads: int | None = DEFAULT_THREADS,
+    check_correction: bool = True,
 ) -> ModelBundle:
     """Train a diffusion prior of the variables of ``ds`` and return its :class:`~geodiff.io.ModelBundle`.
 
@@ -242,6 +246,9 @@ def fit(
         ``ds`` one time per sample (:class:`FieldStream`: slower, memory of a batch). None: always in memory.
 
     threads: torch threads of the call (default 1, :data:`geodiff.runtime.DEFAULT_THREADS`; None: as set).
+    check_correction: for a hybrid prior, reconstruct validation times with and without the learned correction
+        and keep it only where it lowers the CRPS with a calibrated ensemble
+        (:mod:`geodiff.training.correction_check`; a few guided reconstructions).
     Returns the bundle with the EMA weights of the best validation score; ``bundle.metadata["training"]`` records
     every choice (architecture, steps, seconds, validation history).
     """
@@ -411,7 +418,30 @@ def fit(
             "torch": torch.__version__,
         },
     }
-    return ModelBundle(best, codec, normalizer, metadata=metadata)
+    bundle = ModelBundle(best, codec, normalizer, metadata=metadata)
+    if prior == "hybrid":
+        _settle_correction(bundle, ds, check_correction, seed)
+    return bundle
+
+
+def _settle_correction(bundle: ModelBundle, ds: xr.Dataset, check: bool, seed: int) -> None:
+    """Keep a hybrid prior's learned correction only where it helps guided reconstructions of the validation
+    period (:mod:`geodiff.training.correction_check`); an untrained one (best at step 0, output zero) is left out
+    so that sampling does not run the network for nothing. Records the outcome in the metadata."""
+    from geodiff.training.correction_check import check_correction as run_check
+
+    record = bundle.metadata["training"]
+    if record["best_step"] == 0:
+        keep, note = False, {"keep": False, "reason": "the untrained correction (best validation at step 0) is zero"}
+    elif not check:
+        keep, note = True, {"keep": True, "reason": "not checked (check_correction=False)"}
+    else:
+        outcome = run_check(bundle, ds, seed=seed)
+        keep, note = outcome.keep, outcome.as_dict()
+        logger.info("fit: learned correction %s: %s", "kept" if keep else "left out", outcome.reason)
+    bundle.denoiser.correction = keep
+    bundle.denoiser.config["correction"] = keep
+    record["correction_check"] = note
 
 
 def _save_weights(module: torch.nn.Module, path: Path) -> None:

@@ -29,7 +29,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from torch import Tensor
 from geodiff.covariance import empirical_variograms, fit_variograms, stationary_covariance
 from geodiff.errors import ConfigError, GeodiffError
 
-__all__ = ["fit_hybrid_prior", "ALPHAS", "OFFSETS", "CANDIDATE_MODELS", "VALIDATION_ERROR", "MAX_PRIOR_CELLS"]
+__all__ = ["fit_hybrid_prior", "hybrid_factor", "ALPHAS", "OFFSETS", "CANDIDATE_MODELS", "VALIDATION_ERROR", "MAX_PRIOR_CELLS"]
 
 ALPHAS = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)
 #: variances (normalised units squared) of a uniform shift of each channel: a period whose climate departs from
@@ -135,6 +135,22 @@ def _validation_crps(anomalies: np.ndarray, stationary: np.ndarray, channel: np.
     return total / count
 
 
+def hybrid_factor(fields: Tensor, mask: Tensor, choice: Mapping[str, float]) -> Tensor:
+    """The low-rank factor ``W [K, P]`` float32 of normalised anomaly ``fields [N, C, H, W]`` on the valid cells of
+    ``mask [C, H, W]``, for the ``alpha``, ``offset`` and ``inflation`` of ``choice`` (:func:`fit_hybrid_prior`'s
+    report): the scaled anomalies, then one row per channel for the uniform shift when ``offset > 0``."""
+    mask_np = mask.cpu().numpy().astype(bool)
+    if fields.shape[0] < 2:
+        raise ConfigError("the low-rank part of a hybrid prior needs at least two fields")
+    anomalies = fields.reshape(fields.shape[0], -1).double().cpu().numpy()[:, mask_np.reshape(-1)]
+    channel = np.repeat(np.arange(mask_np.shape[0]), mask_np.reshape(mask_np.shape[0], -1).sum(1))
+    alpha, offset, inflation = (float(choice[key]) for key in ("alpha", "offset", "inflation"))
+    rows = [np.sqrt(inflation * (1 - alpha) / (anomalies.shape[0] - 1)) * anomalies]
+    if offset > 0:  # a uniform shift of each channel: one row per channel, sqrt(offset) on its cells
+        rows.append(np.sqrt(inflation * offset) * (channel[None, :] == np.arange(mask_np.shape[0])[:, None]))
+    return torch.from_numpy(np.concatenate(rows)).float()
+
+
 def fit_hybrid_prior(
     training: Tensor, validation: Tensor, mask: Tensor, *, lat: Sequence[float], lon: Sequence[float],
     times: Sequence[Any], seed: int = 0, final: Tensor | None = None,
@@ -195,12 +211,8 @@ def fit_hybrid_prior(
     crps = {str(g): _validation_crps(anomalies, stationary, channel, alpha, offset, g, held_out, draws, noise)
             for g in INFLATIONS}
     inflation = float(min(INFLATIONS, key=lambda g: crps[str(g)]))
-    if final is not None:
-        anomalies = final.reshape(final.shape[0], -1).double().cpu().numpy()[:, flat_mask]
-    rows = [np.sqrt(inflation * (1 - alpha) / (anomalies.shape[0] - 1)) * anomalies]
-    if offset > 0:  # a uniform shift of each channel: one row per channel, sqrt(offset) on its cells
-        rows.append(np.sqrt(inflation * offset) * (channel[None, :] == np.arange(mask_np.shape[0])[:, None]))
-    factor = torch.from_numpy(np.concatenate(rows)).float()
+    choice = {"alpha": alpha, "offset": offset, "inflation": inflation}
+    factor = hybrid_factor(training if final is None else final, mask, choice)
     prior = {"lat": lat_np.tolist(), "lon": lon_np.tolist(), "rank": int(factor.shape[0]), "cells": cells,
              "stationary": [{**p, "variance": inflation * alpha * p["variance"], "nugget": inflation * alpha * p["nugget"]}
                             for p in parts]}
