@@ -70,7 +70,6 @@ Running (``CACHE`` holds the canonical sets, observations, scores and ``results.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import struct
@@ -91,6 +90,7 @@ from geodiff.adapters.standardize import record, standardize
 from geodiff.baselines import climatology, eof_projection, optimal_interpolation
 from geodiff.baselines.optimal_interpolation import MODELS, fit_covariance
 from geodiff.errors import ConfigError, DataError, ObservationError, SamplingError
+from geodiff.training.correction_check import check_correction, without_correction
 
 COVERAGES = (0.02, 0.05, 0.10)
 #: observation error as a fraction of the training anomaly std of each level
@@ -491,21 +491,20 @@ def run_baselines(cache: Path, names: list[str], seed: int, test_times: int | No
         write_scores(cache, key, "baselines", rows)
 
 
-def zero_correction(bundle: geodiff.ModelBundle) -> geodiff.ModelBundle:
-    """The hybrid prior's Gaussian part alone: a copy whose learned correction outputs zero."""
-    if not hasattr(bundle.denoiser, "gaussian_spectrum"):
-        raise ConfigError("--zero-correction needs a hybrid prior (geodiff.fit(prior='hybrid'))")
-    gaussian = copy.deepcopy(bundle)
-    output = gaussian.denoiser.backbone.output[-1]
-    with torch.no_grad():
-        output.weight.zero_()
-        output.bias.zero_()
-    return gaussian
+def settle_correction(bundle: geodiff.ModelBundle, train: xr.Dataset, seed: int) -> dict:
+    """What ``geodiff.fit`` now does last, for a prior trained before it did: keep the learned correction only if
+    guided reconstructions of the validation period gain (:mod:`geodiff.training.correction_check`)."""
+    if "correction_check" in bundle.metadata.get("training", {}):
+        return bundle.metadata["training"]["correction_check"]
+    outcome = check_correction(bundle, train, seed=seed).as_dict()
+    bundle.denoiser.correction = outcome["keep"]
+    bundle.metadata["training"]["correction_check"] = outcome
+    return outcome
 
 
 def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool, time_budget: float,
                 steps: int | None, members: int, seed: int, options: dict, gaussian_part: bool = False,
-                test_times: int | None = None) -> None:
+                test_times: int | None = None, check: bool = False) -> None:
     method, group = ("geodiff (Gaussian part)", "geodiff_gaussian") if gaussian_part else ("geodiff", "geodiff")
     for key in names:
         meta, train, test, tables = open_set(cache, key, test_times)
@@ -530,8 +529,15 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
                              time.perf_counter() - start, "time_budget": time_budget, "steps": steps}
         else:
             raise ConfigError(f"no prior bundle at {folder}; train one with --train or pass --priors DIR")
+        if check and not gaussian_part:
+            outcome = settle_correction(bundle, train.drop_vars([c for c in train.coords if c not in train.dims]),
+                                        seed)
+            print(f"{key}: learned correction {'kept' if outcome['keep'] else 'left out'}: {outcome['reason']}",
+                  flush=True)
         if gaussian_part:
-            bundle = zero_correction(bundle)
+            if not hasattr(bundle.denoiser, "gaussian_spectrum"):
+                raise ConfigError("--zero-correction needs a hybrid prior (geodiff.fit(prior='hybrid'))")
+            bundle = without_correction(bundle)
         rows = []
         for coverage, table in tables.items():
             where = heldout_mask(test, name, table)
@@ -631,7 +637,9 @@ def main() -> None:
     parser.add_argument("--options", type=json.loads, default={}, help="geodiff: further keyword arguments of "
                         "geodiff.reconstruct as JSON, e.g. '{\"steps\": 48}' (default: none, its defaults)")
     parser.add_argument("--zero-correction", action="store_true", help="geodiff: the hybrid prior's Gaussian part "
-                        "alone (learned correction zeroed), scored as 'geodiff (Gaussian part)'")
+                        "alone (learned correction left out), scored as 'geodiff (Gaussian part)'")
+    parser.add_argument("--check-correction", action="store_true", help="geodiff: for a prior trained before "
+                        "geodiff.fit checked its learned correction, run that check (validation period) and apply it")
     parser.add_argument("--test-times", type=int, default=None, help="baselines, geodiff: score that many evenly "
                         "spaced test times only (the same ones for every method)")
     parser.add_argument("--seed", type=int, default=0)
@@ -648,7 +656,8 @@ def main() -> None:
         if args.priors is None:
             raise SystemExit("geodiff needs --priors DIR (read from, or written to with --train)")
         run_geodiff(args.cache, names, args.priors, args.train, args.time_budget, args.steps, args.members,
-                    args.seed, args.options, gaussian_part=args.zero_correction, test_times=args.test_times)
+                    args.seed, args.options, gaussian_part=args.zero_correction, test_times=args.test_times,
+                    check=args.check_correction)
     else:
         table(args.cache, names)
 

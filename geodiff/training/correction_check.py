@@ -14,7 +14,8 @@ a Gaussian part whose low-rank factor holds the *training* period only: the fina
 period's anomalies, so it has seen these very fields.
 
 Decision: the correction is kept when it lowers the mean CRPS (over variables, each relative to the Gaussian
-part's) and its ensemble stays calibrated: spread/skill within :data:`CALIBRATED` or no further from 1 (as a log
+part's) by at least :data:`MIN_GAIN` (a smaller gain is within the noise of a few fields and members, and not worth
+running the network when sampling) and its ensemble stays calibrated: spread/skill within :data:`CALIBRATED` or no further from 1 (as a log
 ratio) than the Gaussian part's. Otherwise the bundle's denoiser runs without it (``correction=False``).
 
 Example
@@ -48,9 +49,10 @@ from geodiff.errors import ConfigError
 from geodiff.io.bundle import ModelBundle
 from geodiff.training.hybrid_prior import VALIDATION_ERROR, hybrid_factor
 
-__all__ = ["check_correction", "CorrectionCheck", "CALIBRATED", "without_correction"]
+__all__ = ["check_correction", "CorrectionCheck", "CALIBRATED", "MIN_GAIN", "without_correction"]
 
 CALIBRATED = (0.8, 1.25)  # spread/skill counted as calibrated
+MIN_GAIN = 0.01  # the CRPS must fall by at least this fraction
 
 
 @dataclass
@@ -89,8 +91,9 @@ def _calibration_gap(spread_skill: float) -> float:
 
 def _decide(with_correction: dict[str, dict[str, float]], gaussian: dict[str, dict[str, float]]) -> tuple[bool, str]:
     ratio = float(np.mean([with_correction[v]["crps"] / gaussian[v]["crps"] for v in gaussian]))
-    if not ratio < 1.0:
-        return False, f"the correction does not lower the validation CRPS ({ratio:.3f}x the Gaussian part's)"
+    if not ratio <= 1.0 - MIN_GAIN:
+        return False, (f"the correction does not lower the validation CRPS by {MIN_GAIN:.0%} or more ({ratio:.3f}x "
+                       "the Gaussian part's)")
     for name in gaussian:
         ss, ss_gaussian = with_correction[name]["spread_skill"], gaussian[name]["spread_skill"]
         calibrated = CALIBRATED[0] <= ss <= CALIBRATED[1]

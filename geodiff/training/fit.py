@@ -60,7 +60,7 @@ from geodiff.io.bundle import ModelBundle
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
 from geodiff.runtime import DEFAULT_THREADS, uses_threads
-from geodiff.training.hybrid_prior import fit_hybrid_prior
+from geodiff.training.hybrid_prior import MAX_PRIOR_CELLS, fit_hybrid_prior
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def fit(
     validation: float = 0.15,
     validate_every: int | None = None,
     anomaly: Literal["auto", "month", "season", "none", "off"] = "auto",
-    prior: Literal["hybrid", "network"] = "hybrid",
+    prior: Literal["auto", "hybrid", "network"] = "auto",
     base_channels: int = 32,
     batch_size: int = 8,
     lr: float = 5e-4,
@@ -233,7 +233,9 @@ def fit(
     anomaly: ``"auto"`` (per-cell anomalies with a monthly climatology for monthly series of >= 2 years, else a
         per-cell mean), ``"month"``, ``"season"``, ``"none"`` (per-cell mean and std, no climatology) or ``"off"``
         (one mean and std per variable and level: :class:`~geodiff.io.Normalizer`).
-    prior: ``"hybrid"`` (default): the network learns a correction to an exact Gaussian prior whose covariance
+    prior: ``"auto"`` (default): ``"hybrid"`` when the grid has at most
+        :data:`~geodiff.training.hybrid_prior.MAX_PRIOR_CELLS` valid cells and no ``patch_size`` is given, else
+        ``"network"`` (with a warning; the choice is recorded). ``"hybrid"``: the network learns a correction to an exact Gaussian prior whose covariance
         mixes the anomalies of the whole training period (validation included, once the mix is chosen) and a
         stationary model, mixed as chosen on the validation period
         (:mod:`geodiff.training.hybrid_prior`; whole fields, up to 8000 valid cells); ``"network"``: a plain
@@ -266,8 +268,8 @@ def fit(
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     if time_budget is not None and not time_budget > 0:
         raise ConfigError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
-    if prior not in ("hybrid", "network"):
-        raise ConfigError(f"prior must be 'hybrid' or 'network', got {prior!r}")
+    if prior not in ("auto", "hybrid", "network"):
+        raise ConfigError(f"prior must be 'auto', 'hybrid' or 'network', got {prior!r}")
     if anomaly not in ("auto", "month", "season", "none", "off"):
         raise ConfigError(f"anomaly must be 'auto', 'month', 'season', 'none' or 'off', got {anomaly!r}")
     ds = ds[names]
@@ -292,6 +294,15 @@ def fit(
     held_out = held_out[np.linspace(0, held_out.size - 1, min(held_out.size, MAX_VALIDATION_FIELDS)).astype(int)]
     validation_fields = _in_memory(FieldStream(ds, codec, normalizer, np.unique(held_out)))
 
+    prior_choice = None
+    if prior == "auto":
+        cells = int(mask.sum())
+        prior = "hybrid" if cells <= MAX_PRIOR_CELLS and patch_size is None else "network"
+        prior_choice = (f"{prior}: {cells} valid cells" + (f" (a hybrid prior holds at most {MAX_PRIOR_CELLS})"
+                        if cells > MAX_PRIOR_CELLS else "") + (", patch_size given" if patch_size is not None else ""))
+        if prior == "network":
+            logger.warning("fit: prior='auto' trains a network-only prior (%s); it has no exact Gaussian part, so "
+                           "compare it with optimal interpolation before use", prior_choice)
     arch = default_architecture(codec.shape, base_channels=base_channels)
     patch = patch_size if patch_size is not None else arch.pop("patch_size")
     arch.pop("patch_size", None)
@@ -410,7 +421,7 @@ def fit(
             "architecture": arch, "patch_size": None if patch is None else list(patch), "batch_size": batch_size,
             "lr": lr, "ema_decay": ema_decay, "loss": loss.config, "seed": seed,
             "normalizer": normalizer.kind if anomaly != "off" else "channel",
-            "prior": prior, "gaussian_prior": prior_report,
+            "prior": prior, "prior_choice": prior_choice, "gaussian_prior": prior_report,
             "climatology": getattr(normalizer, "climatology", None),
             "training_times": int(n_times - n_validation), "validation_times": int(n_validation),
             "training_period": [str(ds["time"].values[0]), str(ds["time"].values[n_times - n_validation - 1])],

@@ -20,6 +20,7 @@ def scores(crps: float, spread_skill: float) -> dict[str, dict[str, float]]:
 @pytest.mark.parametrize("corrected, gaussian, keep", [
     (scores(0.9, 1.0), scores(1.0, 1.0), True),  # better and calibrated
     (scores(1.0, 1.0), scores(1.0, 1.0), False),  # no gain
+    (scores(0.995, 1.0), scores(1.0, 1.0), False),  # a gain within the noise
     (scores(1.1, 1.0), scores(1.0, 1.0), False),  # worse
     (scores(0.9, 0.6), scores(1.0, 1.1), False),  # sharper but over-confident where the Gaussian part is calibrated
     (scores(0.9, 0.6), scores(1.0, 0.5), True),  # over-confident, but less so than the Gaussian part

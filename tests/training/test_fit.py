@@ -220,3 +220,18 @@ def test_a_time_budget_stops_a_run_of_given_steps():
     unlimited = geodiff.fit(monthly(times=30, shape=(6, 8)), steps=20, validate_every=10, progress=False,
                             base_channels=4).metadata["training"]
     assert unlimited["steps"] == 20 and not unlimited["stopped_by_budget"]
+
+
+def test_the_default_prior_is_hybrid_where_it_fits_and_a_network_beyond(monkeypatch, caplog):
+    ds = monthly(times=24, shape=(6, 8))
+    hybrid = geodiff.fit(ds, steps=1, progress=False, base_channels=4, check_correction=False)
+    assert hybrid.metadata["training"]["prior"] == "hybrid"
+    assert hybrid.metadata["training"]["prior_choice"].startswith("hybrid: 42 valid cells")
+    monkeypatch.setattr("geodiff.training.fit.MAX_PRIOR_CELLS", 40)  # as if the grid were too large for it
+    with caplog.at_level("WARNING", logger="geodiff"):
+        network = geodiff.fit(ds, steps=1, progress=False, base_channels=4)
+    training = network.metadata["training"]
+    assert training["prior"] == "network" and "at most 40" in training["prior_choice"]
+    assert type(network.denoiser).__name__ == "Denoiser" and "network-only prior" in caplog.text
+    with pytest.raises(geodiff.errors.ConfigError, match="prior must be"):
+        geodiff.fit(ds, steps=1, prior="gaussian", progress=False)
