@@ -48,7 +48,7 @@ from geodiff.operators import PointOperator
 
 COVERAGES = (0.02, 0.05, 0.10)
 ERROR_STD = 0.1
-METHODS = (("mmps", {}), ("mmps", {"cg_iterations": 4}), ("sda", {}), ("dps", {}),
+METHODS = (("mmps", {"method": "exact"}), ("mmps", {}), ("mmps", {"cg_iterations": 4}), ("sda", {}), ("dps", {}),
            ("sda", {"limit_overshoot": False}), ("dps", {"limit_overshoot": False}))
 
 
@@ -173,16 +173,16 @@ def check(grid: RealGrid, members: int, steps: int, seed: int, methods) -> list[
             truth = grid.truths[t]
             mean, std = oi_analysis(grid, t, rows, cols, values)
             oi_var = std[held] ** 2
-            _accumulate(sums, "OI", mean[held] - truth[held], oi_var, 0.0, np.zeros(held.sum()), oi_var)
+            _accumulate(sums, "OI", mean[held] - truth[held], oi_var, 0.0, np.zeros(held.sum()), oi_var, 0)
             _accumulate(sums, "climatology", grid.backgrounds[t][held] - truth[held], np.zeros(held.sum()), 0.0,
-                        grid.backgrounds[t][held] - mean[held], oi_var)
+                        grid.backgrounds[t][held] - mean[held], oi_var, 0)
             prior.mean = torch.from_numpy((grid.backgrounds[t][grid.valid] - grid.mean) / grid.std)
             for method, options in methods:
                 tic = time.perf_counter()
                 x = guided_ensemble(prior, grid, rows, cols, values, method, options, members, steps, seed + t)
                 spread2 = x.var(0, ddof=1)[held] * (members + 1) / members
                 _accumulate(sums, _label(method, options), x.mean(0)[held] - truth[held], spread2,
-                            time.perf_counter() - tic, x.mean(0)[held] - mean[held], oi_var)
+                            time.perf_counter() - tic, x.mean(0)[held] - mean[held], oi_var, members)
         oi = _scores(sums["OI"])
         for label, acc in sums.items():
             scores = _scores(acc)
@@ -201,10 +201,11 @@ def _label(method: str, options: dict) -> str:
     return method + ("" if not options else " " + ", ".join(f"{k}={v}" for k, v in options.items()))
 
 
-def _accumulate(sums, label, error, variance, seconds, gap, oi_variance) -> None:
-    """Pool squared errors, ensemble (or posterior) variances and the squared gap to OI's mean over cells."""
+def _accumulate(sums, label, error, variance, seconds, gap, oi_variance, members: int) -> None:
+    """Pool squared errors, ensemble (or posterior) variances and the squared gap to OI's mean over cells;
+    ``members``: the ensemble size behind ``variance`` (0 for OI and climatology)."""
     acc = sums.setdefault(label, {"se": 0.0, "var": 0.0, "n": 0, "seconds": 0.0, "fields": 0, "gap": 0.0,
-                                  "oi_var": 0.0})
+                                  "oi_var": 0.0, "members": members})
     acc["gap"] += float(np.sum(gap**2))
     acc["oi_var"] += float(np.sum(oi_variance))
     acc["se"] += float(np.sum(error**2))
@@ -215,23 +216,40 @@ def _accumulate(sums, label, error, variance, seconds, gap, oi_variance) -> None
 
 
 def _scores(acc) -> dict[str, float]:
+    """RMSE, spread/skill, the gap to OI's mean and its Monte Carlo floor, the spread against OI's posterior sd.
+
+    With ``M`` members whose (unbiased) variance is ``s^2`` per cell, the ensemble mean of even an exact sampler
+    lies ``sqrt(sum s^2 / (M sum oi_var))`` (the floor, in OI posterior sds) from OI's mean; what the gap holds
+    beyond it, ``sqrt(gap^2 - floor^2)``, is the sampler's bias ("excess"), up to Monte Carlo noise."""
     rmse = np.sqrt(acc["se"] / acc["n"])
+    members = acc["members"]
+    sample_var = acc["var"] * members / (members + 1) if members else acc["var"]
+    gap2 = acc["gap"] / acc["oi_var"]
+    floor2 = sample_var / (members * acc["oi_var"]) if members else 0.0
     return {"rmse": float(rmse), "spread_skill": float(np.sqrt(acc["var"] / acc["n"]) / rmse),
-            "gap": float(np.sqrt(acc["gap"] / acc["oi_var"])), "seconds": acc["seconds"] / acc["fields"]}
+            "gap": float(np.sqrt(gap2)), "floor": float(np.sqrt(floor2)),
+            "excess": float(np.sqrt(max(gap2 - floor2, 0.0))),
+            "spread_to_oi": float(np.sqrt(sample_var / acc["oi_var"])), "seconds": acc["seconds"] / acc["fields"]}
 
 
 def table(rows: list[dict], members: int, steps: int) -> None:
     print("\n| grid | coverage | obs | method | RMSE | geodiff/OI RMSE | spread/skill | ratio to OI's | "
-          "gap to OI's mean | s/field |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "spread/OI sd | gap to OI's mean | MC floor | excess | s/field |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        ensemble = r["method"] not in ("OI", "climatology")
         skill = "-" if r["method"] == "climatology" else f"{r['spread_skill']:.3f}"
         ratio = "-" if r["method"] == "climatology" else f"{r['spread_skill_ratio']:.3f}"
+        spread = f"{r['spread_to_oi']:.3f}" if ensemble else "-"
+        floor, excess = (f"{r['floor']:.3f}", f"{r['excess']:.3f}") if ensemble else ("-", "-")
         print(f"| {r['grid'].split(',')[0]} | {r['coverage']:.0%} | {r['n_obs']} | {r['method']} | {r['rmse']:.3f} | "
-              f"{r['rmse_ratio']:.3f} | {skill} | {ratio} | {r['gap']:.3f} | {r['seconds']:.1f} |")
+              f"{r['rmse_ratio']:.3f} | {skill} | {ratio} | {spread} | {r['gap']:.3f} | {floor} | {excess} | "
+              f"{r['seconds']:.1f} |")
     print(f"\n({members} members, Heun {steps} steps; spread with the (M+1)/M correction; OI's spread/skill uses "
-          "its posterior std; gap to OI's mean: RMS of (ensemble mean - OI mean) / RMS of OI's posterior std, "
-          f"{1 / np.sqrt(members):.3f} expected from the finite ensemble of an exact sampler)")
+          "its posterior std; spread/OI sd: RMS ensemble sd (unbiased) / RMS OI posterior sd; gap to OI's mean: "
+          "RMS of (ensemble mean - OI mean) / RMS of OI's posterior std; MC floor: what the finite ensemble alone "
+          f"gives, sqrt(ensemble variance / M) in the same units ({1 / np.sqrt(members):.3f} for an exact sampler); "
+          "excess: sqrt(gap^2 - floor^2), the sampler's bias)")
 
 
 def main() -> None:
@@ -240,12 +258,14 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="all", help="'all', 'mmps' (both MMPS rows), 'default' (MMPS as "
-                        "reconstruct runs it) or 'converged' (MMPS with 4 CG iterations)")
+    parser.add_argument("--methods", default="all", help="'all', 'mmps' (the three MMPS rows), 'exact' (MMPS's "
+                        "exact solve, what reconstruct runs for a Gaussian prior), 'cg' (MMPS by one CG iteration, "
+                        "reconstruct's default for a trained network) or 'converged' (MMPS with 4 CG iterations)")
     parser.add_argument("--grids", default="woa,ostia,a1b", help="comma-separated subset of woa, ostia, a1b")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    methods = {"all": METHODS, "mmps": METHODS[:2], "default": METHODS[:1], "converged": METHODS[1:2]}[args.methods]
+    methods = {"all": METHODS, "mmps": METHODS[:3], "exact": METHODS[:1], "cg": METHODS[1:2],
+               "converged": METHODS[2:3]}[args.methods]
     wanted = args.grids.split(",")
     grids = [woa_grid()] if "woa" in wanted else []
     if args.iris is not None:
