@@ -7,9 +7,18 @@ as mean and :func:`geodiff.baselines.fit_covariance`'s stationary covariance (Ma
 plus nugget, fitted to training anomalies) between the grid's valid cells
 (:func:`~geodiff.baselines.optimal_interpolation.covariance_matrix`), denoised exactly by
 :class:`~geodiff.diffusion.gaussian.GaussianDenoiser` (eigendecomposition on the valid cells; land masks and
-regional, non-periodic grids as they are). Sampling is what :func:`geodiff.reconstruct` does: normalised units
-(one mean/std per channel from the training data, the default normaliser), float32, EDM schedule, Heun 24 steps,
-16 members, denoised estimates clipped at 10, guidance built from :meth:`PointOperator.to_normalized`.
+regional, non-periodic grids as they are). Sampling is what :func:`geodiff.reconstruct` does: normalised units,
+float32, EDM schedule, Heun 24 steps, 16 members, denoised estimates clipped at 10, guidance built from
+:meth:`PointOperator.to_normalized`. Units (``--normalisation``): ``channel`` (default) one mean/std per channel
+from the training data (:class:`~geodiff.io.normalizer.Normalizer`, ``geodiff.fit(anomaly="off")``), so the
+prior's mean is the climatology in those units; ``cell``: per-cell anomalies of the climatology scaled by the
+prior sd ``sqrt(variance + nugget)``, as the anomaly normaliser of ``geodiff.fit`` (its default) scales them, so
+the prior's mean is 0.
+
+Methods: the exact MMPS solve (``method="exact"``, what :func:`geodiff.reconstruct` runs for a Gaussian or hybrid
+prior), with the sampler's plain start and with ``start=mean``
+(:class:`~geodiff.diffusion.centred_start.CentredStart`); MMPS by conjugate gradients (1 and 4 iterations); SDA
+and DPS with and without their overshoot control.
 
 Grids (real data): World Ocean Atlas surface temperature in the held-out North Pacific box (32x64 cells of
 2 degrees, land on both coasts; training: the rest of the globe, months 1, 5, 9 scored); OSTIA monthly SST
@@ -21,7 +30,7 @@ random 2, 5, 10 % of the valid cells (the same draw, so each set contains the sm
 
 Run: ``python benchmarks/gaussian_check.py --iris DIR`` where DIR is ``.../iris_sample_data/sample_data`` from
 ``pip download --no-deps iris-sample-data`` and unzipping the wheel (without ``--iris`` only the WOA grid runs).
-About 5-10 minutes on one CPU thread.
+About 10 minutes on one CPU thread with every method (``--methods exact``: about a minute with 16 members).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from geodiff import registry
 from geodiff.adapters import woa
 from geodiff.baselines import climatology, fit_covariance, optimal_interpolation
 from geodiff.baselines.optimal_interpolation import covariance_matrix
+from geodiff.diffusion.centred_start import CentredStart
 from geodiff.diffusion.clipping import ClipDenoised
 from geodiff.diffusion.gaussian import GaussianDenoiser
 from geodiff.diffusion.samplers import HeunSampler
@@ -48,8 +58,11 @@ from geodiff.operators import PointOperator
 
 COVERAGES = (0.02, 0.05, 0.10)
 ERROR_STD = 0.1
-METHODS = (("mmps", {"method": "exact"}), ("mmps", {}), ("mmps", {"cg_iterations": 4}), ("sda", {}), ("dps", {}),
-           ("sda", {"limit_overshoot": False}), ("dps", {"limit_overshoot": False}))
+#: (guidance, options); the option ``start="mean"`` is the sampler's (:class:`CentredStart`), not the guidance's
+METHODS = (("mmps", {"method": "exact"}), ("mmps", {"method": "exact", "start": "mean"}), ("mmps", {}),
+           ("mmps", {"cg_iterations": 4}), ("sda", {}), ("dps", {}), ("sda", {"limit_overshoot": False}),
+           ("dps", {"limit_overshoot": False}))
+PRESETS = {"all": METHODS, "mmps": METHODS[:4], "exact": METHODS[:2], "cg": METHODS[2:3], "converged": METHODS[3:4]}
 
 
 @dataclass
@@ -143,22 +156,59 @@ def oi_analysis(grid: RealGrid, t: int, rows, cols, values):
     return oi.field.values, oi.field_std.values
 
 
-def guided_ensemble(prior: GaussianDenoiser, grid: RealGrid, rows, cols, values, method: str, options: dict,
-                    members: int, steps: int, seed: int) -> np.ndarray:
-    """Members ``[M, H, W]`` in the data's units, sampled as :func:`geodiff.reconstruct` samples."""
+@dataclass
+class Units:
+    """Normalised units ``x = (field - centre) / scale``: ``centre`` and ``scale`` ``[C]`` (per channel) or
+    ``[C, H, W]`` (per cell), as :meth:`PointOperator.to_normalized` takes them."""
+
+    centre: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def of(cls, grid: RealGrid, t: int, normalisation: str) -> Units:
+        if normalisation == "channel":
+            return cls(np.array([grid.mean]), np.array([grid.std]))
+        prior_sd = float(np.sqrt(grid.covariance.variance + grid.covariance.nugget))
+        return cls(np.nan_to_num(grid.backgrounds[t])[None], np.full((1, *grid.valid.shape), prior_sd))
+
+    def decode(self, x: np.ndarray) -> np.ndarray:
+        """``[M, H, W]`` normalised -> the data's units."""
+        if self.centre.size == 1:
+            return x * float(self.scale[0]) + float(self.centre[0])
+        return x * self.scale[0] + self.centre[0]
+
+    def sd(self) -> float:
+        """The (uniform) scale: covariances are divided by its square."""
+        return float(self.scale.reshape(-1)[0])
+
+
+def guided_ensemble(prior: GaussianDenoiser, grid: RealGrid, units: Units, rows, cols, values, method: str,
+                    options: dict, members: int, steps: int, seed: int, noise_free: bool = False) -> np.ndarray:
+    """Members ``[M, H, W]`` in the data's units, sampled as :func:`geodiff.reconstruct` samples (with
+    ``options["start"] == "mean"``, from :class:`CentredStart`).
+
+    ``noise_free``: one member from zero noise instead. A sampler that is affine in its noise (Heun on the exact
+    Gaussian denoiser with the exact solve, clipping not reached) maps it to the ensemble's expectation, so its
+    distance from OI's mean is the sampler's bias without Monte Carlo error."""
     operator = PointOperator(grid.lat, grid.lon, lat=grid.lat[rows], lon=grid.lon[cols], mask=grid.valid)
-    op_n, y_n, e_n = operator.to_normalized(values, np.full(values.size, ERROR_STD), [grid.mean], [grid.std])
+    op_n, y_n, e_n = operator.to_normalized(values, np.full(values.size, ERROR_STD), units.centre, units.scale)
+    options = dict(options)
+    sampler = ClipDenoised(HeunSampler(), 10.0)
+    if options.pop("start", "noise") == "mean":
+        sampler = CentredStart(sampler)
     guidance = registry.get("guidance", method)(y_n, op_n, e_n, **options)  # float64, as reconstruct passes them
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(members, 1, *grid.valid.shape, generator=generator)
-    x = guidance.sample(ClipDenoised(HeunSampler(), 10.0), prior, noise, EDMSchedule().sigmas(steps),
-                        generator=generator)
-    return x[:, 0].double().numpy() * grid.std + grid.mean
+    if noise_free:
+        noise = torch.zeros(1, 1, *grid.valid.shape)
+    x = guidance.sample(sampler, prior, noise, EDMSchedule().sigmas(steps), generator=generator)
+    return units.decode(x[:, 0].double().numpy())
 
 
-def check(grid: RealGrid, members: int, steps: int, seed: int, methods) -> list[dict]:
+def check(grid: RealGrid, members: int, steps: int, seed: int, methods, normalisation: str = "channel") -> list[dict]:
     started = time.perf_counter()
-    cov = covariance_matrix(grid.covariance, grid.lat, grid.lon, grid.valid) / grid.std**2
+    scale = Units.of(grid, 0, normalisation).sd()
+    cov = covariance_matrix(grid.covariance, grid.lat, grid.lon, grid.valid) / scale**2
     prior = GaussianDenoiser(torch.zeros(int(grid.valid.sum())), torch.from_numpy(cov), (1, *grid.valid.shape),
                              mask=torch.from_numpy(grid.valid)[None])
     print(f"\n{grid.name}: {int(grid.valid.sum())} valid cells, covariance {_describe(grid.covariance)}, "
@@ -176,13 +226,20 @@ def check(grid: RealGrid, members: int, steps: int, seed: int, methods) -> list[
             _accumulate(sums, "OI", mean[held] - truth[held], oi_var, 0.0, np.zeros(held.sum()), oi_var, 0)
             _accumulate(sums, "climatology", grid.backgrounds[t][held] - truth[held], np.zeros(held.sum()), 0.0,
                         grid.backgrounds[t][held] - mean[held], oi_var, 0)
-            prior.mean = torch.from_numpy((grid.backgrounds[t][grid.valid] - grid.mean) / grid.std)
+            units = Units.of(grid, t, normalisation)
+            centre = np.broadcast_to(units.centre[0] if units.centre.size > 1 else units.centre, grid.valid.shape)
+            prior.mean = torch.from_numpy((grid.backgrounds[t] - centre)[grid.valid] / scale)
             for method, options in methods:
                 tic = time.perf_counter()
-                x = guided_ensemble(prior, grid, rows, cols, values, method, options, members, steps, seed + t)
+                x = guided_ensemble(prior, grid, units, rows, cols, values, method, options, members, steps, seed + t)
                 spread2 = x.var(0, ddof=1)[held] * (members + 1) / members
-                _accumulate(sums, _label(method, options), x.mean(0)[held] - truth[held], spread2,
+                label = _label(method, options)
+                _accumulate(sums, label, x.mean(0)[held] - truth[held], spread2,
                             time.perf_counter() - tic, x.mean(0)[held] - mean[held], oi_var, members)
+                if options.get("method") == "exact":
+                    expectation = guided_ensemble(prior, grid, units, rows, cols, values, method, options, 1, steps,
+                                                  0, noise_free=True)[0]
+                    sums[label]["bias"] = sums[label].get("bias", 0.0) + float(np.sum((expectation - mean)[held] ** 2))
         oi = _scores(sums["OI"])
         for label, acc in sums.items():
             scores = _scores(acc)
@@ -220,7 +277,8 @@ def _scores(acc) -> dict[str, float]:
 
     With ``M`` members whose (unbiased) variance is ``s^2`` per cell, the ensemble mean of even an exact sampler
     lies ``sqrt(sum s^2 / (M sum oi_var))`` (the floor, in OI posterior sds) from OI's mean; what the gap holds
-    beyond it, ``sqrt(gap^2 - floor^2)``, is the sampler's bias ("excess"), up to Monte Carlo noise."""
+    beyond it, ``sqrt(gap^2 - floor^2)``, is the sampler's bias ("excess"), up to Monte Carlo noise. "bias": the
+    noise-free member's distance from OI's mean in the same units (exact solve only, see :func:`guided_ensemble`)."""
     rmse = np.sqrt(acc["se"] / acc["n"])
     members = acc["members"]
     sample_var = acc["var"] * members / (members + 1) if members else acc["var"]
@@ -229,27 +287,31 @@ def _scores(acc) -> dict[str, float]:
     return {"rmse": float(rmse), "spread_skill": float(np.sqrt(acc["var"] / acc["n"]) / rmse),
             "gap": float(np.sqrt(gap2)), "floor": float(np.sqrt(floor2)),
             "excess": float(np.sqrt(max(gap2 - floor2, 0.0))),
+            "bias": float(np.sqrt(acc["bias"] / acc["oi_var"])) if "bias" in acc else None,
             "spread_to_oi": float(np.sqrt(sample_var / acc["oi_var"])), "seconds": acc["seconds"] / acc["fields"]}
 
 
-def table(rows: list[dict], members: int, steps: int) -> None:
+def table(rows: list[dict], members: int, steps: int, normalisation: str) -> None:
     print("\n| grid | coverage | obs | method | RMSE | geodiff/OI RMSE | spread/skill | ratio to OI's | "
-          "spread/OI sd | gap to OI's mean | MC floor | excess | s/field |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "spread/OI sd | gap to OI's mean | MC floor | excess | bias | s/field |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ensemble = r["method"] not in ("OI", "climatology")
         skill = "-" if r["method"] == "climatology" else f"{r['spread_skill']:.3f}"
         ratio = "-" if r["method"] == "climatology" else f"{r['spread_skill_ratio']:.3f}"
         spread = f"{r['spread_to_oi']:.3f}" if ensemble else "-"
         floor, excess = (f"{r['floor']:.3f}", f"{r['excess']:.3f}") if ensemble else ("-", "-")
+        bias = "-" if r["bias"] is None else f"{r['bias']:.3f}"
         print(f"| {r['grid'].split(',')[0]} | {r['coverage']:.0%} | {r['n_obs']} | {r['method']} | {r['rmse']:.3f} | "
-              f"{r['rmse_ratio']:.3f} | {skill} | {ratio} | {spread} | {r['gap']:.3f} | {floor} | {excess} | "
+              f"{r['rmse_ratio']:.3f} | {skill} | {ratio} | {spread} | {r['gap']:.3f} | {floor} | {excess} | {bias} | "
               f"{r['seconds']:.1f} |")
-    print(f"\n({members} members, Heun {steps} steps; spread with the (M+1)/M correction; OI's spread/skill uses "
-          "its posterior std; spread/OI sd: RMS ensemble sd (unbiased) / RMS OI posterior sd; gap to OI's mean: "
-          "RMS of (ensemble mean - OI mean) / RMS of OI's posterior std; MC floor: what the finite ensemble alone "
-          f"gives, sqrt(ensemble variance / M) in the same units ({1 / np.sqrt(members):.3f} for an exact sampler); "
-          "excess: sqrt(gap^2 - floor^2), the sampler's bias)")
+    print(f"\n({members} members, Heun {steps} steps, {normalisation} normalisation; spread with the (M+1)/M "
+          "correction; OI's spread/skill uses its posterior std; spread/OI sd: RMS ensemble sd (unbiased) / RMS OI "
+          "posterior sd; gap to OI's mean: RMS of (ensemble mean - OI mean) / RMS of OI's posterior std; MC floor: "
+          "what the finite ensemble alone gives, sqrt(ensemble variance / M) in the same units "
+          f"({1 / np.sqrt(members):.3f} for an exact sampler); "
+          "excess: sqrt(gap^2 - floor^2), the sampler's bias up to Monte Carlo noise; bias: a noise-free member's "
+          "distance from OI's mean, the exact solve's bias without Monte Carlo error)")
 
 
 def main() -> None:
@@ -258,22 +320,24 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="all", help="'all', 'mmps' (the three MMPS rows), 'exact' (MMPS's "
-                        "exact solve, what reconstruct runs for a Gaussian prior), 'cg' (MMPS by one CG iteration, "
+    parser.add_argument("--methods", default="all", choices=sorted(PRESETS),
+                        help="'all', 'mmps' (the four MMPS rows), 'exact' (MMPS's exact solve, what reconstruct runs "
+                        "for a Gaussian prior, with the plain and the centred start), 'cg' (MMPS by one CG iteration, "
                         "reconstruct's default for a trained network) or 'converged' (MMPS with 4 CG iterations)")
+    parser.add_argument("--normalisation", default="channel", choices=("channel", "cell"),
+                        help="'channel': one mean/std per channel; 'cell': per-cell anomalies (module docstring)")
     parser.add_argument("--grids", default="woa,ostia,a1b", help="comma-separated subset of woa, ostia, a1b")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    methods = {"all": METHODS, "mmps": METHODS[:3], "exact": METHODS[:1], "cg": METHODS[1:2],
-               "converged": METHODS[2:3]}[args.methods]
+    methods = PRESETS[args.methods]
     wanted = args.grids.split(",")
     grids = [woa_grid()] if "woa" in wanted else []
     if args.iris is not None:
         grids += [make(args.iris) for name, make in (("ostia", ostia_grid), ("a1b", a1b_grid)) if name in wanted]
     rows = []
     for grid in grids:
-        rows += check(grid, args.members, args.steps, args.seed, methods)
-    table(rows, args.members, args.steps)
+        rows += check(grid, args.members, args.steps, args.seed, methods, args.normalisation)
+    table(rows, args.members, args.steps, args.normalisation)
 
 
 if __name__ == "__main__":
