@@ -41,7 +41,11 @@ The denoiser is replaced by an estimate of ``E[x0 | x_sigma, y]``. With Tweedie'
   (:mod:`geodiff.guidance.exact`): the exact ``E[x0 | x, y]`` of a Gaussian prior at every noise level, with no
   backward pass (one forward per denoiser call). For the hybrid prior ``V`` is its Gaussian part's;
   ``network_jacobian=True`` takes the last product through the whole denoiser instead (one VJP).
-  :func:`geodiff.reconstruct` chooses it for such denoisers (:func:`preferred_method`).
+  :func:`geodiff.reconstruct` chooses it for such denoisers (:func:`preferred_method`). With a Gaussian prior the
+  sampled ensemble is then exact up to the sampler: Heun's discretisation (posterior spread +4-6 % with 24 steps,
+  +1 % with 48 on real grids) and the start at ``sigma_max eps``, which leaves the ensemble mean ``m_k / sigma_max``
+  posterior sds from the posterior mean ``m`` along each eigenvector ``k`` of the posterior covariance, whatever
+  the step count (:class:`~geodiff.diffusion.centred_start.CentredStart` removes it).
 
 Step-size convention: the correction is the exact posterior-mean update above (``sigma^2`` times the likelihood
 score); ``scale`` multiplies it (1 = Bayes; keep 1 unless the prior is misspecified).
