@@ -9,7 +9,8 @@ Example
 True
 
 Commands driven by a YAML configuration (``--config``; checked before any compute, see :mod:`geodiff.jobconfig`):
-``train``, ``reconstruct``, ``downscale``, ``assimilate``, ``evaluate``, ``validate`` and ``batch run`` /
+``fit`` (the recommended way to train a prior: :func:`geodiff.fit`), ``train`` (a custom network, torchrun),
+``reconstruct``, ``downscale``, ``assimilate``, ``evaluate``, ``validate`` and ``batch run`` /
 ``batch status`` / ``batch verify [--repair]`` / ``batch finalise``. A ``.zarr`` output of a pipeline is computed
 by :mod:`geodiff.batch` (resumable, ``--part i/N``, dask workers); a ``.nc`` output in one go (compressed,
 checksummed: :func:`geodiff.io.encoding.write_netcdf`). The command line is appended to the output's ``history``.
@@ -80,8 +81,8 @@ def _keys_help(command: str) -> str:
         lines.append("  job: 'reconstruct' | 'downscale' | 'assimilate' = required")
     seen = set()
     for kind in kinds:
-        rows = describe_keys(COMMANDS[kind]) + (describe_options(kind) if kind != "evaluate" and kind != "train"
-                                                else [])
+        rows = describe_keys(COMMANDS[kind]) + (describe_options(kind) if kind in ("reconstruct", "downscale",
+                                                                                   "assimilate") else [])
         if command == "batch":
             lines += ["", "\b", f"with job: {kind}"]
             seen = set()
@@ -192,11 +193,11 @@ def _train(config: Any, line: str) -> Path | None:
     return config.output
 
 
-def _training_data(config: Any) -> Any:
-    """The training variables of ``config.data``, opened and checked (:func:`geodiff.datacheck.check_gridded`)."""
+def _training_variables(config: Any) -> Any:
+    """The training variables of ``config.data`` (``config.variables``, default: every variable with a time
+    dimension), opened lazily (:func:`geodiff.io.paths.open_input`); ConfigError naming a missing one."""
     import xarray as xr
 
-    from geodiff.datacheck import check_gridded
     from geodiff.jobconfig import open_input
 
     ds = open_input(config.data)
@@ -207,11 +208,20 @@ def _training_data(config: Any) -> Any:
     if missing or not names:
         raise ConfigError(f"key 'variables': {missing or names} not data variables of {config.data} "
                           f"(it has {list(ds.data_vars)})")
-    return check_gridded(ds[names], names, where=str(config.data), time=True)
+    return ds[names]
 
 
-@app.command(help=f"""Train a diffusion prior (UNet, EDM) on a canonical dataset; resumes from checkpoints; runs
-under torchrun.
+def _training_data(config: Any) -> Any:
+    """The training variables of ``config.data``, opened and checked (:func:`geodiff.datacheck.check_gridded`)."""
+    from geodiff.datacheck import check_gridded
+
+    ds = _training_variables(config)
+    return check_gridded(ds, list(ds.data_vars), where=str(config.data), time=True)
+
+
+@app.command(help=f"""Train a custom diffusion prior (a UNet set by the model keys, EDM) on a canonical dataset;
+resumes from checkpoints; runs under torchrun. To train a prior from a dataset with geodiff's best recipe (the
+hybrid Gaussian + learned-correction prior, validation period, time budget), use `geodiff fit`.
 {_keys_help("train")}""")
 def train(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
     from geodiff.jobconfig import load_config
@@ -223,6 +233,78 @@ def train(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
         _fail(err)
     if written is not None:
         typer.echo(f"wrote model bundle {written}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fit
+
+
+def _fit_data(config: Any) -> Any:
+    """The training data of a fit configuration: its variables, within ``bbox`` and at ``levels``, lazily."""
+    ds = _training_variables(config)
+    if config.bbox is not None:
+        from geodiff.adapters import select_bbox
+
+        try:
+            ds = select_bbox(ds, config.bbox)
+        except GeodiffError as err:
+            raise type(err)(f"key 'bbox': {config.data}: {err}") from None
+    if config.levels is not None:
+        ds = _select_levels(ds, config.levels, str(config.data))
+    return ds
+
+
+def _select_levels(ds: Any, levels: list[float], where: str) -> Any:
+    """``ds`` at the values ``levels`` of its vertical coordinate (the second dimension of its 4-D variables),
+    in the dataset's order; ConfigError naming a value it lacks."""
+    import numpy as np
+
+    vertical = {ds[name].dims[1] for name in ds.data_vars if ds[name].ndim == 4}
+    if len(vertical) != 1:
+        raise ConfigError(f"key 'levels': {where} has {'no' if not vertical else 'several'} vertical "
+                          f"dimension(s) {sorted(vertical)}; expected (time, level, lat, lon) variables")
+    (dim,) = vertical
+    values = np.asarray(ds[dim].values, dtype=np.float64)
+    found = [np.flatnonzero(np.isclose(values, level)) for level in levels]
+    missing = [level for level, index in zip(levels, found) if index.size == 0]
+    if missing or not levels:
+        raise ConfigError(f"key 'levels': {missing or levels} are not values of {dim!r} in {where} "
+                          f"(it has {values.tolist()})")
+    return ds.isel({dim: sorted({int(index[0]) for index in found})})
+
+
+def _fit(config: Any, line: str) -> Path:
+    """Train with :func:`geodiff.fit` (every key but the data selection and output is its argument) and write
+    the bundle, its ``history`` ending with the command line."""
+    import geodiff
+    from geodiff.jobconfig import FIT_SELECTION_KEYS
+    from geodiff.provenance import append_history
+
+    _check_train_output(config)
+    ds = _fit_data(config)
+    arguments = config.model_dump(exclude=set(FIT_SELECTION_KEYS))
+    arguments["variables"] = list(ds.data_vars)
+    bundle = geodiff.fit(ds, **arguments)
+    bundle.metadata = append_history(bundle.metadata, line)
+    bundle.metadata["training_data"] = {"path": str(config.data), "bbox": config.bbox, "levels": config.levels}
+    bundle.save(config.output, overwrite=config.overwrite)
+    return config.output
+
+
+@app.command(help=f"""Train a diffusion prior from a canonical dataset with geodiff.fit: the recommended way to
+train one (by default the hybrid prior, an exact Gaussian part plus a learned correction, where the grid is small
+enough for its dense covariance; a validation period keeps the best weights; time budget; resumes from
+checkpoint_dir). Every key but data, bbox, levels, output and overwrite is the argument of geodiff.fit of that
+name, with its default.
+{_keys_help("fit")}""")
+def fit(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
+    from geodiff.jobconfig import load_config
+
+    try:
+        written = _fit(load_config(config, "fit"), _command_line(ctx))
+    except (GeodiffError, OSError) as err:
+        _fail(err)
+    typer.echo(f"wrote model bundle {written}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -565,8 +647,8 @@ def evaluate(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
 
 @app.command()
 def validate(
-    command: str | None = typer.Argument(None, help="train, reconstruct, downscale, assimilate, evaluate or batch "
-                                                    "(default: the one the configuration's keys are for)"),
+    command: str | None = typer.Argument(None, help="fit, train, reconstruct, downscale, assimilate, evaluate or "
+                                                    "batch (default: the one the configuration's keys are for)"),
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Check a configuration without computing, as the run would before its compute: keys, types, options,
@@ -580,6 +662,12 @@ def validate(
         if kind == "train":
             _check_train_output(settings)
             _training_data(settings)
+        elif kind == "fit":
+            from geodiff.training.fit import check_training_data
+
+            _check_train_output(settings)
+            data = _fit_data(settings)
+            check_training_data(data, list(data.data_vars))
         elif kind == "evaluate":
             _evaluation_inputs(settings)
         else:

@@ -9,6 +9,8 @@ device, guidance and sampler names and options, ``max_normalized``), so that ``g
 the run would. The YAML itself is read safely: a key given twice is refused (YAML would keep the last silently),
 and so is a document whose aliases expand to more than :data:`MAX_YAML_NODES` values (an "alias bomb").
 A network too large for the memory of the machine (``model.base_channels``) is refused before it is built.
+The defaults of ``geodiff fit`` are those of :func:`geodiff.fit`'s signature (:func:`fit_default`): the API, the
+command and the example configurations share one set.
 
 Example
 -------
@@ -24,6 +26,7 @@ geodiff.errors.ConfigError: .../evaluate.yaml: key 'prediction': file .../out.za
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from pathlib import Path
@@ -44,8 +47,9 @@ from pydantic import (
 from geodiff.errors import ConfigError, GeodiffError
 from geodiff.io.paths import Location, exists, is_url
 
-__all__ = ["load_config", "command_of", "read_yaml", "describe_keys", "describe_options", "COMMANDS", "TrainConfig", "ReconstructConfig",
-           "DownscaleConfig", "AssimilateConfig", "EvaluateConfig", "BatchSettings", "MAX_YAML_NODES", "open_input"]
+__all__ = ["load_config", "command_of", "read_yaml", "describe_keys", "describe_options", "COMMANDS", "TrainConfig",
+           "FitConfig", "FIT_SELECTION_KEYS", "fit_default", "ReconstructConfig", "DownscaleConfig", "AssimilateConfig",
+           "EvaluateConfig", "BatchSettings", "MAX_YAML_NODES", "open_input"]
 
 #: the most values (scalars, lists, mappings) a configuration may expand to, aliases included
 MAX_YAML_NODES = 100_000
@@ -172,6 +176,63 @@ class TrainConfig(_Strict):
     threads: PositiveInt = 1  # torch threads (geodiff.runtime.DEFAULT_THREADS)
 
 
+def _fit_argument_default(name: str) -> Any:
+    """The default of argument ``name`` of :func:`geodiff.fit`, read from its signature."""
+    from geodiff.training.fit import fit
+
+    return inspect.signature(fit).parameters[name].default
+
+
+def fit_default(name: str) -> Any:
+    """A configuration key's default: :func:`geodiff.fit`'s default of the argument ``name``, read from its
+    signature when a configuration is validated (so that importing this module stays free of torch).
+
+    >>> import inspect, geodiff
+    >>> lr = FitConfig.model_fields["lr"].get_default(call_default_factory=True)
+    >>> lr == inspect.signature(geodiff.fit).parameters["lr"].default
+    True
+    """
+    return Field(default_factory=functools.partial(_fit_argument_default, name))
+
+
+#: keys of ``geodiff fit`` that choose and write the data; every other key is an argument of :func:`geodiff.fit`
+FIT_SELECTION_KEYS = ("data", "bbox", "levels", "output", "overwrite")
+
+
+class FitConfig(_Strict):
+    """``geodiff fit``: canonical training data -> the model bundle of :func:`geodiff.fit` (by default the hybrid
+    prior: an exact Gaussian part and a learned correction, where the grid allows). ``bbox`` and ``levels`` select
+    the region and the levels to train on; every key after ``overwrite`` is the argument of :func:`geodiff.fit` of
+    that name, with its default. ``bbox``: ``[west, south, east, north]`` in degrees
+    (:func:`geodiff.adapters.select_bbox`); ``levels``: values of the vertical coordinate (depth in m, level)."""
+
+    data: InputPath
+    variables: list[str] | None = fit_default("variables")
+    bbox: Annotated[list[float], Field(min_length=4, max_length=4)] | None = None  # [west, south, east, north]
+    levels: list[float] | None = None
+    output: OutputPath
+    overwrite: StrictBool = False
+    checkpoint_dir: OutputPath | None = fit_default("checkpoint_dir")
+    resume: StrictBool = fit_default("resume")
+    steps: PositiveInt | None = fit_default("steps")
+    time_budget: Annotated[float, Field(gt=0)] | None = fit_default("time_budget")  # seconds
+    validation: Annotated[float, Field(gt=0, lt=0.5)] = fit_default("validation")
+    validate_every: PositiveInt | None = fit_default("validate_every")
+    anomaly: Literal["auto", "month", "season", "none", "off"] = fit_default("anomaly")
+    prior: Literal["auto", "hybrid", "network"] = fit_default("prior")
+    check_correction: StrictBool = fit_default("check_correction")
+    base_channels: PositiveInt = fit_default("base_channels")
+    batch_size: PositiveInt = fit_default("batch_size")
+    lr: Annotated[float, Field(gt=0)] = fit_default("lr")
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = fit_default("ema_decay")
+    patch_size: tuple[PositiveInt, PositiveInt] | None = fit_default("patch_size")
+    seed: NonNegativeInt = fit_default("seed")
+    device: str = fit_default("device")
+    max_memory: Annotated[float, Field(gt=0)] | None = fit_default("max_memory")  # bytes of encoded fields
+    progress: StrictBool = fit_default("progress")
+    threads: PositiveInt | None = fit_default("threads")  # torch threads; None: as set
+
+
 class EvaluateConfig(_Strict):
     """``geodiff evaluate``: scores of an ensemble output against a truth dataset (JSON report)."""
 
@@ -185,6 +246,7 @@ class EvaluateConfig(_Strict):
 #: command -> schema; ``batch`` configurations name their pipeline with the key ``job``
 COMMANDS: dict[str, type[_Strict]] = {
     "train": TrainConfig,
+    "fit": FitConfig,
     "reconstruct": ReconstructConfig,
     "downscale": DownscaleConfig,
     "assimilate": AssimilateConfig,
@@ -343,7 +405,10 @@ def load_config(path: str | Path, command: str) -> Any:
         if config.times is not None:
             _check_times(path, config.times)
     if isinstance(config, TrainConfig):
-        _check_model_size(path, config.model)
+        _check_model_size(path, "model.base_channels", config.model.base_channels, config.model.channel_mults,
+                          config.model.num_res_blocks)
+    if isinstance(config, FitConfig):
+        _check_fit_settings(path, config)
     return config.model_copy(update={"job": job}) if job else config
 
 
@@ -363,16 +428,31 @@ def _check_times(path: Path, times: list[Any]) -> None:
         raise ConfigError(f"{path}: key 'times': entry {int(missing[0])} is empty or NaT; list the times wanted")
 
 
-def _check_model_size(path: Path, model: ModelSettings) -> None:
+def _check_model_size(path: Path, key: str, base_channels: int, channel_mults: list[int],
+                      num_res_blocks: int) -> None:
     """ConfigError before a network too large for this machine's memory is built."""
     from geodiff.resources import check_memory, unet_bytes
 
     try:
-        check_memory(unet_bytes(1, model.base_channels, model.channel_mults, model.num_res_blocks),
-                     f"key 'model.base_channels': {model.base_channels} (a UNet with channel_mults "
-                     f"{list(model.channel_mults)})")
+        check_memory(unet_bytes(1, base_channels, channel_mults, num_res_blocks),
+                     f"key {key!r}: {base_channels} (a UNet with channel_mults {list(channel_mults)})")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def _check_fit_settings(path: Path, config: FitConfig) -> None:
+    """ConfigError before training for a device this machine lacks or a network (the deepest one
+    :func:`geodiff.training.fit.default_architecture` builds) too large for its memory."""
+    from geodiff.resources import check_device
+    from geodiff.training.fit import default_architecture
+
+    try:
+        check_device(config.device)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: key 'device': {err}") from None
+    deepest = default_architecture((1, 64, 64), base_channels=config.base_channels)
+    _check_model_size(path, "base_channels", config.base_channels, deepest["channel_mults"],
+                      deepest["num_res_blocks"])
 
 
 def _check_options(path: Path, kind: str, options: dict[str, Any], members: int) -> None:
@@ -474,7 +554,7 @@ def describe_keys(schema: type[BaseModel], prefix: str = "") -> list[tuple[str, 
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             rows += describe_keys(field.annotation, f"{key}.")
             continue
-        default = "required" if field.is_required() else repr(field.default)
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         rows.append((key, _annotation_text(field.annotation) + _bounds(field.metadata), default))
     return rows
 

@@ -1,5 +1,6 @@
 """Every configuration in examples/configs/ runs as shipped, through the command line, from a copy of the
-repository layout: validate, then train; reconstruct in parts, batch status, batch run; evaluate."""
+repository layout: validate, then fit; validate, then train; reconstruct in parts, batch status, batch run;
+evaluate."""
 
 import json
 import shutil
@@ -22,7 +23,8 @@ runner = CliRunner()
 def configs(tmp_path):
     """``examples/configs`` copied into a fresh tree beside the package (the relative paths of a clone)."""
     shutil.copytree(REPOSITORY / "examples" / "configs", tmp_path / "examples" / "configs",
-                    ignore=shutil.ignore_patterns("reconstruction.zarr", "scores.json", "prior", "checkpoints"))
+                    ignore=shutil.ignore_patterns("reconstruction.zarr", "scores.json", "prior", "checkpoints",
+                                                  "fitted_prior", "fit_checkpoints"))
     (tmp_path / "geodiff").symlink_to(REPOSITORY / "geodiff", target_is_directory=True)
     return tmp_path / "examples" / "configs"
 
@@ -35,7 +37,22 @@ def geodiff_command(*args: str) -> str:
 
 def test_every_example_config_is_run_by_a_test():
     shipped = sorted(p.name for p in (REPOSITORY / "examples" / "configs").glob("*.yaml"))
-    assert shipped == ["evaluate.yaml", "reconstruct_woa_batch.yaml", "train.yaml"]
+    assert shipped == ["evaluate.yaml", "fit.yaml", "reconstruct_woa_batch.yaml", "train.yaml"]
+
+
+def test_fit_config_runs_as_shipped(configs):
+    config = str(configs / "fit.yaml")
+    assert "valid fit configuration" in geodiff_command("validate", "--config", config)  # command from the keys
+    assert "wrote model bundle" in geodiff_command("fit", "--config", config)
+    settings = yaml.safe_load(Path(config).read_text())
+    bundle = geodiff.load(configs / settings["output"])
+    training = bundle.metadata["training"]
+    assert training["prior"] == "hybrid" and training["steps"] == settings["steps"]
+    assert "correction_check" in training  # the learned correction was judged on guided reconstructions
+    west, south, east, north = settings["bbox"]
+    assert bundle.codec.shape[0] == len(settings["levels"])
+    assert south <= min(bundle.codec.lat) and max(bundle.codec.lat) <= north
+    assert west <= min(bundle.codec.lon) and max(bundle.codec.lon) <= east
 
 
 def test_train_config_runs_as_shipped(configs):
