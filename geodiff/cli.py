@@ -224,11 +224,16 @@ resumes from checkpoints; runs under torchrun. To train a prior from a dataset w
 hybrid Gaussian + learned-correction prior, validation period, time budget), use `geodiff fit`.
 {_keys_help("train")}""")
 def train(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
+    _training_command(ctx, "train", config, _train)
+
+
+def _training_command(ctx: typer.Context, command: str, config: Path, run: Any) -> None:
+    """Load the configuration of ``command``, train with ``run(settings, command_line)`` and say where the bundle
+    was written (``run`` returns None on the ranks of a torchrun job that write nothing)."""
     from geodiff.jobconfig import load_config
 
     try:
-        settings = load_config(config, "train")
-        written = _train(settings, _command_line(ctx))
+        written = run(load_config(config, command), _command_line(ctx))
     except (GeodiffError, OSError) as err:
         _fail(err)
     if written is not None:
@@ -298,13 +303,7 @@ checkpoint_dir). Every key but data, bbox, levels, output and overwrite is the a
 name, with its default.
 {_keys_help("fit")}""")
 def fit(ctx: typer.Context, config: Path = CONFIG_OPTION) -> None:
-    from geodiff.jobconfig import load_config
-
-    try:
-        written = _fit(load_config(config, "fit"), _command_line(ctx))
-    except (GeodiffError, OSError) as err:
-        _fail(err)
-    typer.echo(f"wrote model bundle {written}")
+    _training_command(ctx, "fit", config, _fit)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -201,10 +201,10 @@ FIT_SELECTION_KEYS = ("data", "bbox", "levels", "output", "overwrite")
 
 class FitConfig(_Strict):
     """``geodiff fit``: canonical training data -> the model bundle of :func:`geodiff.fit` (by default the hybrid
-    prior: an exact Gaussian part and a learned correction, where the grid allows). ``bbox`` and ``levels`` select
-    the region and the levels to train on; every key after ``overwrite`` is the argument of :func:`geodiff.fit` of
-    that name, with its default. ``bbox``: ``[west, south, east, north]`` in degrees
-    (:func:`geodiff.adapters.select_bbox`); ``levels``: values of the vertical coordinate (depth in m, level)."""
+    prior: an exact Gaussian part and a learned correction, where the grid allows). Every key but
+    :data:`FIT_SELECTION_KEYS` is the argument of :func:`geodiff.fit` of that name, with its default. ``bbox``
+    (``[west, south, east, north]``, degrees: :func:`geodiff.adapters.select_bbox`) and ``levels`` (values of the
+    vertical coordinate: depth in m, level) choose the region and the levels to train on."""
 
     data: InputPath
     variables: list[str] | None = fit_default("variables")
