@@ -148,34 +148,46 @@ def stack_fields(items: list[Any]) -> Tensor:
     return torch.stack([_check_field(item) for item in items])
 
 
-def split_item(item: Any) -> tuple[Tensor, dict[str, Tensor] | None]:
-    """A dataset item as ``(x [C, H, W], cond or None)``: items are fields or ``(field, {name: tensor})`` pairs."""
+def split_item(item: Any) -> tuple[Tensor, dict[str, Tensor] | None, Tensor | None]:
+    """A dataset item as ``(x [C, H, W], cond or None, mask or None)``: items are fields, ``(field, {name:
+    tensor})`` pairs or ``(field, cond, mask)`` triples whose ``mask`` (bool ``[C, H, W]``, True = valid) says which
+    cells of that item count in the loss (e.g. the land of a patch cut at a varying position)."""
     if isinstance(item, (tuple, list)):
-        if len(item) != 2 or not isinstance(item[1], dict):
-            raise DataError("dataset items must be tensors [C, H, W] or (x, cond) pairs with cond a dict of tensors; "
-                            f"got a {type(item).__name__} of length {len(item)}")
-        x, cond = item
+        if len(item) not in (2, 3) or not isinstance(item[1], dict):
+            raise DataError("dataset items must be tensors [C, H, W], (x, cond) pairs or (x, cond, mask) triples "
+                            f"with cond a dict of tensors; got a {type(item).__name__} of length {len(item)}")
+        x, cond = _check_field(item[0]), item[1]
         for name, value in cond.items():
             if not isinstance(name, str) or not isinstance(value, Tensor):
                 raise DataError(f"conditioning entry {name!r} must be a tensor under a str key, got "
                                 f"{type(value).__name__}")
-        return _check_field(x), cond
-    return _check_field(item), None
+        mask = item[2] if len(item) == 3 else None
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool
+                                 or tuple(mask.shape) != tuple(x.shape)):
+            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise DataError(f"the mask of a dataset item must be a bool tensor [C, H, W] = {list(x.shape)}, got {got}")
+        return x, cond, mask
+    return _check_field(item), None, None
 
 
-def stack_items(items: list[Any]) -> tuple[Tensor, dict[str, Tensor] | None]:
-    """Collate fields or ``(x, cond)`` pairs into ``(x [B, C, H, W], {name: [B, ...]} or None)``.
+def stack_items(items: list[Any]) -> tuple[Tensor, dict[str, Tensor] | None, Tensor | None]:
+    """Collate fields, ``(x, cond)`` pairs or ``(x, cond, mask)`` triples into ``(x [B, C, H, W], {name: [B, ...]}
+    or None, mask [B, C, H, W] or None)``.
 
-    >>> x, cond = stack_items([(torch.zeros(1, 2, 2), {"c": torch.ones(3)})] * 2)
-    >>> list(x.shape), list(cond["c"].shape)
-    ([2, 1, 2, 2], [2, 3])
+    >>> x, cond, mask = stack_items([(torch.zeros(1, 2, 2), {"c": torch.ones(3)})] * 2)
+    >>> list(x.shape), list(cond["c"].shape), mask
+    ([2, 1, 2, 2], [2, 3], None)
     """
-    pairs = [split_item(item) for item in items]
-    x = torch.stack([p[0] for p in pairs])
-    conds = [p[1] for p in pairs]
+    parts = [split_item(item) for item in items]
+    x = torch.stack([p[0] for p in parts])
+    masks = [p[2] for p in parts]
+    if any(m is None for m in masks) and not all(m is None for m in masks):
+        raise DataError("either every dataset item carries a mask or none does")
+    mask = None if masks[0] is None else torch.stack(masks)  # type: ignore[arg-type]
+    conds = [p[1] for p in parts]
     if all(c is None for c in conds):
-        return x, None
+        return x, None, mask
     keys = set(conds[0] or {})
     if any(c is None or set(c) != keys for c in conds):
         raise DataError(f"every dataset item must carry the same conditioning keys; expected {sorted(keys)}")
-    return x, {k: torch.stack([c[k] for c in conds]) for k in sorted(keys)}  # type: ignore[index]
+    return x, {k: torch.stack([c[k] for c in conds]) for k in sorted(keys)}, mask  # type: ignore[index]

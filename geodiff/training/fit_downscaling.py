@@ -27,7 +27,8 @@ measured speed of this model; with ``checkpoint_dir`` an interrupted run resumes
 
 Masks and weights: ``mask`` (bool ``(lat, lon)`` DataArray or numpy array, True = valid) is combined with the
 cells that are NaN in the data; the coarse field is the area mean over valid cells only (``area_weights``:
-``"coslat"`` or None for equal weights), so land under an ocean coarse cell does not enter it. Global grids
+``"coslat"`` or None for equal weights), so land under an ocean coarse cell does not enter it, and invalid cells
+are left out of every training loss and validation score (each patch carries its own mask). Global grids
 (longitudes covering 360 degrees) use a backbone with periodic longitude padding.
 
 Example
@@ -274,11 +275,10 @@ def fit_downscaling(
     data = pairs_of(train_times, patches_per_field, seed, patch)
     chosen = np.unique(np.linspace(0, n_validation - 1, min(n_validation, VALIDATION_PATCHES)).astype(int))
     held = pairs_of(validation_times[chosen], max(1, min(4, VALIDATION_PATCHES // chosen.size)), seed + 1, patch)
-    items = [held[i] for i in range(len(held))]
-    x_val = torch.stack([x for x, _ in items])
-    cond_val = {k: torch.stack([c[k] for _, c in items]) for k in items[0][1]}
-    windows = [held.window(i)[1] for i in range(len(held))]
-    patch_valid = torch.stack([torch.from_numpy(valid[:, i0:i1, j0:j1]) for i0, i1, j0, j1 in windows])
+    items = [held[i] for i in range(len(held))]  # (x, cond, mask of the patch)
+    x_val = torch.stack([item[0] for item in items])
+    cond_val = {k: torch.stack([item[1][k] for item in items]) for k in items[0][1]}
+    patch_valid = torch.stack([item[2] for item in items])
 
     periodic = is_periodic(lon)
     all_sources = {COARSE: len(names), **{n: len(v.data_vars) for n, v in source_data.items()}}

@@ -7,7 +7,8 @@ normalised high-resolution field, the area mean of that patch by the integer fac
 source on its own grid (``r_s = H_s / H``). Patches start on multiples of the alignment that cuts every grid on
 whole cells, at positions drawn from ``(seed, i)``: the dataset is deterministic, and ``patches_per_field``
 different patches are taken from each field. Land cells are 0 in the field (normalised data) and in the coarse
-field where a whole block is land.
+field where a whole block is land. With a ``mask``, item ``i`` is the triple ``(x, cond, mask [C, ph, pw])``: the
+patch's own validity mask, so that :func:`geodiff.train` leaves its land out of the loss.
 
 Example
 -------
@@ -28,12 +29,14 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from geodiff.diffusion.patches import alignment, source_window
 from geodiff.errors import ConfigError, DataError, GridError
+from geodiff.grid import channel_mask
 from geodiff.operators import CoarsenOperator
 
 __all__ = ["DownscalingPairs", "COARSE", "downscaling_metadata"]
@@ -84,7 +87,8 @@ class DownscalingPairs(Dataset):
     sources: ``{name: [N or 1, C_s, H_s, W_s]}`` auxiliary sources on their own grids over the same area (a
         source with one entry, e.g. topography, is shared by every field).
     coarse: a given coarse product ``[N, C, H/f, W/f]`` (normalised) instead of the area mean of ``fields``.
-    mask: ``[C, H, W]`` or ``[H, W]`` bool, True = valid (ocean / inside the domain).
+    mask: ``[C, H, W]`` or ``[H, W]`` bool, True = valid (ocean / inside the domain); items then carry their
+        patch of it (module docstring).
     grid_lat: latitudes ``[H]`` for area (cos-lat) weights of the coarsening; None: equal weights.
     patch: ``(ph, pw)``; None: whole fields.
     patches_per_field: patches per field (dataset length ``N * patches_per_field``).
@@ -119,6 +123,8 @@ class DownscalingPairs(Dataset):
             raise GridError(f"coarse must be [N, C, H/f, W/f] = {[n, *operator.coarse_shape]}, got "
                             f"{list(coarse.shape)}")
         self.fields = fields
+        self.mask = None if mask is None else torch.from_numpy(np.array(channel_mask(
+            mask.detach().cpu().numpy() if isinstance(mask, Tensor) else mask, (channels, height, width))))
         self.sources = {COARSE: torch.nan_to_num(coarse, nan=0.0)}
         for name, value in (sources or {}).items():
             if name == COARSE:
@@ -156,11 +162,13 @@ class DownscalingPairs(Dataset):
         j0 = int(torch.randint((width - pw) // self.align + 1, (1,), generator=generator)) * self.align
         return n, (i0, i0 + ph, j0, j0 + pw)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]] | tuple[Tensor, dict[str, Tensor], Tensor]:
+        """``(x, cond)``, or ``(x, cond, mask)`` when the pairs have a mask (module docstring)."""
         n, (i0, i1, j0, j1) = self.window(index)
         hw = tuple(self.fields.shape[-2:])
         cond = {}
         for name, value in self.sources.items():
             row = value[n] if value.shape[0] > 1 else value[0]
             cond[name] = source_window(row, hw, (i0, i1, j0, j1), name).contiguous()
-        return self.fields[n, :, i0:i1, j0:j1].contiguous(), cond
+        x = self.fields[n, :, i0:i1, j0:j1].contiguous()
+        return (x, cond) if self.mask is None else (x, cond, self.mask[:, i0:i1, j0:j1].contiguous())

@@ -153,8 +153,9 @@ def _check_cond(cond: dict[str, Tensor] | None, data: Tensor | Dataset) -> dict[
     return cond
 
 
-def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, ...]]:
-    """Number of samples and item shape of ``data``, checked (the objective checks the item shape)."""
+def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, ...], bool]:
+    """Number of samples, item shape of ``data`` and whether its items carry masks, checked (the objective checks
+    the item shape)."""
     if isinstance(data, Tensor):
         if data.ndim < 2:
             raise GridError(f"data must be a [N, C, H, W] tensor, got shape {list(data.shape)}")
@@ -163,11 +164,11 @@ def _check_data(data: Tensor | Dataset) -> tuple[int, tuple[int, ...]]:
         bad = int((~torch.isfinite(data)).sum())
         if bad:
             raise DataError(f"data holds {bad} NaN/inf values; land cells must be 0 in normalised data (see mask)")
-        return data.shape[0], tuple(data.shape[1:])
+        return data.shape[0], tuple(data.shape[1:]), False
     if isinstance(data, IterableDataset) or not isinstance(data, Dataset) or not hasattr(data, "__len__"):
         raise DataError(f"data must be a [N, C, H, W] tensor or a map-style Dataset with __len__, got {type(data)}")
-    first, _ = split_item(data[0])
-    return len(data), tuple(first.shape)
+    first, _, first_mask = split_item(data[0])
+    return len(data), tuple(first.shape), first_mask is not None
 
 
 def _mask_digest(mask: Tensor | None) -> str | None:
@@ -202,22 +203,23 @@ def _batches(
     stop: int,
     info: distributed.DistInfo,
     num_workers: int,
-) -> Iterator[tuple[Tensor, dict[str, Tensor] | None]]:
-    """This rank's share ``([b, C, H, W], cond)`` of the global batches of steps ``start .. stop - 1`` (uncropped)."""
+) -> Iterator[tuple[Tensor, dict[str, Tensor] | None, Tensor | None]]:
+    """This rank's share ``([b, C, H, W], cond, item masks [b, C, H, W] or None)`` of the global batches of steps
+    ``start .. stop - 1`` (uncropped)."""
     sampler = LocalBatchSampler(plan, start, stop, info.rank, info.world_size)
     if isinstance(data, Tensor):
         for indices in sampler:
             index = torch.as_tensor(indices, device=data.device)
-            yield data[index], None if cond is None else {k: v[index.to(v.device)] for k, v in cond.items()}
+            yield data[index], None if cond is None else {k: v[index.to(v.device)] for k, v in cond.items()}, None
         return
     loader = DataLoader(data, batch_sampler=sampler, num_workers=num_workers, collate_fn=stack_items)
-    for batch, batch_cond in loader:
+    for batch, batch_cond, batch_mask in loader:
         if not torch.isfinite(batch).all():
             raise DataError("a dataset item holds NaN/inf values; land cells must be 0 in normalised data")
         for name, value in (batch_cond or {}).items():
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise DataError(f"conditioning {name!r} of a dataset item holds NaN/inf values")
-        yield batch, batch_cond
+        yield batch, batch_cond, batch_mask
 
 
 @uses_threads
@@ -257,8 +259,10 @@ def train(
     denoiser: a :class:`~geodiff.diffusion.denoiser.Denoiser` (or any ``nn.Module`` ``(x, sigma, cond) -> x0_hat``);
         with ``objective``, the model that objective trains.
     data: float32 ``[N, C, H, W]`` tensor (normalised, land = 0) or a map-style ``Dataset`` whose items are
-        ``[C, H, W]`` tensors or ``(x [C, H, W], cond {name: tensor})`` pairs (conditional models); the objective
-        may ask for other item shapes (preference pairs: ``[N, 2, C, H, W]``).
+        ``[C, H, W]`` tensors, ``(x [C, H, W], cond {name: tensor})`` pairs (conditional models) or
+        ``(x, cond, mask)`` triples with each item's own validity mask (bool ``[C, H, W]``, True = valid: patches
+        cut at varying positions; the loss averages over the valid cells of the batch); the objective may ask for
+        other item shapes (preference pairs: ``[N, 2, C, H, W]``).
     cond: with a data tensor, per-sample conditioning ``{name: [N, ...]}`` passed to the denoiser as
         ``denoiser(x, sigma, cond)`` for the batch (only ``x`` is cropped by ``patch_size``: crop conditioning on
         other grids in a Dataset instead).
@@ -312,8 +316,10 @@ def train(
         raise ConfigError(f"objective must be a geodiff.training.objectives.Objective, got {type(objective).__name__}")
     elif loss != "edm":
         raise ConfigError("pass either loss= (denoising) or objective=, not both")
-    num_samples, item_shape = _check_data(data)
+    num_samples, item_shape, item_masks = _check_data(data)
     field_shape = objective.field_shape(item_shape)
+    if item_masks and mask is not None:
+        raise ConfigError("the dataset's items carry their own masks; leave mask=None")
     cond = _check_cond(cond, data)
     if patch_size is not None:
         if not objective.crops:
@@ -324,7 +330,7 @@ def train(
     mask = _resolve_mask(denoiser, mask, field_shape)
     info = distributed.setup(device)
     return _train(
-        denoiser, data, cond, plan, mask, info, item_shape=item_shape,
+        denoiser, data, cond, plan, mask, info, item_shape=item_shape, item_masks=item_masks,
         steps=steps, lr=float(lr), weight_decay=float(weight_decay), warmup_steps=warmup_steps,
         cosine_steps=cosine_steps, grad_clip=float(grad_clip) if grad_clip else None,
         ema_decay=None if ema_decay is None else float(ema_decay),
@@ -389,6 +395,7 @@ def _train(
     info: distributed.DistInfo,
     *,
     item_shape: tuple[int, ...],
+    item_masks: bool,
     steps: int,
     lr: float,
     weight_decay: float,
@@ -433,6 +440,8 @@ def _train(
         "data_shape": [plan.num_samples, *item_shape],
         "mask_sha256": _mask_digest(mask), "denoiser": _json_config(denoiser),
     }
+    if item_masks:
+        settings["item_masks"] = True
     if cond is not None:
         settings["cond_shapes"] = {name: list(value.shape[1:]) for name, value in cond.items()}
     if cosine_steps is not None:
@@ -464,9 +473,11 @@ def _train(
     mask_cpu = None if mask is None else mask.cpu()
     mask_cells = None if mask is None else int(mask_cpu.sum())
 
-    def batch_count(corners: Tensor | None) -> float:
+    def batch_count(corners: Tensor | None, local_mask: Tensor | None) -> float:
         if objective.per == "sample":
             return float(plan.batch_size)
+        if item_masks:  # the valid cells of every rank's share of the global batch
+            return float(distributed.all_reduce_sum(local_mask.sum().to(torch.float64), info))
         if mask_cpu is None:
             h, w = plan.patch_size or plan.field_shape[1:]
             return float(plan.batch_size * plan.field_shape[0] * h * w)
@@ -492,14 +503,17 @@ def _train(
         batches = _batches(data, cond, plan, start, steps, info, num_workers)
         for step in range(start, steps):
             fetch = time.perf_counter()
-            batch, batch_cond = next(batches)
+            batch, batch_cond, items_mask = next(batches)
             waited += time.perf_counter() - fetch
             corners = plan.crops(step)
             local_corners = None if corners is None else corners[info.rank * local : (info.rank + 1) * local]
             x0 = crop_batch(batch, local_corners, plan.patch_size).to(device, non_blocking=True)
-            batch_mask = mask if mask is None or local_corners is None else crop_batch(mask, local_corners,
-                                                                                        plan.patch_size)  # fmt: skip
-            count = max(batch_count(corners), 1.0)  # crops that are all land give a zero loss
+            if items_mask is not None:
+                batch_mask = crop_batch(items_mask, local_corners, plan.patch_size).to(device, non_blocking=True)
+            else:
+                batch_mask = mask if mask is None or local_corners is None else crop_batch(mask, local_corners,
+                                                                                            plan.patch_size)  # fmt: skip
+            count = max(batch_count(corners, batch_mask), 1.0)  # crops that are all land give a zero loss
 
             generator = torch.Generator(device).manual_seed(derive_seed(plan.seed, "noise", step))
             draw = objective.draw((plan.batch_size, *x0.shape[1:]), generator, x0.dtype)
