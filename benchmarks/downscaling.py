@@ -100,10 +100,11 @@ def variable(ds: xr.Dataset) -> str:
     return [str(n) for n, v in ds.data_vars.items() if "time" in v.dims][0]
 
 
-def train(name: str, train_ds: xr.Dataset, sources: dict, out: Path, budget: float, patch: int) -> None:
-    """The regression, direct and residual models of one set (``budget`` seconds each)."""
+def train(name: str, train_ds: xr.Dataset, sources: dict, out: Path, budget: float, patch: int,
+          modes: list[str]) -> None:
+    """The networks of ``modes`` (regression, direct, residual) of one set (``budget`` seconds each)."""
     common = dict(sources=sources, time_budget=budget, patch_size=(patch, patch), progress=False, seed=0)
-    for mode in ("regression", "direct", "residual"):
+    for mode in modes:
         start = time.perf_counter()
         regression = geodiff.load(out / name / "regression") if mode == "residual" else None
         bundle = fit_downscaling(train_ds, FACTOR, mode=mode, regression=regression, **common)
@@ -191,7 +192,8 @@ def evaluate(name: str, train_ds: xr.DataArray, test: xr.Dataset, sources: dict,
 
     start = time.perf_counter()
     record("bicubic", bicubic(coarse, FACTOR)[var], time.perf_counter() - start)
-    models = {mode: geodiff.load(out / name / mode) for mode in ("regression", "direct", "residual")}
+    models = {mode: geodiff.load(out / name / mode) for mode in ("regression", "direct", "residual")
+              if (out / name / mode).is_dir()}
     options = dict(sources=sources, progress=False, seed=0)
     start = time.perf_counter()
     record("regression", downscale(models["regression"], coarse, **options)[var], time.perf_counter() - start)
@@ -207,7 +209,8 @@ def evaluate(name: str, train_ds: xr.DataArray, test: xr.Dataset, sources: dict,
              {"stations": table, "guidance_options": {"cg_iterations": 3}}),
             ("diffusion residual, coarse + station guidance, preconditioned CG, 3 steps", "residual",
              {"stations": table, "guidance_options": {"preconditioner": "diagonal", "cg_iterations": 3}})]
-    runs = [run for run in runs if not args.methods or any(m in run[0] for m in args.methods.split("|"))]
+    runs = [run for run in runs if run[1] in models
+            and (not args.methods or any(m in run[0] for m in args.methods.split("|")))]
     for label, mode, extra in runs:
         start = time.perf_counter()
         result = downscale(models[mode], coarse, **sampling, **extra)
@@ -236,6 +239,8 @@ def main() -> None:
     parser.add_argument("--sets", default="na_tas,glosea4_ts,ostia_sst")
     parser.add_argument("--train", action="store_true", help="fit the three networks of each set first")
     parser.add_argument("--budget", type=float, default=240.0, help="training seconds per network")
+    parser.add_argument("--modes", default="regression,direct,residual", help="networks --train fits (in order; "
+                        "the residual model builds on the regression); the diffusion runs of absent ones are skipped")
     parser.add_argument("--patch", type=int, default=16, help="training patch (cells, square)")
     parser.add_argument("--fields", type=int, default=6, help="test fields per set (evenly spaced)")
     parser.add_argument("--members", type=int, default=8)
@@ -249,7 +254,7 @@ def main() -> None:
     rows = []
     for name, (train_ds, test, sources) in data_sets(args.iris, args.etopo, args.sets.split(",")).items():
         if args.train:
-            train(name, train_ds, sources, args.out, args.budget, args.patch)
+            train(name, train_ds, sources, args.out, args.budget, args.patch, args.modes.split(","))
         if not args.skip_eval:
             test = test.isel(time=np.unique(np.linspace(0, test.sizes["time"] - 1, args.fields).astype(int)))
             rows += evaluate(name, train_ds, test, sources, args.out, args)
