@@ -110,8 +110,10 @@ def train(name: str, train_ds: xr.Dataset, sources: dict, out: Path, budget: flo
         bundle = fit_downscaling(train_ds, FACTOR, mode=mode, regression=regression, **common)
         bundle.save(out / name / mode, overwrite=True)
         info = bundle.metadata["training"]
-        print(f"{name} {mode}: {info['steps']} steps ({info['seconds_per_step']:.3f} s/step), best step "
-              f"{info['best_step']}, {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"{name} {mode}: {info['steps']} of {info['planned_steps']} planned steps "
+              f"({info['seconds_per_step']:.3f} s/step{', stopped by the budget' if info['stopped_by_budget'] else ''}"
+              f"), best step {info['best_step']}, {info['seconds']:.0f} s training, "
+              f"{time.perf_counter() - start:.0f} s in all", flush=True)
 
 
 def stations(truth: xr.DataArray, seed: int) -> tuple[np.ndarray, np.ndarray, PointOperator]:

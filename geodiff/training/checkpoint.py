@@ -52,6 +52,7 @@ __all__ = [
     "write_checkpoint",
     "read_checkpoint",
     "latest_checkpoint",
+    "checkpoint_step",
     "flatten_optimizer_state",
     "unflatten_optimizer_state",
     "META_NAME",
@@ -170,6 +171,12 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
         if match and (entry / MANIFEST_NAME).is_file():
             found.append((int(match.group(1)), entry))
     return max(found)[1] if found else None
+
+
+def checkpoint_step(checkpoint_dir: str | Path) -> int:
+    """The highest step of a complete checkpoint in ``checkpoint_dir`` (0 if there is none)."""
+    latest = latest_checkpoint(checkpoint_dir)
+    return 0 if latest is None else int(_STEP_DIR.match(latest.name).group(1))  # type: ignore[union-attr]
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:

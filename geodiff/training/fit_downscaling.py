@@ -23,7 +23,8 @@ learning rate over the run. The last ``validation`` fraction of the times is hel
 fixed patches of those times every ``validate_every`` steps (regression: mean squared error; diffusion:
 :func:`~geodiff.training.fit.validation_loss`, the denoising error at fixed noise levels) and the weights with
 the best score are returned (early stopping). With ``time_budget`` (seconds) the number of steps comes from the
-measured speed of this model; with ``checkpoint_dir`` an interrupted run resumes.
+measured speed of this model, and the budget is a wall-clock limit (a machine that slows down shortens the run);
+with ``checkpoint_dir`` an interrupted run resumes.
 
 Masks and weights: ``mask`` (bool ``(lat, lon)`` DataArray or numpy array, True = valid) is combined with the
 cells that are NaN in the data; the coarse field is the area mean over valid cells only (``area_weights``:
@@ -50,6 +51,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 import time as _time
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -74,6 +76,7 @@ from geodiff.runtime import DEFAULT_THREADS, uses_threads
 from geodiff.training.fit import check_training_data, validation_loss
 from geodiff.training.objectives import DenoisingObjective, RegressionObjective
 from geodiff.training.pairs import COARSE, DownscalingPairs, downscaling_metadata
+from geodiff.training.checkpoint import checkpoint_step
 from geodiff.training.trainer import train
 
 __all__ = ["fit_downscaling", "MODES"]
@@ -194,7 +197,11 @@ def fit_downscaling(
     sources: auxiliary sources by name (Dataset or named DataArray on a grid of integer or 1 / integer ratio over
         the same area; static or with ``ds``'s times).
     regression: for ``mode="residual"``: the regression bundle to build on (same variables, factor, sources).
-    steps, time_budget: optimizer steps, or seconds of training (steps from the measured speed); default 2000.
+    steps, time_budget: optimizer steps (default 2000, or from the measured speed with a time budget; with a
+        budget as well, the most steps) and seconds of training, a wall-clock limit: the run stops when the budget
+        is spent (segments between validations shortened to fit it at the speed of the previous one; the recorded
+        ``steps`` are those done, ``planned_steps`` those of the learning-rate schedule, ``stopped_by_budget``
+        says whether the budget ended the run).
     validation, validate_every: fraction of the times (the last ones) held out for early stopping, and steps
         between scores (default: ``steps / 10``; with a time budget, fewer scores when scoring would take more
         than 15 % of it).
@@ -327,7 +334,7 @@ def fit_downscaling(
     state: dict[str, Any] = {}
     if folder is not None and resume and (folder / RUN_STATE).is_file():
         state = json.loads((folder / RUN_STATE).read_text())
-        if steps is not None and state.get("steps") != steps:
+        if steps is not None and time_budget is None and state.get("steps") != steps:
             raise CheckpointError(f"{folder / RUN_STATE} is a run of {state.get('steps')} steps; now steps={steps}")
     started = _time.perf_counter()
     options = dict(objective=objective, batch_size=batch_size, lr=lr, weight_decay=0.01, grad_clip=1.0,
@@ -352,13 +359,45 @@ def fit_downscaling(
         total = max(PROBE_STEPS, int((time_budget - spent - (scores + 1) * one_score) / seconds_per_step))
     total = int(total or 2000)
     every = int(validate_every or max(1, total // scores))
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RUN_STATE).write_text(json.dumps({"steps": total, "seconds_per_step": seconds_per_step,
-                                                    "scores": scores}))
-    result = train(model, data, steps=total, warmup_steps=min(100, max(1, total // 10)), cosine_steps=total,
-                   checkpoint_dir=folder, checkpoint_every=every, resume=resume, progress=progress,
-                   validation=score, eval_every=every, **options)
+    run = {"steps": total, "seconds_per_step": seconds_per_step, "scores": scores,
+           "seconds": float(state.get("seconds", 0.0)), "stopped_by_budget": False}
+
+    def record_run() -> None:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / RUN_STATE).write_text(json.dumps(run))
+
+    record_run()
+    options.update(warmup_steps=min(100, max(1, total // 10)), cosine_steps=total, checkpoint_every=every,
+                   progress=progress, validation=score, eval_every=every)
+    with tempfile.TemporaryDirectory(prefix="geodiff-fit-downscaling-") as scratch:
+        if time_budget is None:
+            result = train(model, data, steps=total, checkpoint_dir=folder, resume=resume, **options)
+            done = total
+        else:  # a wall-clock limit: segments between validations, each shortened to what the budget left allows
+            work = folder if folder is not None else Path(scratch)
+            done = checkpoint_step(work) if resume else 0
+            while True:
+                target = min(total, done + every)
+                spent = run["seconds"] + (_time.perf_counter() - started)
+                if run["seconds_per_step"]:
+                    affordable = int((time_budget - spent) / (1.1 * run["seconds_per_step"]))
+                    if affordable < 1 and done > 0:
+                        run["stopped_by_budget"] = done < total
+                        break
+                    target = min(target, done + max(1, affordable))
+                timed = _time.perf_counter()
+                result = train(model, data, steps=target, checkpoint_dir=work, resume=resume or done > 0, **options)
+                if target > done:
+                    run["seconds_per_step"] = (_time.perf_counter() - timed) / (target - done)
+                done = target
+                run["seconds"] += _time.perf_counter() - started
+                started = _time.perf_counter()
+                record_run()
+                if done >= total:
+                    break
+    run["seconds"] += _time.perf_counter() - started
+    record_run()
     model.eval()
     model.cpu()
     sources_meta = {n: (list(map(str, v.data_vars)), ratios[n]) for n, v in source_data.items()}
@@ -367,9 +406,10 @@ def fit_downscaling(
         "trained_by": "geodiff.training.fit_downscaling",
         "downscaling": downscaling_metadata(factor, patch, names, sources_meta, area_weights=area_weights),
         "training": {
-            "mode": mode, "steps": total, "best_step": result.best_step,
+            "mode": mode, "steps": done, "planned_steps": total, "stopped_by_budget": run["stopped_by_budget"],
+            "best_step": result.best_step,
             "validation_history": [{"step": i * every, "score": v} for i, v in enumerate(result.validation_losses)],
-            "seconds": round(_time.perf_counter() - started, 1), "seconds_per_step": seconds_per_step,
+            "seconds": round(run["seconds"], 1), "seconds_per_step": run["seconds_per_step"],
             "time_budget": time_budget, "architecture": architecture, "sigma_data": sigma_data,
             "patch_size": list(patch), "patches_per_field": patches_per_field, "batch_size": batch_size, "lr": lr,
             "seed": seed, "area_weights": area_weights, "valid_cells": int(valid.sum()),

@@ -115,7 +115,18 @@ def test_time_budget_sets_the_steps():
     ds, _ = series()
     bundle = fit_downscaling(ds, 4, mode="regression", time_budget=1.0, **SMALL)
     info = bundle.metadata["training"]
-    assert info["steps"] >= 12 and info["time_budget"] == 1.0 and "seconds_per_step" in info
+    assert info["planned_steps"] >= 12 and info["time_budget"] == 1.0 and "seconds_per_step" in info
+    assert 1 <= info["steps"] <= info["planned_steps"]
+    assert info["stopped_by_budget"] == (info["steps"] < info["planned_steps"])
+
+
+def test_time_budget_is_a_wall_clock_limit():
+    ds, _ = series()
+    bundle = fit_downscaling(ds, 4, mode="regression", steps=100_000, time_budget=2.0, validate_every=5, **SMALL)
+    info = bundle.metadata["training"]
+    assert info["stopped_by_budget"] and 1 <= info["steps"] < 100_000 and info["planned_steps"] == 100_000
+    assert info["seconds"] < 60  # 100 000 steps would take far longer
+    assert info["best_step"] <= info["steps"]
 
 
 def test_bad_input_is_refused(models):
