@@ -3,20 +3,22 @@
 :func:`geodiff.fit` keeps the network weights with the best *denoising* loss on the validation period, but what a
 user gets is *guided sampling*, and the two can disagree: on OSTIA SST a correction that lowered the denoising loss
 and the ensemble mean's RMSE shrank the guided ensemble to a spread/skill of 0.6, where the Gaussian part alone was
-calibrated (``benchmarks/RESULTS.md``). So ``fit`` ends by reconstructing validation times both ways, with the
-pipeline users call (:func:`geodiff.reconstruct` at its defaults), and keeps the correction only where it helps.
+calibrated (``benchmarks/RESULTS.md``). So ``fit`` ends by reconstructing validation times both ways, sampled as
+:func:`geodiff.reconstruct` samples at its defaults, and keeps the correction only where it helps.
 
-Protocol: on up to ``max_fields`` validation times (evenly spaced), ``coverage`` of the valid cells of every level
-is observed at the cell centres with a Gaussian error of :data:`~geodiff.training.hybrid_prior.VALIDATION_ERROR`
-(1 %) of the cell's anomaly std (the observations the Gaussian part's mix was chosen with); ``members`` members are
-drawn and scored on the other valid cells: ensemble CRPS, spread/skill and the RMSE of the mean. Both variants use
-a Gaussian part whose low-rank factor holds the *training* period only: the final prior also holds the validation
-period's anomalies, so it has seen these very fields.
+Protocol, in normalised units (the encoded anomalies): on up to ``max_fields`` validation times (evenly spaced),
+``coverage`` of the valid cells of every channel is observed with a Gaussian error of
+:data:`~geodiff.training.hybrid_prior.VALIDATION_ERROR` (1 % of the cell's anomaly std: the observations the
+Gaussian part's mix was chosen with); ``members`` members are drawn (MMPS at its preferred solve, Heun, EDM
+schedule, clipping and runaway checks as in ``reconstruct``) and scored on the other valid cells: ensemble CRPS,
+spread/skill and the RMSE of the mean. Both variants use a Gaussian part whose low-rank factor holds the
+*training* period only: the final prior also holds the validation period's anomalies, so it has seen these very
+fields.
 
-Decision: the correction is kept when it lowers the mean CRPS (over variables, each relative to the Gaussian
-part's) by at least :data:`MIN_GAIN` (a smaller gain is within the noise of a few fields and members, and not worth
-running the network when sampling) and its ensemble stays calibrated: spread/skill within :data:`CALIBRATED` or no further from 1 (as a log
-ratio) than the Gaussian part's. Otherwise the bundle's denoiser runs without it (``correction=False``).
+Decision: the correction is kept when it lowers the CRPS by at least :data:`MIN_GAIN` (a smaller gain is within the
+noise of a few fields and members, and not worth running the network when sampling) and its ensemble stays
+calibrated: spread/skill within :data:`CALIBRATED`, or no further from 1 (as a log ratio) than the Gaussian part's.
+Otherwise the bundle's denoiser runs without it (``correction=False``).
 
 Example
 -------
@@ -42,11 +44,17 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
+from torch import Tensor
 
 from geodiff import metrics
+from geodiff.diffusion.engine import RunawayCheck, SamplingEngine, derive_seed
 from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
+from geodiff.diffusion.samplers import HeunSampler
+from geodiff.diffusion.schedules import EDMSchedule
 from geodiff.errors import ConfigError
-from geodiff.io.bundle import ModelBundle
+from geodiff.guidance.mmps import MMPSGuidance, preferred_method
+from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle
+from geodiff.operators import GridPointOperator
 from geodiff.training.hybrid_prior import VALIDATION_ERROR, hybrid_factor
 
 __all__ = ["check_correction", "CorrectionCheck", "CALIBRATED", "MIN_GAIN", "without_correction"]
@@ -57,13 +65,13 @@ MIN_GAIN = 0.01  # the CRPS must fall by at least this fraction
 
 @dataclass
 class CorrectionCheck:
-    """The outcome of :func:`check_correction`; ``with_correction`` and ``gaussian_part`` map each variable to its
-    ``{"crps", "rmse", "spread_skill"}`` (data units) on the held-out cells of the validation fields."""
+    """The outcome of :func:`check_correction`; ``with_correction`` and ``gaussian_part`` are the
+    ``{"crps", "rmse", "spread_skill"}`` (normalised units) on the held-out cells of the validation fields."""
 
     keep: bool
     reason: str
-    with_correction: dict[str, dict[str, float]]
-    gaussian_part: dict[str, dict[str, float]]
+    with_correction: dict[str, float]
+    gaussian_part: dict[str, float]
     coverage: float
     members: int
     steps: int
@@ -89,55 +97,57 @@ def _calibration_gap(spread_skill: float) -> float:
     return abs(float(np.log(spread_skill))) if spread_skill > 0 else float("inf")
 
 
-def _decide(with_correction: dict[str, dict[str, float]], gaussian: dict[str, dict[str, float]]) -> tuple[bool, str]:
-    ratio = float(np.mean([with_correction[v]["crps"] / gaussian[v]["crps"] for v in gaussian]))
+def _decide(with_correction: dict[str, float], gaussian: dict[str, float]) -> tuple[bool, str]:
+    ratio = with_correction["crps"] / gaussian["crps"]
     if not ratio <= 1.0 - MIN_GAIN:
         return False, (f"the correction does not lower the validation CRPS by {MIN_GAIN:.0%} or more ({ratio:.3f}x "
                        "the Gaussian part's)")
-    for name in gaussian:
-        ss, ss_gaussian = with_correction[name]["spread_skill"], gaussian[name]["spread_skill"]
-        calibrated = CALIBRATED[0] <= ss <= CALIBRATED[1]
-        if not calibrated and _calibration_gap(ss) > _calibration_gap(ss_gaussian):
-            return False, (f"with the correction the {name} ensemble is not calibrated (spread/skill {ss:.2f}, the "
-                           f"Gaussian part's {ss_gaussian:.2f}), although its CRPS is {ratio:.3f}x")
+    ss, ss_gaussian = with_correction["spread_skill"], gaussian["spread_skill"]
+    if not CALIBRATED[0] <= ss <= CALIBRATED[1] and _calibration_gap(ss) > _calibration_gap(ss_gaussian):
+        return False, (f"with the correction the ensemble is not calibrated (spread/skill {ss:.2f}, the Gaussian "
+                       f"part's {ss_gaussian:.2f}), although its CRPS is {ratio:.3f}x")
     return True, f"the correction lowers the validation CRPS to {ratio:.3f}x the Gaussian part's, calibrated"
 
 
-def _observe(truth: xr.Dataset, cell_std: xr.Dataset, coverage: float, seed: int) -> tuple[xr.Dataset, dict]:
-    """Observation table of ``coverage`` of each level's valid cells (at cell centres, error ``VALIDATION_ERROR``
-    x the cell's anomaly std, noise drawn from ``seed``) and, per variable, the mask of the held-out cells."""
+def _guided_members(denoiser: GaussianResidualDenoiser, truth: Tensor, mask: Tensor, coverage: float,
+                    members: int, steps: int, bound: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Guided ensembles ``[n, M, C, H, W]`` of normalised ``truth [n, C, H, W]`` from ``coverage`` of each channel's
+    valid cells (error ``VALIDATION_ERROR``, i.e. 1 % of the cell's anomaly std), sampled as
+    :func:`geodiff.reconstruct` samples (MMPS at its preferred solve, Heun, EDM schedule, clipping at ``bound``,
+    runaway checks); and the mask ``[n, C, H, W]`` of the held-out valid cells."""
+    engine = SamplingEngine(HeunSampler(), denoiser, EDMSchedule().sigmas(steps), members=members, clip=bound,
+                            runaway=RunawayCheck(bound=bound), fields=truth.shape[0], label="correction check")
     rng = np.random.default_rng([seed, 7])
-    columns: dict[str, list[np.ndarray]] = {}
-    held_out = {}
-    for name, field in truth.data_vars.items():
-        chosen = metrics.random_guidance_mask(field.notnull(), coverage, seed=seed, per_level=True)
-        held_out[name] = field.notnull() & ~chosen
-        stacked = field.where(chosen).stack(obs=field.dims)
-        keep = stacked.notnull().values
-        error = VALIDATION_ERROR * cell_std[name].broadcast_like(field).stack(obs=field.dims).values[keep]
-        parts = {"value": stacked.values[keep] + error * rng.standard_normal(error.size), "error_std": error,
-                 "variable": np.full(error.size, str(name))}
-        parts.update({str(dim): np.asarray(stacked[dim].values)[keep] for dim in field.dims})
-        for key, values in parts.items():
-            columns.setdefault(key, []).append(values)
-    joined = {key: np.concatenate(parts) for key, parts in columns.items()}
-    n = joined["value"].size
-    table = xr.Dataset({"value": ("obs", joined.pop("value")), "error_std": ("obs", joined.pop("error_std"))},
-                       coords={**{key: ("obs", values) for key, values in joined.items()},
-                               "obs_id": ("obs", np.arange(n))})
-    return table, held_out
+    valid = mask.cpu().numpy()
+    out, held_out = [], torch.zeros(truth.shape, dtype=torch.bool)
+    with engine:
+        for k, field in enumerate(truth):
+            chosen = np.zeros(valid.shape, dtype=bool)
+            for channel in range(valid.shape[0]):
+                cells = np.flatnonzero(valid[channel])
+                picked = rng.choice(cells, max(1, int(round(coverage * cells.size))), replace=False)
+                chosen[channel].reshape(-1)[picked] = True
+            held_out[k] = torch.from_numpy(valid & ~chosen)
+            index = torch.from_numpy(np.flatnonzero(chosen.reshape(-1)))
+            y = field.reshape(-1)[index].double()
+            y = y + VALIDATION_ERROR * torch.from_numpy(rng.standard_normal(index.numel()))
+            guide = MMPSGuidance(y, GridPointOperator(index, tuple(truth.shape[1:])),
+                                 torch.full_like(y, VALIDATION_ERROR), method=preferred_method(denoiser))
+            ensemble = engine.draw(guide, tuple(truth.shape[1:]), valid=mask,
+                                   generator=torch.Generator().manual_seed(derive_seed(seed, "correction check", k)))
+            out.append(ensemble.x.cpu())
+    return torch.stack(out), held_out
 
 
-def _scores(truth: xr.Dataset, ensemble: xr.Dataset, held_out: dict) -> dict[str, dict[str, float]]:
-    out = {}
-    for name, field in truth.data_vars.items():
-        members = ensemble[name].transpose("member", *field.dims)
-        out[str(name)] = {
-            "crps": float(metrics.crps_ensemble(field, members, where=held_out[name])),
-            "rmse": float(metrics.rmse(field, members.mean("member"), where=held_out[name])),
-            "spread_skill": float(metrics.spread_skill_ratio(field, members, where=held_out[name])),
-        }
-    return out
+def _scores(truth: Tensor, ensembles: Tensor, held_out: Tensor) -> dict[str, float]:
+    """CRPS, RMSE of the mean and spread/skill (normalised units) over the held-out cells."""
+    dims = ("field", "channel", "lat", "lon")
+    field = xr.DataArray(truth.double().numpy(), dims=dims)
+    members = xr.DataArray(ensembles.double().numpy(), dims=("field", "member", *dims[1:]))
+    where = xr.DataArray(held_out.numpy(), dims=dims)
+    return {"crps": float(metrics.crps_ensemble(field, members, where=where)),
+            "rmse": float(metrics.rmse(field, members.mean("member"), where=where)),
+            "spread_skill": float(metrics.spread_skill_ratio(field, members, where=where))}
 
 
 def check_correction(bundle: ModelBundle, ds: xr.Dataset, *, coverage: float = 0.05, members: int = 8,
@@ -148,7 +158,6 @@ def check_correction(bundle: ModelBundle, ds: xr.Dataset, *, coverage: float = 0
     periods and the Gaussian part's mix); ``ds``: the dataset it was trained on (same times). Returns the scores of
     both variants and the decision (module docstring); the bundle is not changed.
     """
-    from geodiff.pipelines.reconstruct import reconstruct
     from geodiff.training.fit import MAX_PRIOR_TIMES, FieldStream, _in_memory
 
     if not isinstance(bundle.denoiser, GaussianResidualDenoiser):
@@ -168,21 +177,22 @@ def check_correction(bundle: ModelBundle, ds: xr.Dataset, *, coverage: float = 0
     ds = ds[codec.variables]
     chosen = np.unique(np.linspace(0, n_train - 1, min(n_train, MAX_PRIOR_TIMES)).astype(int))
     factor = hybrid_factor(_in_memory(FieldStream(ds, codec, normalizer, chosen)), codec.mask, choice)
-    trained = copy.deepcopy(bundle)
+    trained = copy.deepcopy(bundle.denoiser)
     with torch.no_grad():
-        trained.denoiser.factor = factor.to(trained.denoiser.factor.device)
-    trained.denoiser.set_mask(codec.mask)
-    trained.denoiser.correction = True
-    variants = {"with_correction": trained, "gaussian_part": without_correction(trained)}
+        trained.factor = factor.to(trained.factor.device)
+    trained.set_mask(codec.mask)
+    trained.correction = True
+    gaussian = copy.deepcopy(trained)
+    gaussian.correction = False
 
     times = n_train + np.unique(np.linspace(0, n_validation - 1, min(n_validation, max_fields)).astype(int))
-    truth = ds.isel(time=times).load()
-    cell_std = normalizer.denormalize(xr.ones_like(truth)) - normalizer.denormalize(xr.zeros_like(truth))
-    table, held_out = _observe(truth, cell_std, coverage, seed)
+    truth = _in_memory(FieldStream(ds, codec, normalizer, times))
+    bound = float(getattr(normalizer, "bound", MAX_NORMALIZED))
     scores = {}
-    for label, variant in variants.items():
-        ensemble = reconstruct(variant, table, members=members, steps=steps, seed=seed, progress=False)
-        scores[label] = _scores(truth, ensemble, held_out)
+    for label, denoiser in (("with_correction", trained), ("gaussian_part", gaussian)):
+        with torch.no_grad():
+            ensembles, held_out = _guided_members(denoiser, truth, codec.mask, coverage, members, steps, bound, seed)
+        scores[label] = _scores(truth, ensembles, held_out)
     keep, reason = _decide(scores["with_correction"], scores["gaussian_part"])
     return CorrectionCheck(keep=keep, reason=reason, with_correction=scores["with_correction"],
                            gaussian_part=scores["gaussian_part"], coverage=coverage, members=members, steps=steps,

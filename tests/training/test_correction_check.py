@@ -13,8 +13,8 @@ from geodiff.training.correction_check import _decide, check_correction, without
 from .test_fit import monthly
 
 
-def scores(crps: float, spread_skill: float) -> dict[str, dict[str, float]]:
-    return {"sst": {"crps": crps, "rmse": 2 * crps, "spread_skill": spread_skill}}
+def scores(crps: float, spread_skill: float) -> dict[str, float]:
+    return {"crps": crps, "rmse": 2 * crps, "spread_skill": spread_skill}
 
 
 @pytest.mark.parametrize("corrected, gaussian, keep", [
@@ -61,8 +61,8 @@ def test_a_harmful_correction_is_left_out(trained):
         harmful.denoiser.backbone.output[-1].bias.fill_(2.0)
     check = check_correction(harmful, ds, coverage=0.1, members=4, steps=8, max_fields=2)
     assert not check.keep and "CRPS" in check.reason
-    assert check.with_correction["sst"]["crps"] > check.gaussian_part["sst"]["crps"]
-    assert check.fields == 2 and np.isfinite(check.gaussian_part["sst"]["spread_skill"])
+    assert check.with_correction["crps"] > check.gaussian_part["crps"]
+    assert check.fields == 2 and np.isfinite(check.gaussian_part["spread_skill"])
 
 
 def test_fit_records_the_check_and_leaves_an_untrained_correction_out():
