@@ -183,7 +183,8 @@ class Units:
 
 
 def guided_ensemble(prior: GaussianDenoiser, grid: RealGrid, units: Units, rows, cols, values, method: str,
-                    options: dict, members: int, steps: int, seed: int, noise_free: bool = False) -> np.ndarray:
+                    options: dict, members: int, sigmas: torch.Tensor, seed: int, noise_free: bool = False
+                    ) -> np.ndarray:
     """Members ``[M, H, W]`` in the data's units, sampled as :func:`geodiff.reconstruct` samples (with
     ``options["start"] == "mean"``, from :class:`CentredStart`).
 
@@ -201,11 +202,13 @@ def guided_ensemble(prior: GaussianDenoiser, grid: RealGrid, units: Units, rows,
     noise = torch.randn(members, 1, *grid.valid.shape, generator=generator)
     if noise_free:
         noise = torch.zeros(1, 1, *grid.valid.shape)
-    x = guidance.sample(sampler, prior, noise, EDMSchedule().sigmas(steps), generator=generator)
+    x = guidance.sample(sampler, prior, noise, sigmas, generator=generator)
     return units.decode(x[:, 0].double().numpy())
 
 
-def check(grid: RealGrid, members: int, steps: int, seed: int, methods, normalisation: str = "channel") -> list[dict]:
+def check(grid: RealGrid, members: int, sigmas: torch.Tensor, seed: int, methods, normalisation: str = "channel"
+          ) -> list[dict]:
+    """Rows of scores per coverage and method; ``sigmas``: the sampler's noise levels (a schedule's)."""
     started = time.perf_counter()
     scale = Units.of(grid, 0, normalisation).sd()
     cov = covariance_matrix(grid.covariance, grid.lat, grid.lon, grid.valid) / scale**2
@@ -231,13 +234,13 @@ def check(grid: RealGrid, members: int, steps: int, seed: int, methods, normalis
             prior.mean = torch.from_numpy((grid.backgrounds[t] - centre)[grid.valid] / scale)
             for method, options in methods:
                 tic = time.perf_counter()
-                x = guided_ensemble(prior, grid, units, rows, cols, values, method, options, members, steps, seed + t)
+                x = guided_ensemble(prior, grid, units, rows, cols, values, method, options, members, sigmas, seed + t)
                 spread2 = x.var(0, ddof=1)[held] * (members + 1) / members
                 label = _label(method, options)
                 _accumulate(sums, label, x.mean(0)[held] - truth[held], spread2,
                             time.perf_counter() - tic, x.mean(0)[held] - mean[held], oi_var, members)
                 if options.get("method") == "exact":
-                    expectation = guided_ensemble(prior, grid, units, rows, cols, values, method, options, 1, steps,
+                    expectation = guided_ensemble(prior, grid, units, rows, cols, values, method, options, 1, sigmas,
                                                   0, noise_free=True)[0]
                     sums[label]["bias"] = sums[label].get("bias", 0.0) + float(np.sum((expectation - mean)[held] ** 2))
         oi = _scores(sums["OI"])
@@ -291,7 +294,7 @@ def _scores(acc) -> dict[str, float]:
             "spread_to_oi": float(np.sqrt(sample_var / acc["oi_var"])), "seconds": acc["seconds"] / acc["fields"]}
 
 
-def table(rows: list[dict], members: int, steps: int, normalisation: str) -> None:
+def table(rows: list[dict], members: int, steps: int, normalisation: str, sigma_max: float) -> None:
     print("\n| grid | coverage | obs | method | RMSE | geodiff/OI RMSE | spread/skill | ratio to OI's | "
           "spread/OI sd | gap to OI's mean | MC floor | excess | bias | s/field |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -305,10 +308,10 @@ def table(rows: list[dict], members: int, steps: int, normalisation: str) -> Non
         print(f"| {r['grid'].split(',')[0]} | {r['coverage']:.0%} | {r['n_obs']} | {r['method']} | {r['rmse']:.3f} | "
               f"{r['rmse_ratio']:.3f} | {skill} | {ratio} | {spread} | {r['gap']:.3f} | {floor} | {excess} | {bias} | "
               f"{r['seconds']:.1f} |")
-    print(f"\n({members} members, Heun {steps} steps, {normalisation} normalisation; spread with the (M+1)/M "
-          "correction; OI's spread/skill uses its posterior std; spread/OI sd: RMS ensemble sd (unbiased) / RMS OI "
-          "posterior sd; gap to OI's mean: RMS of (ensemble mean - OI mean) / RMS of OI's posterior std; MC floor: "
-          "what the finite ensemble alone gives, sqrt(ensemble variance / M) in the same units "
+    print(f"\n({members} members, Heun {steps} steps, sigma_max {sigma_max:g}, {normalisation} normalisation; spread "
+          "with the (M+1)/M correction; OI's spread/skill uses its posterior std; spread/OI sd: RMS ensemble sd "
+          "(unbiased) / RMS OI posterior sd; gap to OI's mean: RMS of (ensemble mean - OI mean) / RMS of OI's "
+          "posterior std; MC floor: what the finite ensemble alone gives, sqrt(ensemble variance / M) in the same units "
           f"({1 / np.sqrt(members):.3f} for an exact sampler); "
           "excess: sqrt(gap^2 - floor^2), the sampler's bias up to Monte Carlo noise; bias: a noise-free member's "
           "distance from OI's mean, the exact solve's bias without Monte Carlo error)")
@@ -319,6 +322,8 @@ def main() -> None:
     parser.add_argument("--iris", type=Path, help="iris-sample-data's sample_data folder (OSTIA, A1B grids)")
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--sigma-max", type=float, default=EDMSchedule().sigma_max, help="the EDM schedule's largest "
+                        "noise level (reconstruct's: 80)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="all", choices=sorted(PRESETS),
                         help="'all', 'mmps' (the four MMPS rows), 'exact' (MMPS's exact solve, what reconstruct runs "
@@ -336,8 +341,9 @@ def main() -> None:
         grids += [make(args.iris) for name, make in (("ostia", ostia_grid), ("a1b", a1b_grid)) if name in wanted]
     rows = []
     for grid in grids:
-        rows += check(grid, args.members, args.steps, args.seed, methods, args.normalisation)
-    table(rows, args.members, args.steps, args.normalisation)
+        rows += check(grid, args.members, EDMSchedule(sigma_max=args.sigma_max).sigmas(args.steps), args.seed, methods,
+                      args.normalisation)
+    table(rows, args.members, args.steps, args.normalisation, args.sigma_max)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ is the whole field's: a field of ``P`` cells offset by ``a`` per cell has ``|m| 
 observations, ``m`` is the posterior mean, so this bias remains even for a prior of zero-mean anomalies when the
 observations say the field is far from its climatology. On the real grids of ``benchmarks/gaussian_check.py``
 (per-channel normalisation, ``|m|`` 37-42) the ensemble mean of the exact MMPS solve lay 0.04-0.12 OI posterior
-sds from OI's mean, against 0.005-0.012 with this start (``benchmarks/RESULTS.md``).
+sds from OI's mean with 24 steps as with 96, and 0.000 with this start (``benchmarks/RESULTS.md``).
 
 :class:`CentredStart` wraps a sampler and starts it at ``x_T = D(0, sigma_max) + sigma_max eps``, ``D`` the
 (guided) denoiser: for a Gaussian ``N(m, S)``, ``D(0, sigma) = sigma^2 (S + sigma^2 I)^-1 m``, so the offset left is
