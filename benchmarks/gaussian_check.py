@@ -311,8 +311,8 @@ def table(rows: list[dict], members: int, steps: int, normalisation: str, sigma_
     print(f"\n({members} members, Heun {steps} steps, sigma_max {sigma_max:g}, {normalisation} normalisation; spread "
           "with the (M+1)/M correction; OI's spread/skill uses its posterior std; spread/OI sd: RMS ensemble sd "
           "(unbiased) / RMS OI posterior sd; gap to OI's mean: RMS of (ensemble mean - OI mean) / RMS of OI's "
-          "posterior std; MC floor: what the finite ensemble alone gives, sqrt(ensemble variance / M) in the same units "
-          f"({1 / np.sqrt(members):.3f} for an exact sampler); "
+          "posterior std; MC floor: what the finite ensemble alone gives, sqrt(ensemble variance / M) in the same "
+          f"units ({1 / np.sqrt(members):.3f} for an exact sampler); "
           "excess: sqrt(gap^2 - floor^2), the sampler's bias up to Monte Carlo noise; bias: a noise-free member's "
           "distance from OI's mean, the exact solve's bias without Monte Carlo error)")
 
