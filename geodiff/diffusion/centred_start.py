@@ -41,7 +41,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CentredStart"]
+__all__ = ["CentredStart", "runs_no_network"]
+
+
+def runs_no_network(denoiser: Any) -> bool:
+    """True for a denoiser that is its exact Gaussian prior alone (a :class:`~geodiff.diffusion.spectral.SpectralPrior`
+    without a learned correction): the priors whose denoised mean at ``x = 0`` is meaningful, so that
+    :func:`geodiff.reconstruct` starts them centred.
+
+    >>> import torch
+    >>> from geodiff.diffusion.gaussian import GaussianDenoiser
+    >>> runs_no_network(GaussianDenoiser(torch.zeros(1), torch.eye(1), shape=(1, 1, 1))), runs_no_network(None)
+    (True, False)
+    """
+    from geodiff.diffusion.spectral import SpectralPrior
+
+    return isinstance(denoiser, SpectralPrior) and not getattr(denoiser, "correction", False)
 
 
 class CentredStart:

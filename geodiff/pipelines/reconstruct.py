@@ -36,6 +36,7 @@ import torch
 import xarray as xr
 
 from geodiff import registry
+from geodiff.diffusion.centred_start import CentredStart, runs_no_network
 from geodiff.diffusion.engine import RUNAWAY_FACTOR, RunawayCheck, SamplingEngine, derive_seed
 from geodiff.diffusion.gaussian_prior import GaussianResidualDenoiser
 from geodiff.diffusion.patches import PatchDenoiser
@@ -136,6 +137,7 @@ def reconstruct(
     time_chunk: int = 1,
     patch: tuple[int, int] | None = None,
     overlap: tuple[int, int] | None = None,
+    start: str = "auto",
 ) -> xr.Dataset:
     """Reconstruct the model's fields from sparse observations; returns an ensemble ``xr.Dataset``.
 
@@ -195,6 +197,12 @@ def reconstruct(
         trained on crops (``geodiff.fit`` crops grids larger than 64 cells) denoises inputs of its training size.
         Not for hybrid priors, whose Gaussian part is a whole-field covariance. None (default): the whole domain
         in one call.
+    start: ``"noise"``: sampling starts at ``sigma_max`` times standard noise; ``"centred"``: at the guided
+        denoised mean of ``x = 0`` plus that noise (:class:`~geodiff.diffusion.centred_start.CentredStart`: one more
+        denoiser call, and no bias of ``|mean| / sigma_max`` posterior standard deviations left by the start);
+        ``"auto"`` (default): centred for an exact solve with a prior that runs no network (a Gaussian prior, or a
+        hybrid prior whose correction :func:`geodiff.fit` left out), noise otherwise. Recorded in
+        ``geodiff_guidance``.
 
     Returns a Dataset with dims ``(member, time, [depth,] lat, lon)`` on the model grid.
     """
@@ -229,11 +237,18 @@ def reconstruct(
     options = dict(guidance_options or {})
     if guidance_cls is MMPSGuidance and not {"method", "cg_iterations", "preconditioner"} & set(options):
         options["method"] = preferred_method(denoiser)  # exact solves for priors with a known spectrum
+    if start not in ("auto", "noise", "centred"):
+        raise ConfigError(f"start must be 'auto', 'noise' or 'centred', got {start!r}")
+    if start == "auto":
+        start = "centred" if options.get("method") == "exact" and runs_no_network(network) else "noise"
+    sampler_run = registry.get("sampler", sampler)(**(sampler_options or {}))
+    if start == "centred":
+        sampler_run = CentredStart(sampler_run)
     if max_normalized == "auto":
         max_normalized = float(getattr(bundle.normalizer, "bound", MAX_NORMALIZED))
     bound = None if max_normalized is None else float(max_normalized)
     engine = SamplingEngine(
-        registry.get("sampler", sampler)(**(sampler_options or {})), network, (schedule or EDMSchedule()).sigmas(steps),
+        sampler_run, network, (schedule or EDMSchedule()).sigmas(steps),
         members=members, batch_size=batch_size, clip=bound, device=device, progress=progress, fields=len(wanted),
         runaway=RunawayCheck(on_runaway, runaway_factor, bound=bound),
         autocast=precision_context(precision, torch.device(device).type), label="reconstruct",
@@ -261,7 +276,7 @@ def reconstruct(
             fields.append(ensemble.x.cpu())
     out = bundle.decode(torch.stack(fields, dim=1), member=True, time=wanted)  # [M, T, C, H, W]
     config = {"guidance": guidance, "guidance_options": guidance_options or {}, "guidance_described": described,
-              "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps,
+              "sampler": sampler, "sampler_options": sampler_options or {}, "steps": steps, "start": start,
               "nfe_per_member": engine.nfe(), "members": members, "seed": seed,
               "threads": threads, "precision": precision, "max_normalized": max_normalized}
     if patch is not None:

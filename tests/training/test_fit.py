@@ -164,17 +164,18 @@ def test_a_stream_reads_a_batch_at_once_with_the_fields_of_single_reads(tmp_path
     assert isinstance(result.data_seconds, float) and isinstance(result.seconds, float)  # shares: benchmarks/
 
 
-@pytest.mark.parametrize("options, method", [(None, "exact"), ({"cg_iterations": 8}, "cg")])
-def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior(options, method):
+@pytest.mark.parametrize("options, method, start", [(None, "exact", "centred"), ({"cg_iterations": 8}, "cg", "noise")])
+def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior(options, method, start):
     """With the network's output at zero the bundle is exactly Gaussian: the whole pipeline (per-cell anomaly
     statistics, observation normalisation, guidance, sampler, decoding) must give the Kalman posterior, with the
-    default exact solve as with conjugate gradients through the network."""
+    default exact solve (centred start) as with conjugate gradients through the network (plain start)."""
     ds = monthly(times=36, shape=(6, 8))
-    bundle = geodiff.fit(ds, steps=1, validate_every=1, progress=False, base_channels=4)
+    bundle = geodiff.fit(ds, steps=1, validate_every=1, progress=False, base_channels=4, check_correction=False)
     output = bundle.denoiser.backbone.output[-1]
     with torch.no_grad():
         output.weight.zero_()
         output.bias.zero_()
+    bundle.denoiser.correction = method == "cg"  # the CG path runs the (zero) network, the exact one the prior alone
     truth = ds.isel(time=[-1])
     valid_cells = np.argwhere(np.isfinite(truth.sst.values[0]))
     picked = valid_cells[np.random.default_rng(1).choice(len(valid_cells), 6, replace=False)]
@@ -185,7 +186,8 @@ def test_an_untrained_hybrid_prior_reconstructs_the_exact_gaussian_posterior(opt
     members = 128
     out = geodiff.reconstruct(bundle, obs, members=members, steps=24, seed=3, progress=False,
                               guidance_options=options)
-    assert json.loads(out.attrs["geodiff_guidance"])["guidance_described"]["method"] == method
+    recorded = json.loads(out.attrs["geodiff_guidance"])
+    assert recorded["guidance_described"]["method"] == method and recorded["start"] == start
     mean_cell, std_cell = (a[0] for a in bundle.statistics(truth.time.values[0]))
     valid = bundle.codec.mask.numpy()[0]
     flat = np.flatnonzero(valid.reshape(-1))
