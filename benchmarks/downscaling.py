@@ -211,8 +211,11 @@ def evaluate(name: str, train_ds: xr.DataArray, test: xr.Dataset, sources: dict,
              {"stations": table, "guidance_options": {"cg_iterations": 3}}),
             ("diffusion residual, coarse + station guidance, preconditioned CG, 3 steps", "residual",
              {"stations": table, "guidance_options": {"preconditioner": "diagonal", "cg_iterations": 3}})]
-    runs = [run for run in runs if run[1] in models
-            and (not args.methods or any(m in run[0] for m in args.methods.split("|")))]
+    def chosen(label: str) -> bool:  # a phrase ending in "$" must end the label
+        return not args.methods or any(label.endswith(m[:-1]) if m.endswith("$") else m in label
+                                       for m in args.methods.split("|"))
+
+    runs = [run for run in runs if run[1] in models and chosen(run[0])]
     for label, mode, extra in runs:
         start = time.perf_counter()
         result = downscale(models[mode], coarse, **sampling, **extra)
@@ -249,7 +252,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--methods", default="", help="score only the diffusion runs whose label holds one of these "
-                        "|-separated phrases (bicubic and regression always)")
+                        "|-separated phrases (one ending in $: ends with it; bicubic and regression always)")
     parser.add_argument("--tag", default="", help="suffix of the scores file (OUT/<set>/scores<tag>.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
