@@ -203,12 +203,15 @@ def evaluate(name: str, train_ds: xr.DataArray, test: xr.Dataset, sources: dict,
     runs = [("diffusion direct, coarse guidance", "direct", {}),
             ("diffusion residual, coarse guidance", "residual", {}),
             ("diffusion residual, no guidance", "residual", {"guidance": None}),
-            ("diffusion direct, coarse + station guidance", "direct", {"stations": table}),
-            ("diffusion residual, coarse + station guidance", "residual", {"stations": table}),
+            # plain one-step CG for the joint solve (downscale's default with stations is the preconditioned one)
+            ("diffusion direct, coarse + station guidance", "direct",
+             {"stations": table, "guidance_options": {"preconditioner": "none"}}),
+            ("diffusion residual, coarse + station guidance", "residual",
+             {"stations": table, "guidance_options": {"preconditioner": "none"}}),
             ("diffusion residual, coarse + station guidance, preconditioned CG", "residual",
              {"stations": table, "guidance_options": {"preconditioner": "diagonal"}}),
             ("diffusion residual, coarse + station guidance, 3 CG steps", "residual",
-             {"stations": table, "guidance_options": {"cg_iterations": 3}}),
+             {"stations": table, "guidance_options": {"preconditioner": "none", "cg_iterations": 3}}),
             ("diffusion residual, coarse + station guidance, preconditioned CG, 3 steps", "residual",
              {"stations": table, "guidance_options": {"preconditioner": "diagonal", "cg_iterations": 3}})]
     def chosen(label: str) -> bool:  # a phrase ending in "$" must end the label

@@ -59,10 +59,17 @@ def test_sources_can_be_left_out_and_stations_guide(tiny_bundle, fine_dataset, c
     report = json.loads(out.attrs["geodiff_observations"])
     assert report["total"] == 2 and report["kept"] == 2
     # 4 x 6 coarse cells + the one station at the sampled time (the other is at the other time)
-    assert json.loads(out.attrs["geodiff_guidance"])["guidance_described"]["n_obs"] == 24 + 1
+    described = json.loads(out.attrs["geodiff_guidance"])["guidance_described"]
+    assert described["n_obs"] == 24 + 1
+    assert described["preconditioner"] == "diagonal"  # the joint solve's default with stations
     without = geodiff.downscale(tiny_bundle, coarse_dataset.isel(time=[0]), **settings)
+    assert "preconditioner" not in json.loads(without.attrs["geodiff_guidance"])["guidance_described"]
     at_station = lambda ds: ds["tas"].interp(lat=41.0, lon=11.2).isel(time=0).values
     assert np.all(np.abs(at_station(out) - 290.0) < np.abs(at_station(without) - 290.0) - 0.5)
+    plain = geodiff.downscale(tiny_bundle, coarse_dataset.isel(time=[0]), stations=table, **settings,
+                              guidance_options={"preconditioner": "none"})
+    assert "preconditioner" not in json.loads(plain.attrs["geodiff_guidance"])["guidance_described"]
+    assert not np.allclose(plain["tas"].values, out["tas"].values)
 
 
 def test_reproducible_with_seed(tiny_bundle, coarse_dataset):
