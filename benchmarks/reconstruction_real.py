@@ -90,7 +90,7 @@ from geodiff.adapters.standardize import record, standardize
 from geodiff.baselines import climatology, eof_projection, optimal_interpolation
 from geodiff.baselines.optimal_interpolation import MODELS, fit_covariance
 from geodiff.errors import ConfigError, DataError, ObservationError, SamplingError
-from geodiff.training.correction_check import check_correction, without_correction
+from geodiff.training.correction_check import settle_correction, without_correction
 
 COVERAGES = (0.02, 0.05, 0.10)
 #: observation error as a fraction of the training anomaly std of each level
@@ -491,17 +491,6 @@ def run_baselines(cache: Path, names: list[str], seed: int, test_times: int | No
         write_scores(cache, key, "baselines", rows)
 
 
-def settle_correction(bundle: geodiff.ModelBundle, train: xr.Dataset, seed: int) -> dict:
-    """What ``geodiff.fit`` now does last, for a prior trained before it did: keep the learned correction only if
-    guided reconstructions of the validation period gain (:mod:`geodiff.training.correction_check`)."""
-    if "correction_check" in bundle.metadata.get("training", {}):
-        return bundle.metadata["training"]["correction_check"]
-    outcome = check_correction(bundle, train, seed=seed).as_dict()
-    bundle.denoiser.correction = outcome["keep"]
-    bundle.metadata["training"]["correction_check"] = outcome
-    return outcome
-
-
 def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool, time_budget: float,
                 steps: int | None, members: int, seed: int, options: dict, gaussian_part: bool = False,
                 test_times: int | None = None, check: bool = False) -> None:
@@ -530,8 +519,9 @@ def run_geodiff(cache: Path, names: list[str], priors: Path, train_missing: bool
         else:
             raise ConfigError(f"no prior bundle at {folder}; train one with --train or pass --priors DIR")
         if check and not gaussian_part:
+            # what geodiff.fit now does last, for a prior trained before it did
             outcome = settle_correction(bundle, train.drop_vars([c for c in train.coords if c not in train.dims]),
-                                        seed)
+                                        seed=seed)
             print(f"{key}: learned correction {'kept' if outcome['keep'] else 'left out'}: {outcome['reason']}",
                   flush=True)
         if gaussian_part:

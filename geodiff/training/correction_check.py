@@ -37,6 +37,7 @@ Example
 from __future__ import annotations
 
 import copy
+import logging
 import time as _time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -57,7 +58,9 @@ from geodiff.io.bundle import MAX_NORMALIZED, ModelBundle
 from geodiff.operators import GridPointOperator
 from geodiff.training.hybrid_prior import VALIDATION_ERROR, hybrid_factor
 
-__all__ = ["check_correction", "CorrectionCheck", "CALIBRATED", "MIN_GAIN", "without_correction"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["check_correction", "settle_correction", "CorrectionCheck", "CALIBRATED", "MIN_GAIN", "without_correction"]
 
 CALIBRATED = (0.8, 1.25)  # spread/skill counted as calibrated
 MIN_GAIN = 0.01  # the CRPS must fall by at least this fraction
@@ -197,3 +200,26 @@ def check_correction(bundle: ModelBundle, ds: xr.Dataset, *, coverage: float = 0
     return CorrectionCheck(keep=keep, reason=reason, with_correction=scores["with_correction"],
                            gaussian_part=scores["gaussian_part"], coverage=coverage, members=members, steps=steps,
                            fields=int(times.size), seconds=round(_time.perf_counter() - started, 1))
+
+
+def settle_correction(bundle: ModelBundle, ds: xr.Dataset, *, check: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Decide a hybrid prior's correction in place, as :func:`geodiff.fit` does last: an untrained one (best
+    validation at step 0, output zero) is left out so that sampling does not run the network for nothing; else
+    :func:`check_correction` decides (``check=False``: kept unchecked). A bundle whose metadata already holds a
+    decision keeps it. Sets ``bundle.denoiser.correction`` and returns the record kept in
+    ``bundle.metadata["training"]["correction_check"]``."""
+    record = bundle.metadata["training"]
+    if "correction_check" in record:
+        return record["correction_check"]
+    if record["best_step"] == 0:
+        note = {"keep": False, "reason": "the untrained correction (best validation at step 0) is zero"}
+    elif not check:
+        note = {"keep": True, "reason": "not checked (check_correction=False)"}
+    else:
+        outcome = check_correction(bundle, ds, seed=seed)
+        note = outcome.as_dict()
+        logger.info("fit: learned correction %s: %s", "kept" if outcome.keep else "left out", outcome.reason)
+    bundle.denoiser.correction = note["keep"]
+    bundle.denoiser.config["correction"] = note["keep"]
+    record["correction_check"] = note
+    return note

@@ -60,6 +60,7 @@ from geodiff.io.bundle import ModelBundle
 from geodiff.io.codec import Codec
 from geodiff.io.normalize import Normalizer
 from geodiff.runtime import DEFAULT_THREADS, uses_threads
+from geodiff.training.correction_check import settle_correction
 from geodiff.training.hybrid_prior import MAX_PRIOR_CELLS, fit_hybrid_prior
 
 logger = logging.getLogger(__name__)
@@ -431,28 +432,8 @@ def fit(
     }
     bundle = ModelBundle(best, codec, normalizer, metadata=metadata)
     if prior == "hybrid":
-        _settle_correction(bundle, ds, check_correction, seed)
+        settle_correction(bundle, ds, check=check_correction, seed=seed)
     return bundle
-
-
-def _settle_correction(bundle: ModelBundle, ds: xr.Dataset, check: bool, seed: int) -> None:
-    """Keep a hybrid prior's learned correction only where it helps guided reconstructions of the validation
-    period (:mod:`geodiff.training.correction_check`); an untrained one (best at step 0, output zero) is left out
-    so that sampling does not run the network for nothing. Records the outcome in the metadata."""
-    from geodiff.training.correction_check import check_correction as run_check
-
-    record = bundle.metadata["training"]
-    if record["best_step"] == 0:
-        keep, note = False, {"keep": False, "reason": "the untrained correction (best validation at step 0) is zero"}
-    elif not check:
-        keep, note = True, {"keep": True, "reason": "not checked (check_correction=False)"}
-    else:
-        outcome = run_check(bundle, ds, seed=seed)
-        keep, note = outcome.keep, outcome.as_dict()
-        logger.info("fit: learned correction %s: %s", "kept" if keep else "left out", outcome.reason)
-    bundle.denoiser.correction = keep
-    bundle.denoiser.config["correction"] = keep
-    record["correction_check"] = note
 
 
 def _save_weights(module: torch.nn.Module, path: Path) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 import geodiff
 from geodiff.errors import ConfigError
-from geodiff.training.correction_check import _decide, check_correction, without_correction
+from geodiff.training.correction_check import _decide, check_correction, settle_correction, without_correction
 
 from .test_fit import monthly
 
@@ -84,3 +85,28 @@ def test_the_check_refuses_another_dataset_and_a_network_prior(trained):
     network = geodiff.fit(ds, steps=1, prior="network", progress=False, base_channels=4)
     with pytest.raises(ConfigError, match="hybrid prior"):
         check_correction(network, ds)
+
+
+def test_settling_twice_keeps_the_first_decision(trained):
+    ds, bundle = trained
+    gaussian = without_correction(bundle)
+    gaussian.denoiser.correction = True
+    assert gaussian.metadata["training"]["correction_check"]["reason"].startswith("not checked")  # fit's record
+    del gaussian.metadata["training"]["correction_check"]
+    gaussian.metadata["training"]["best_step"] = 0
+    note = settle_correction(gaussian, ds)
+    assert not note["keep"] and gaussian.denoiser.correction is False and "untrained" in note["reason"]
+    gaussian.denoiser.correction = True  # a later call does not decide again
+    assert settle_correction(gaussian, ds) is note and gaussian.denoiser.correction is True
+
+
+def test_bad_start_and_correction_settings_are_refused(trained):
+    ds, bundle = trained
+    truth = ds.isel(time=[-1])
+    obs = xr.Dataset({"value": ("obs", [float(truth.sst.values[0, 3, 4])]), "error_std": ("obs", [0.1])},
+                     coords={"lat": ("obs", [ds.lat.values[3]]), "lon": ("obs", [ds.lon.values[4]]),
+                             "time": ("obs", truth.time.values)})
+    with pytest.raises(ConfigError, match="start must be"):
+        geodiff.reconstruct(bundle, obs, members=2, steps=2, progress=False, start="zero")
+    with pytest.raises(ConfigError, match="correction must be True or False"):
+        type(bundle.denoiser).from_config({**bundle.denoiser.config, "correction": "yes"})

