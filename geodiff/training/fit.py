@@ -62,6 +62,7 @@ from geodiff.io.normalize import Normalizer
 from geodiff.runtime import DEFAULT_THREADS, uses_threads
 from geodiff.training.correction_check import settle_correction
 from geodiff.training.hybrid_prior import MAX_PRIOR_CELLS, fit_hybrid_prior
+from geodiff.training.time_budget import affordable_steps, replanned_steps
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,9 @@ def fit(
         the most steps.
     time_budget: seconds of training, a wall-clock limit: ``steps`` is sized from the measured speed when not given,
         and the run stops when the budget is spent (each segment between validations shortened to fit it at the
-        speed of the previous one; the recorded ``steps`` are those done, ``stopped_by_budget`` says so).
+        speed of the previous one; the recorded ``steps`` are those done, ``stopped_by_budget`` says so). A run
+        the probe planned too short is lengthened once, after its first segment, to fill the budget at that
+        segment's speed (:mod:`geodiff.training.time_budget`; ``replanned_from``: the probe's plan).
     validation: fraction of the times, the last ones, held out for validation and early stopping (at least one).
     validate_every: steps between validations (default: ``steps / 10``).
     anomaly: ``"auto"`` (per-cell anomalies with a monthly climatology for monthly series of >= 2 years, else a
@@ -377,12 +380,11 @@ def fit(
 
     total = state.get("steps")
     if total is None:  # size the run to the budget from the speed of steps PROBE_WARMUP..PROBE_STEPS
-        train(denoiser, data, steps=PROBE_WARMUP, checkpoint_every=PROBE_WARMUP, **options)
-        timed = _time.perf_counter()
-        train(denoiser, data, steps=PROBE_STEPS, checkpoint_every=PROBE_STEPS, **options)
-        per_step = (_time.perf_counter() - timed) / (PROBE_STEPS - PROBE_WARMUP)
+        per_step = _probe_speed(denoiser, data, options)
         spent = _time.perf_counter() - started
-        total = 2000 if time_budget is None else max(PROBE_STEPS, int((time_budget - spent) / (per_step * 1.1)))
+        # with a budget, at least one timed segment after the probe (it may lengthen the run, or the limit stop it)
+        total = 2000 if time_budget is None else PROBE_STEPS + max(1, affordable_steps(time_budget - spent, per_step)
+                                                                   - PROBE_STEPS)
         state["steps"], state["seconds_per_step"] = total, per_step
         segment(PROBE_STEPS, PROBE_STEPS)
     done = state["history"][-1]["step"]
@@ -392,7 +394,7 @@ def fit(
         target = min(total, done + every)
         if time_budget is not None:  # a wall-clock limit: shorten the segment to what the budget left allows
             left = time_budget - float(state.get("seconds", 0.0))
-            affordable = int(left / (1.1 * state["seconds_per_step"])) if state.get("seconds_per_step") else every
+            affordable = affordable_steps(left, state["seconds_per_step"]) if state.get("seconds_per_step") else every
             if affordable < 1:
                 state["stopped_by_budget"] = True
                 state_path.write_text(json.dumps(state, indent=1))
@@ -400,6 +402,15 @@ def fit(
                 break
             target = min(target, done + affordable)
         segment(done, target)
+        if time_budget is not None and "replanned" not in state and target > done:
+            # once, after the first timed segment: lengthen a run the speed probe planned too short
+            longer = replanned_steps(target, total, time_budget - state["seconds"], state["seconds_per_step"],
+                                     most=steps)
+            if longer > total:
+                state["replanned_from"], state["steps"], total = total, longer, longer
+                bar.total = total
+            state["replanned"] = True
+            state_path.write_text(json.dumps(state, indent=1))
         bar.update(target - done)
         last = state["history"][-1]
         bar.set_postfix(loss=f"{last['training_loss'] or 0.0:.4f}", val=f"{last['validation']:.4f}",
@@ -417,6 +428,7 @@ def fit(
         "trained_by": "geodiff.fit",
         "training": {
             "steps": int(done), "stopped_by_budget": bool(state.get("stopped_by_budget", False)),
+            "planned_steps": int(total), "replanned_from": state.get("replanned_from"),
             "best_step": state["best"]["step"], "best_validation": state["best"]["score"],
             "history": state["history"], "seconds": round(float(state["seconds"]), 1),
             "architecture": arch, "patch_size": None if patch is None else list(patch), "batch_size": batch_size,
@@ -434,6 +446,16 @@ def fit(
     if prior == "hybrid":
         settle_correction(bundle, ds, check=check_correction, seed=seed)
     return bundle
+
+
+def _probe_speed(denoiser: Denoiser, data: Any, options: dict[str, Any]) -> float:
+    """Seconds per step of the run's first steps PROBE_WARMUP..PROBE_STEPS (they are part of the run)."""
+    from geodiff.training.trainer import train
+
+    train(denoiser, data, steps=PROBE_WARMUP, checkpoint_every=PROBE_WARMUP, **options)
+    timed = _time.perf_counter()
+    train(denoiser, data, steps=PROBE_STEPS, checkpoint_every=PROBE_STEPS, **options)
+    return (_time.perf_counter() - timed) / (PROBE_STEPS - PROBE_WARMUP)
 
 
 def _save_weights(module: torch.nn.Module, path: Path) -> None:

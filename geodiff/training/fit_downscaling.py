@@ -23,7 +23,8 @@ learning rate over the run. The last ``validation`` fraction of the times is hel
 fixed patches of those times every ``validate_every`` steps (regression: mean squared error; diffusion:
 :func:`~geodiff.training.fit.validation_loss`, the denoising error at fixed noise levels) and the weights with
 the best score are returned (early stopping). With ``time_budget`` (seconds) the number of steps comes from the
-measured speed of this model, and the budget is a wall-clock limit (a machine that slows down shortens the run);
+measured speed of this model, and the budget is a wall-clock limit (a machine that slows down shortens the run;
+one that the probe misjudged as slow is given the steps the budget affords after the first segment);
 with ``checkpoint_dir`` an interrupted run resumes.
 
 Masks and weights: ``mask`` (bool ``(lat, lon)`` DataArray or numpy array, True = valid) is combined with the
@@ -77,6 +78,7 @@ from geodiff.training.fit import check_training_data, validation_loss
 from geodiff.training.objectives import DenoisingObjective, RegressionObjective
 from geodiff.training.pairs import COARSE, DownscalingPairs, downscaling_metadata
 from geodiff.training.checkpoint import checkpoint_step
+from geodiff.training.time_budget import affordable_steps, replanned_steps
 from geodiff.training.trainer import train
 
 __all__ = ["fit_downscaling", "MODES"]
@@ -199,9 +201,11 @@ def fit_downscaling(
     regression: for ``mode="residual"``: the regression bundle to build on (same variables, factor, sources).
     steps, time_budget: optimizer steps (default 2000, or from the measured speed with a time budget; with a
         budget as well, the most steps) and seconds of training, a wall-clock limit: the run stops when the budget
-        is spent (segments between validations shortened to fit it at the speed of the previous one; the recorded
-        ``steps`` are those done, ``planned_steps`` those of the learning-rate schedule, ``stopped_by_budget``
-        says whether the budget ended the run).
+        is spent (segments between validations shortened to fit it at the speed of the previous one), and a run
+        that the speed probe planned too short is lengthened once, after its first segment, to fill the budget at
+        that segment's speed (:mod:`geodiff.training.time_budget`; ``replanned_from``: the probe's plan). The
+        recorded ``steps`` are those done, ``planned_steps`` those of the learning-rate schedule,
+        ``stopped_by_budget`` says whether the budget ended the run.
     validation, validate_every: fraction of the times (the last ones) held out for early stopping, and steps
         between scores (default: ``steps / 10``; with a time budget, fewer scores when scoring would take more
         than 15 % of it).
@@ -343,24 +347,17 @@ def fit_downscaling(
     seconds_per_step = state.get("seconds_per_step")
     scores = state.get("scores", 10)  # validations after the one at step 0
     if total is None and time_budget is not None:
-        probe = copy.deepcopy(model)
-        train(probe, data, steps=2, progress=False, **options)
-        timed = _time.perf_counter()
-        train(probe, data, steps=2 + PROBE_STEPS, progress=False, **options)
-        seconds_per_step = (_time.perf_counter() - timed) / PROBE_STEPS
-        timed = _time.perf_counter()
-        probe.eval()
-        with torch.no_grad():
-            score(probe)
-        one_score = max(_time.perf_counter() - timed, 1e-6)
+        seconds_per_step, one_score = _probe_speed(model, data, options, score)
         # at most MAX_SCORING_SHARE of the budget goes to validation: fewer scores on a slow machine
         scores = max(1, min(10, int(MAX_SCORING_SHARE * time_budget / one_score) - 1))
         spent = _time.perf_counter() - started
         total = max(PROBE_STEPS, int((time_budget - spent - (scores + 1) * one_score) / seconds_per_step))
     total = int(total or 2000)
-    every = int(validate_every or max(1, total // scores))
-    run = {"steps": total, "seconds_per_step": seconds_per_step, "scores": scores,
-           "seconds": float(state.get("seconds", 0.0)), "stopped_by_budget": False}
+    every = int(state.get("every") or validate_every or max(1, total // scores))
+    run = {"steps": total, "seconds_per_step": seconds_per_step, "scores": scores, "every": every,
+           "warmup_steps": int(state.get("warmup_steps") or min(100, max(1, total // 10))),
+           "seconds": float(state.get("seconds", 0.0)), "stopped_by_budget": False,
+           "replanned_from": state.get("replanned_from"), **({"replanned": True} if state.get("replanned") else {})}
 
     def record_run() -> None:
         if folder is not None:
@@ -368,31 +365,41 @@ def fit_downscaling(
             (folder / RUN_STATE).write_text(json.dumps(run))
 
     record_run()
-    options.update(warmup_steps=min(100, max(1, total // 10)), cosine_steps=total, checkpoint_every=every,
+    options.update(warmup_steps=run["warmup_steps"], cosine_steps=total, checkpoint_every=every,
                    progress=progress, validation=score, eval_every=every)
     with tempfile.TemporaryDirectory(prefix="geodiff-fit-downscaling-") as scratch:
         if time_budget is None:
             result = train(model, data, steps=total, checkpoint_dir=folder, resume=resume, **options)
             done = total
-        else:  # a wall-clock limit: segments between validations, each shortened to what the budget left allows
+        else:  # a wall-clock limit: segments between validations, each shortened to what the budget left allows;
+            # after the first timed segment the run's length is re-planned once from its speed (time_budget module)
             work = folder if folder is not None else Path(scratch)
             done = checkpoint_step(work) if resume else 0
             while True:
                 target = min(total, done + every)
                 spent = run["seconds"] + (_time.perf_counter() - started)
                 if run["seconds_per_step"]:
-                    affordable = int((time_budget - spent) / (1.1 * run["seconds_per_step"]))
+                    affordable = affordable_steps(time_budget - spent, run["seconds_per_step"])
                     if affordable < 1 and done > 0:
                         run["stopped_by_budget"] = done < total
                         break
                     target = min(target, done + max(1, affordable))
                 timed = _time.perf_counter()
-                result = train(model, data, steps=target, checkpoint_dir=work, resume=resume or done > 0, **options)
+                result = train(model, data, steps=target, checkpoint_dir=work, resume=resume or done > 0,
+                               reschedule=True, **options)
+                first = target > done and "replanned" not in run
                 if target > done:
                     run["seconds_per_step"] = (_time.perf_counter() - timed) / (target - done)
                 done = target
                 run["seconds"] += _time.perf_counter() - started
                 started = _time.perf_counter()
+                if first:
+                    longer = replanned_steps(done, total, time_budget - run["seconds"], run["seconds_per_step"],
+                                             most=steps)
+                    if longer > total:
+                        run["replanned_from"], run["steps"], total = total, longer, longer
+                        options["cosine_steps"] = total
+                    run["replanned"] = True
                 record_run()
                 if done >= total:
                     break
@@ -407,6 +414,7 @@ def fit_downscaling(
         "downscaling": downscaling_metadata(factor, patch, names, sources_meta, area_weights=area_weights),
         "training": {
             "mode": mode, "steps": done, "planned_steps": total, "stopped_by_budget": run["stopped_by_budget"],
+            "replanned_from": run["replanned_from"],
             "best_step": result.best_step,
             "validation_history": [{"step": i * every, "score": v} for i, v in enumerate(result.validation_losses)],
             "seconds": round(run["seconds"], 1), "seconds_per_step": run["seconds_per_step"],
@@ -421,6 +429,21 @@ def fit_downscaling(
         },
     }
     return ModelBundle(model, codec, normalizer, metadata=metadata)
+
+
+def _probe_speed(model: torch.nn.Module, data: DownscalingPairs, options: dict[str, Any],
+                 score: Any) -> tuple[float, float]:
+    """Seconds per training step (after two warm-up steps) and seconds per validation score, measured on a copy."""
+    probe = copy.deepcopy(model)
+    train(probe, data, steps=2, progress=False, **options)
+    timed = _time.perf_counter()
+    train(probe, data, steps=2 + PROBE_STEPS, progress=False, **options)
+    seconds_per_step = (_time.perf_counter() - timed) / PROBE_STEPS
+    timed = _time.perf_counter()
+    probe.eval()
+    with torch.no_grad():
+        score(probe)
+    return seconds_per_step, max(_time.perf_counter() - timed, 1e-6)
 
 
 class _Shifted(torch.nn.Module):

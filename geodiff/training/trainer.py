@@ -251,6 +251,7 @@ def train(
     cosine_steps: int | None = None,
     validation: Validation | None = None,
     eval_every: int = 100,
+    reschedule: bool = False,
 ) -> TrainResult:
     """Train ``denoiser`` (in place) on normalised fields; returns a :class:`TrainResult`.
 
@@ -290,6 +291,9 @@ def train(
     validation, eval_every: a function ``model -> loss`` measured (eval mode, no gradients) before the first step
         and after every ``eval_every`` steps (steps ``0, eval_every, 2 eval_every, ...``, wherever calls stop, so
         that resuming changes nothing); the model ends with the weights of the best measurement (early stopping).
+    reschedule: when resuming, accept a checkpoint written with another ``cosine_steps`` (a run whose length was
+        re-planned, e.g. to fill a time budget): the learning rate follows this call's schedule from the next step.
+        Every other setting must still match.
     """
     _positive("steps", steps, 0)
     _positive("batch_size", batch_size)
@@ -337,7 +341,7 @@ def train(
         objective=objective, amp_dtype=_amp_dtype(amp, info.device),
         checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         checkpoint_every=checkpoint_every, resume=resume, num_workers=num_workers, progress=progress,
-        validation=validation, eval_every=eval_every,
+        validation=validation, eval_every=eval_every, reschedule=bool(reschedule),
     )
 
 
@@ -412,6 +416,7 @@ def _train(
     progress: bool,
     validation: Validation | None,
     eval_every: int,
+    reschedule: bool = False,
 ) -> TrainResult:
     device = info.device
     if info.distributed and not objective.distributed:
@@ -456,7 +461,8 @@ def _train(
         distributed.barrier(info)  # nobody reads while rank 0 might still be writing
         checkpoint = latest_checkpoint(checkpoint_dir)
         if checkpoint is not None:
-            start, losses = _restore(checkpoint, settings, denoiser, ema, optimizer, scaler, validated, objective)
+            start, losses = _restore(checkpoint, settings, denoiser, ema, optimizer, scaler, validated, objective,
+                                     may_differ=("cosine_steps",) if reschedule else ())
             if start > steps:
                 raise CheckpointError(
                     f"checkpoint {checkpoint} is at step {start}, beyond steps={steps}; pass a larger steps, "
@@ -654,12 +660,13 @@ def _restore(
     scaler: Any,
     validated: _Validated,
     objective: Objective,
+    may_differ: tuple[str, ...] = (),
 ) -> tuple[int, list[float]]:
     tensors, meta = read_checkpoint(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a geodiff training checkpoint (format {meta.get('format')!r})")
     saved = meta.get("settings", {})
-    changed = [key for key in settings if saved.get(key) != settings[key]]
+    changed = [key for key in settings if saved.get(key) != settings[key] and key not in may_differ]
     if changed:
         details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {settings[key]!r}" for key in changed)
         raise CheckpointError(

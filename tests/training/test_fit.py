@@ -213,6 +213,17 @@ def test_a_time_budget_sizes_the_run():
     assert [h["step"] for h in training["history"]][-1] == training["steps"]
 
 
+def test_a_run_the_probe_planned_too_short_is_lengthened_once(monkeypatch):
+    import geodiff.training.fit as module
+
+    measure = module._probe_speed
+    monkeypatch.setattr(module, "_probe_speed", lambda *args: 20 * measure(*args))  # misjudged 20x too slow
+    bundle = geodiff.fit(monthly(times=30, shape=(6, 8)), time_budget=6.0, progress=False, base_channels=4)
+    training = bundle.metadata["training"]
+    assert training["replanned_from"] is not None and training["planned_steps"] > training["replanned_from"]
+    assert training["steps"] > training["replanned_from"]
+
+
 def test_a_time_budget_stops_a_run_of_given_steps():
     bundle = geodiff.fit(monthly(times=30, shape=(6, 8)), steps=5000, time_budget=0.5, validate_every=10,
                          progress=False, base_channels=4)

@@ -3,6 +3,7 @@ validation period, early stopping, masks and saved bundles that geodiff.downscal
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,6 +127,24 @@ def test_time_budget_is_a_wall_clock_limit():
     info = bundle.metadata["training"]
     assert info["stopped_by_budget"] and 1 <= info["steps"] < 100_000 and info["planned_steps"] == 100_000
     assert info["best_step"] <= info["steps"]
+
+
+def test_a_run_the_probe_planned_too_short_is_lengthened_once(tmp_path, monkeypatch):
+    import geodiff.training.fit_downscaling as module
+
+    ds, _ = series()
+    measure = module._probe_speed
+
+    def slow_probe(*args):  # the probe misjudges the speed 20x too slow, as on a machine busy at the start
+        seconds_per_step, one_score = measure(*args)
+        return 20 * seconds_per_step, one_score
+
+    monkeypatch.setattr(module, "_probe_speed", slow_probe)
+    bundle = fit_downscaling(ds, 4, mode="regression", time_budget=10.0, checkpoint_dir=tmp_path, **SMALL)
+    info = bundle.metadata["training"]
+    assert info["replanned_from"] is not None and info["planned_steps"] > info["replanned_from"]
+    assert info["steps"] > info["replanned_from"]  # it ran past the probe's plan
+    assert json.loads((tmp_path / module.RUN_STATE).read_text())["replanned"]  # a resumed run does not re-plan
 
 
 def test_bad_input_is_refused(models):

@@ -103,6 +103,22 @@ def test_cosine_decay_and_warm_up_set_the_learning_rate_of_each_step(tmp_path):
     assert meta["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi / 2)) / 2)
 
 
+def test_a_rescheduled_resume_follows_the_new_cosine_and_refuses_other_changes(tmp_path):
+    denoiser = tiny_denoiser()
+    options = dict(batch_size=4, lr=0.01, warmup_steps=1, checkpoint_dir=tmp_path, progress=False)
+    geodiff.train(denoiser, gaussian_data(8), steps=2, cosine_steps=4, **options)
+    with pytest.raises(CheckpointError, match="cosine_steps"):  # without reschedule a changed schedule is refused
+        geodiff.train(denoiser, gaussian_data(8), steps=3, cosine_steps=8, **options)
+    with pytest.raises(CheckpointError, match="lr"):  # reschedule frees the cosine length only
+        geodiff.train(denoiser, gaussian_data(8), steps=3, cosine_steps=8, reschedule=True,
+                      **{**options, "lr": 0.02})
+    geodiff.train(denoiser, gaussian_data(8), steps=3, cosine_steps=8, reschedule=True, **options)
+    _, meta = read_checkpoint(tmp_path / "step-00000003")
+    # step index 2 of the new 8-step cosine, and the checkpoint now records that schedule
+    assert meta["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 2 / 8)) / 2)
+    assert meta["settings"]["cosine_steps"] == 8
+
+
 def test_the_denoiser_gets_the_mask_of_its_crops_per_call_and_keeps_its_own():
     seen = []
 
