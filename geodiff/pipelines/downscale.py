@@ -211,15 +211,19 @@ def downscale(
     sources: auxiliary sources by name (any subset of the model's; ``Dataset``/``DataArray`` on the grid of the
         source's ratio over the same domain; static, or with the coarse field's times).
     stations: observation table (dim ``obs``) of the target variables on the high-resolution grid, used as
-        guidance together with the coarse field (records at other times than a coarse time are not used).
+        guidance together with the coarse field (records at other times than a coarse time are not used). Give
+        each station its real error (``error_std``: instrument and averaging over the time step, plus
+        representativeness of a point for a cell): a station noisier than the model's own error at that place
+        has little to add (on two real sets, stations 1.0-1.7x as noisy as that error gained 3-4 % at held-out
+        stations, stations 0.4-0.5x as noisy 6-13 %; ``benchmarks/RESULTS.md``).
     members, steps, sampler, sampler_options, schedule, seed: as :func:`geodiff.reconstruct`.
     guidance: ``"coarse"`` (coarse consistency + stations, MMPS) or None (conditioning only);
         ``guidance_options`` go to :class:`~geodiff.guidance.coarse.CoarseGuidance` (e.g. ``cg_iterations``).
         With stations, the joint solve defaults to diagonal-preconditioned CG (``preconditioner="diagonal"``):
         coarse cells and stations have very different errors, and one plain CG step moves both with one step
-        length (on two real sets it made held-out stations 0.4-0.9 % worse, the preconditioned step 3-4 % better,
-        with lower RMSE and CRPS; ``benchmarks/RESULTS.md``). ``guidance_options={"preconditioner": "none"}``
-        restores the plain step.
+        length (with noisy stations it made held-out stations 0.4-0.9 % worse on two real sets, the
+        preconditioned step 3-4 % better; with realistic station errors the two tie; ``benchmarks/RESULTS.md``).
+        ``guidance_options={"preconditioner": "none"}`` restores the plain step.
     coarse_error_std: error of the coarse values as area means, in the variable's units (one number or one per
         variable); default None: :data:`COARSE_ERROR_FRACTION` of the variable's standard deviation in the
         model's normaliser (the data's variability, whatever its units). ``station_error_std``: for station records without ``error_std``.
