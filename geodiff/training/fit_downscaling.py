@@ -351,7 +351,7 @@ def fit_downscaling(
         # at most MAX_SCORING_SHARE of the budget goes to validation: fewer scores on a slow machine
         scores = max(1, min(10, int(MAX_SCORING_SHARE * time_budget / one_score) - 1))
         spent = _time.perf_counter() - started
-        total = max(PROBE_STEPS, int((time_budget - spent - (scores + 1) * one_score) / seconds_per_step))
+        total = max(PROBE_STEPS, affordable_steps(time_budget - spent - (scores + 1) * one_score, seconds_per_step))
     total = int(total or 2000)
     every = int(state.get("every") or validate_every or max(1, total // scores))
     run = {"steps": total, "seconds_per_step": seconds_per_step, "scores": scores, "every": every,

@@ -21,6 +21,8 @@ Example
 
 from __future__ import annotations
 
+from geodiff.errors import ConfigError
+
 __all__ = ["MARGIN", "affordable_steps", "replanned_steps"]
 
 #: safety factor on the measured seconds per step
@@ -30,7 +32,7 @@ MARGIN = 1.1
 def affordable_steps(seconds_left: float, seconds_per_step: float) -> int:
     """Whole steps that fit in ``seconds_left`` at ``seconds_per_step`` with a :data:`MARGIN` (0 when none)."""
     if not seconds_per_step > 0:
-        raise ValueError(f"seconds_per_step must be > 0, got {seconds_per_step}")
+        raise ConfigError(f"seconds_per_step must be > 0, got {seconds_per_step}")
     return max(0, int(seconds_left / (MARGIN * seconds_per_step) + 1e-9))  # (no float round-down of whole steps)
 
 
