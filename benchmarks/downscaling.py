@@ -31,7 +31,10 @@ station positions (bilinear at random points, never used as guidance) of the ens
 Station guidance: another 60 positions, values from the truth plus Gaussian noise of ``STATION_ERROR`` (the
 set's station error std, or ``--station-error``). "regression kriging of the stations" is the practitioner's
 baseline for the same stations: the regression's prediction plus optimal interpolation of the station innovations
-with a covariance fitted to the regression's errors over its validation period.
+with a covariance fitted to the regression's errors over its validation period. "regression + validation error
+std (Gaussian)" is the probabilistic forecast a regression gives at no extra cost: a Gaussian around its
+prediction whose std per cell is the RMS of its errors over its validation period (closed-form CRPS); an ensemble
+is worth its cost only where it beats this.
 
 Running (files: ``pip download --no-deps iris-sample-data==2.5.2`` and unzip; ``apt-get download
 ferret-datasets`` and ``dpkg -x``)::
@@ -39,7 +42,9 @@ ferret-datasets`` and ``dpkg -x``)::
     python benchmarks/downscaling.py --iris DIR/sample_data --etopo DIR/etopo5.cdf --out OUT --train --budget 600
 
 ``--train`` fits the three networks of each set (``--budget`` seconds each) into ``OUT/<set>/``; without it the
-bundles there are scored. Results go to ``OUT/<set>/scores.json`` and a markdown table on stdout.
+bundles there are scored. ``--residual-folds K`` trains the residual model on out-of-fold residuals (K more
+regressions of ``--budget`` seconds each); ``--residual-scale none`` keeps the residuals' own size (CorrDiff)
+instead of calibrating it on the validation period. Results go to ``OUT/<set>/scores.json`` and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -109,13 +114,18 @@ def variable(ds: xr.Dataset) -> str:
 
 
 def train(name: str, train_ds: xr.Dataset, sources: dict, out: Path, budget: float, patch: int,
-          modes: list[str]) -> None:
-    """The networks of ``modes`` (regression, direct, residual) of one set (``budget`` seconds each)."""
+          modes: list[str], residual_folds: int | None = None, residual_scale: str = "validation") -> None:
+    """The networks of ``modes`` (regression, direct, residual) of one set (``budget`` seconds each; with
+    ``residual_folds``, the residual model learns out-of-fold residuals of that many more regressions;
+    ``residual_scale``: fit_downscaling's, "none" or a number as text)."""
     common = dict(sources=sources, time_budget=budget, patch_size=(patch, patch), progress=False, seed=0)
     for mode in modes:
         start = time.perf_counter()
         regression = geodiff.load(out / name / "regression") if mode == "residual" else None
-        bundle = fit_downscaling(train_ds, FACTOR, mode=mode, regression=regression, **common)
+        scale = None if residual_scale == "none" else residual_scale if residual_scale == "validation" \
+            else float(residual_scale)
+        folds = dict(residual_folds=residual_folds, residual_scale=scale) if mode == "residual" else {}
+        bundle = fit_downscaling(train_ds, FACTOR, mode=mode, regression=regression, **folds, **common)
         bundle.save(out / name / mode, overwrite=True)
         info = bundle.metadata["training"]
         print(f"{name} {mode}: {info['steps']} of {info['planned_steps']} planned steps "
@@ -185,15 +195,18 @@ def station_error(setting: str | None, name: str, train: xr.DataArray) -> float:
     return float(setting)
 
 
-def regression_kriging(regression: geodiff.ModelBundle, train_ds: xr.Dataset, sources: dict, prediction: xr.DataArray,
-                       table: xr.Dataset, var: str) -> xr.DataArray:
-    """The regression's prediction plus optimal interpolation of the station innovations, with a Matern-3/2
-    covariance fitted to the regression's errors over its validation period (regression kriging; the weights never
-    trained on those times, so the errors are of the size the test period sees)."""
+def validation_errors(regression: geodiff.ModelBundle, train_ds: xr.Dataset, sources: dict, var: str) -> xr.DataArray:
+    """The regression's errors ``(time, lat, lon)`` over its validation period (times its weights never trained on,
+    so errors of the size a new period sees)."""
     train_ds = train_ds.isel(time=slice(-regression.metadata["training"]["validation_times"], None))
     train_coarse = coarsen(train_ds[[var]], FACTOR)
     fitted = downscale(regression, train_coarse, sources=sources, progress=False, seed=0)[var].squeeze("member", drop=True)
-    errors = train_ds[var] - fitted.assign_coords(lat=train_ds["lat"], lon=train_ds["lon"])
+    return train_ds[var] - fitted.assign_coords(lat=train_ds["lat"], lon=train_ds["lon"])
+
+
+def regression_kriging(errors: xr.DataArray, prediction: xr.DataArray, table: xr.Dataset, var: str) -> xr.DataArray:
+    """The regression's prediction plus optimal interpolation of the station innovations, with a Matern-3/2
+    covariance fitted to the regression's validation ``errors`` (regression kriging)."""
     covariance = fit_covariance(errors.rename(var), model="matern32")
     analysis = optimal_interpolation(table, prediction.rename(var), background=prediction.rename(var),
                                      covariance=covariance, time_correlation=False, return_std=False)
@@ -236,11 +249,23 @@ def evaluate(name: str, train_ds: xr.DataArray, test: xr.Dataset, sources: dict,
     start = time.perf_counter()
     prediction = downscale(models["regression"], coarse, **options)[var]
     record("regression", prediction, time.perf_counter() - start)
+    start = time.perf_counter()
+    errors = validation_errors(models["regression"], train_ds, sources, var)
+    prediction = prediction.squeeze("member", drop=True).assign_coords(lat=truth["lat"], lon=truth["lon"])
+    # the regression with an error bar: N(prediction, sigma(x)^2), sigma(x) its error RMS per cell over its
+    # validation period (the probabilistic baseline a regression gives at no extra cost)
+    sigma = np.sqrt((errors**2).mean("time")).assign_coords(lat=truth["lat"], lon=truth["lon"])
+    valid = truth.notnull()
+    rows.append({"set": name, "method": "regression + validation error std (Gaussian)",
+                 **scores(truth, prediction, held_op),
+                 "crps": float(metrics.crps_gaussian(truth, prediction.where(valid), sigma.where(valid))),
+                 "spread_skill": float(np.sqrt((sigma**2).where(valid).mean())
+                                       / metrics.rmse(truth, prediction.where(valid))),
+                 "seconds_per_field": (time.perf_counter() - start) / n, "note": "sigma fitted on the validation period"})
+    print(json.dumps(rows[-1]), flush=True)
     if chosen("regression kriging"):
         start = time.perf_counter()
-        prediction = prediction.squeeze("member", drop=True).assign_coords(lat=truth["lat"], lon=truth["lon"])
-        record("regression kriging of the stations",
-               regression_kriging(models["regression"], train_ds, sources, prediction, table, var),
+        record("regression kriging of the stations", regression_kriging(errors, prediction, table, var),
                time.perf_counter() - start)
     sampling = dict(members=args.members, steps=args.steps, **options)
     runs = [("diffusion direct, coarse guidance", "direct", {}),
@@ -282,6 +307,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=240.0, help="training seconds per network")
     parser.add_argument("--modes", default="regression,direct,residual", help="networks --train fits (in order; "
                         "the residual model builds on the regression); the diffusion runs of absent ones are skipped")
+    parser.add_argument("--residual-folds", type=int, default=None, help="train the residual model on out-of-fold "
+                        "residuals of this many regressions (fit_downscaling's residual_folds; --budget each)")
+    parser.add_argument("--residual-scale", default="validation", help="fit_downscaling's residual_scale: "
+                        "'validation' (default), 'none' (the residuals as they are, CorrDiff) or a number")
     parser.add_argument("--patch", type=int, default=16, help="training patch (cells, square)")
     parser.add_argument("--fields", type=int, default=6, help="test fields per set (evenly spaced)")
     parser.add_argument("--members", type=int, default=8)
@@ -297,7 +326,8 @@ def main() -> None:
     rows = []
     for name, (train_ds, test, sources) in data_sets(args.iris, args.etopo, args.sets.split(",")).items():
         if args.train:
-            train(name, train_ds, sources, args.out, args.budget, args.patch, args.modes.split(","))
+            train(name, train_ds, sources, args.out, args.budget, args.patch, args.modes.split(","),
+                  args.residual_folds, args.residual_scale)
         if not args.skip_eval:
             test = test.isel(time=np.unique(np.linspace(0, test.sizes["time"] - 1, args.fields).astype(int)))
             rows += evaluate(name, train_ds, test, sources, args.out, args)

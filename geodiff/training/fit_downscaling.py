@@ -14,7 +14,12 @@ schedule and early stopping, so they compare fairly:
 - ``"direct"``: an EDM :class:`~geodiff.diffusion.denoiser.Denoiser` of the normalised field;
 - ``"residual"``: a :class:`~geodiff.diffusion.residual.ResidualDenoiser`: the regression's prediction plus a
   diffusion model of what it misses (CorrDiff); the regression (``regression=``, a bundle of mode
-  ``"regression"``) is trained first with the same settings when not given.
+  ``"regression"``) is trained first with the same settings when not given. The diffusion model learns the
+  fields minus the regression's whole-field prediction (windows blended as :func:`geodiff.downscale` blends
+  them), on the regression's training times, scaled so that their size is that of the regression's errors on
+  the validation times (``residual_scale``): a regression fits its own training data better than new times, and
+  an ensemble built on in-sample residuals is too narrow. With ``residual_folds`` the residuals come from
+  regressions that never saw the times they predict (cross-fitting) instead.
 
 Training runs through the one loop (:func:`geodiff.train`) with the objective of the mode
 (:class:`~geodiff.training.objectives.RegressionObjective` or
@@ -63,10 +68,12 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from geodiff.backbones.conditional import ConditionalUNet
 from geodiff.diffusion.denoiser import Denoiser
 from geodiff.diffusion.losses import EDMLoss
+from geodiff.diffusion.patches import PatchDenoiser
 from geodiff.diffusion.residual import RegressionModel, ResidualDenoiser
 from geodiff.errors import CheckpointError, ConfigError, GridError
 from geodiff.grid import channel_mask, grid_for_ratio, is_periodic
@@ -166,6 +173,8 @@ def fit_downscaling(
     variables: str | Sequence[str] | None = None,
     sources: Mapping[str, xr.Dataset | xr.DataArray] | None = None,
     regression: ModelBundle | None = None,
+    residual_folds: int | None = None,
+    residual_scale: float | Literal["validation"] | None = "validation",
     steps: int | None = None,
     time_budget: float | None = None,
     validation: float = 0.15,
@@ -199,6 +208,20 @@ def fit_downscaling(
     sources: auxiliary sources by name (Dataset or named DataArray on a grid of integer or 1 / integer ratio over
         the same area; static or with ``ds``'s times).
     regression: for ``mode="residual"``: the regression bundle to build on (same variables, factor, sources).
+    residual_folds: for ``mode="residual"``: train the diffusion model on out-of-fold residuals. The training
+        times are split into this many contiguous blocks; a regression with this call's settings (``steps``,
+        ``time_budget`` each) is trained without each block and predicts it. Its errors there are errors on
+        times it never saw, the kind the regression makes at prediction time, which in-sample residuals
+        understate (the regression also fits its own training data), so the ensemble spread follows the
+        regression's real error. None (default): the regression's own residuals on its training times (CorrDiff).
+        The regression (trained or given) stays the mean at prediction time.
+    residual_scale: for ``mode="residual"``: the diffusion model learns the residuals times this factor, so its
+        samples are the regression's prediction plus residuals of that size. ``"validation"`` (default), per
+        variable: the regression's error RMS on the validation times over the RMS of the training residuals. A
+        regression fits its own training data better than new times, so in-sample residuals are too small and an
+        ensemble built on them too narrow; the factor calibrates the spread on times the regression never saw
+        (with ``residual_folds`` it is close to 1). A number: that factor; None: the residuals as they are
+        (CorrDiff). Recorded as ``residual_scale`` with the RMS of both residuals (``residual_rms_normalised``).
     steps, time_budget: optimizer steps (default 2000, or from the measured speed with a time budget; with a
         budget as well, the most steps) and seconds of training, a wall-clock limit: the run stops when the budget
         is spent (segments between validations shortened to fit it at the speed of the previous one), and a run
@@ -274,23 +297,29 @@ def fit_downscaling(
     valid = _mask(ds, names, mask, shape)
     codec = Codec.from_dataset(ds.isel(time=[0]).where(xr.DataArray(valid.any(0), dims=("lat", "lon"))))
 
-    def pairs_of(times: np.ndarray, count: int, pair_seed: int, patch: tuple[int, int] | None) -> DownscalingPairs:
+    def pairs_of(times: np.ndarray, count: int, pair_seed: int, patch: tuple[int, int] | None,
+                 minus: Tensor | None = None, scale: Tensor | None = None) -> DownscalingPairs:
+        """Pairs of the fields at ``times``; with ``minus`` (``[N, C, H, W]``), pairs of
+        ``(fields - minus) * scale`` (``scale``: ``[C]``) that keep the coarse field of the fields themselves."""
         fields = _stack(normalizer, ds, names, times) * torch.from_numpy(valid)
         cond = {name: _stack(normalizer, value, list(value.data_vars), times) for name, value in source_data.items()}
-        return DownscalingPairs(fields, factor, sources=cond, mask=valid,
-                                grid_lat=lat if area_weights == "coslat" else None, patch=patch,
-                                patches_per_field=count, seed=pair_seed)
+        options = dict(sources=cond, mask=valid, grid_lat=lat if area_weights == "coslat" else None)
+        if minus is None:
+            return DownscalingPairs(fields, factor, patch=patch, patches_per_field=count, seed=pair_seed, **options)
+        coarse = DownscalingPairs(fields, factor, **options).sources[COARSE]
+        residual = (fields - minus) * torch.from_numpy(valid)
+        if scale is not None:
+            residual = residual * scale[:, None, None]
+        return DownscalingPairs(residual, factor, coarse=coarse, patch=patch, patches_per_field=count, seed=pair_seed,
+                                **options)
+
+    def predicted(model: torch.nn.Module, times: np.ndarray) -> Tensor:
+        """A regression's normalised prediction ``[N, C, H, W]`` of the whole fields at ``times``, windowed and
+        blended as :func:`geodiff.downscale` does."""
+        return _predict(model, pairs_of(times, 1, seed, None), patch, is_periodic(lon)) * torch.from_numpy(valid)
 
     whole = pairs_of(train_times[:1], 1, seed, None)
     patch = tuple(int(p) for p in patch_size) if patch_size is not None else _default_patch(*shape[1:], whole.align)
-    data = pairs_of(train_times, patches_per_field, seed, patch)
-    chosen = np.unique(np.linspace(0, n_validation - 1, min(n_validation, VALIDATION_PATCHES)).astype(int))
-    held = pairs_of(validation_times[chosen], max(1, min(4, VALIDATION_PATCHES // chosen.size)), seed + 1, patch)
-    items = [held[i] for i in range(len(held))]  # (x, cond, mask of the patch)
-    x_val = torch.stack([item[0] for item in items])
-    cond_val = {k: torch.stack([item[1][k] for item in items]) for k in items[0][1]}
-    patch_valid = torch.stack([item[2] for item in items])
-
     periodic = is_periodic(lon)
     all_sources = {COARSE: len(names), **{n: len(v.data_vars) for n, v in source_data.items()}}
     dropout = (0.0 if mode == "regression" else 0.2) if source_dropout is None else float(source_dropout)
@@ -309,6 +338,37 @@ def fit_downscaling(
             batch_size=batch_size, lr=lr, mask=mask, area_weights=area_weights,
             checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "regression", resume=resume,
             seed=seed, device=device, progress=progress)
+    if mode != "residual" and residual_folds is not None:
+        raise ConfigError("residual_folds is for mode='residual'")
+    if mode == "residual":  # the diffusion model learns the fields minus the regression's prediction
+        mean = copy.deepcopy(regression.denoiser).cpu()  # type: ignore[union-attr]
+        mean.eval()
+        fold_options = dict(variables=names, sources=sources, steps=steps, time_budget=time_budget,
+                            validate_every=validate_every, patch_size=patch, patches_per_field=patches_per_field,
+                            base_channels=base_channels, channel_mults=channel_mults, source_channels=source_channels,
+                            batch_size=batch_size, lr=lr, mask=mask, area_weights=area_weights, resume=resume,
+                            device=device, progress=progress)
+        train_means = _out_of_fold_means(ds, factor, train_times, validation_times, residual_folds, predicted,
+                                         checkpoint_dir, seed, fold_options) if residual_folds else \
+            predicted(mean, train_times)
+        validation_means = predicted(mean, validation_times)
+        residual_rms = {"training": _rms(_stack(normalizer, ds, names, train_times) - train_means, valid),
+                        "validation": _rms(_stack(normalizer, ds, names, validation_times) - validation_means, valid)}
+        scale = _residual_scale(residual_scale, residual_rms)
+        data = pairs_of(train_times, patches_per_field, seed, patch, minus=train_means, scale=scale)
+    else:
+        if residual_scale not in (None, "validation"):
+            raise ConfigError("residual_scale is for mode='residual'")
+        residual_rms = scale = None
+        data = pairs_of(train_times, patches_per_field, seed, patch)
+    chosen = np.unique(np.linspace(0, n_validation - 1, min(n_validation, VALIDATION_PATCHES)).astype(int))
+    held = pairs_of(validation_times[chosen], max(1, min(4, VALIDATION_PATCHES // chosen.size)), seed + 1, patch,
+                    minus=validation_means[chosen] if mode == "residual" else None, scale=scale)
+    items = [held[i] for i in range(len(held))]  # (x, cond, mask of the patch); residual mode: x = the residual
+    x_val = torch.stack([item[0] for item in items])
+    cond_val = {k: torch.stack([item[1][k] for item in items]) for k in items[0][1]}
+    patch_valid = torch.stack([item[2] for item in items])
+
     torch.manual_seed(seed)
     sigma_data = 1.0
     if mode == "regression":
@@ -319,20 +379,13 @@ def fit_downscaling(
             error = (m(x_val, None, cond_val) - x_val) ** 2
             return float(error[patch_valid].mean())
     else:
-        if mode == "residual":
-            mean = copy.deepcopy(regression.denoiser).cpu()  # type: ignore[union-attr]
-            with torch.no_grad():
-                residual = x_val - mean(x_val, None, cond_val)
-            sigma_data = float(residual[patch_valid].std())
-            model = ResidualDenoiser(network(), mean=mean, sigma_data=sigma_data)
-        else:
-            model = Denoiser(network(), sigma_data=1.0)
+        if mode == "residual":  # trained as a denoiser of the residual, wrapped around the regression at the end
+            sigma_data = float(x_val[patch_valid].std())
+        model = Denoiser(network(), sigma_data=sigma_data)
         objective = DenoisingObjective(EDMLoss(P_mean=-0.4 + math.log(sigma_data), P_std=1.6, sigma_data=sigma_data))
 
         def score(m: torch.nn.Module) -> float:
-            target = x_val - (m.mean(x_val, None, cond_val) if mode == "residual" else 0)
-            return validation_loss(_Shifted(m, x_val - target), target, patch_valid, seed=seed,
-                                   sigma_data=sigma_data, cond=cond_val)
+            return validation_loss(m, x_val, patch_valid, seed=seed, sigma_data=sigma_data, cond=cond_val)
 
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     state: dict[str, Any] = {}
@@ -407,6 +460,8 @@ def fit_downscaling(
     record_run()
     model.eval()
     model.cpu()
+    if mode == "residual":
+        model = ResidualDenoiser(model.backbone, mean=mean, sigma_data=sigma_data).eval()
     sources_meta = {n: (list(map(str, v.data_vars)), ratios[n]) for n, v in source_data.items()}
     metadata = {
         "name": f"downscaling ({mode}) of {', '.join(names)} x{factor}",
@@ -425,10 +480,72 @@ def fit_downscaling(
             "training_period": [str(train_times[0]), str(train_times[-1])],
             "validation_period": [str(validation_times[0]), str(validation_times[-1])],
             "regression": None if regression is None or mode != "residual" else regression.metadata["training"],
+            "residual_folds": residual_folds, "residual_rms_normalised": residual_rms,
+            "residual_scale": None if scale is None else [round(float(v), 6) for v in scale],
             "torch": torch.__version__,
         },
     }
     return ModelBundle(model, codec, normalizer, metadata=metadata)
+
+
+def _predict(model: torch.nn.Module, pairs: DownscalingPairs, patch: tuple[int, int], periodic: bool,
+             batch: int = 8) -> Tensor:
+    """``model``'s prediction ``[N, C, H, W]`` of the whole fields of ``pairs`` (built with ``patch=None``) from
+    their conditioning alone, in windows of ``patch`` blended as :func:`geodiff.downscale` blends them."""
+    patched = PatchDenoiser(model, patch=patch, overlap=(patch[0] // 4, patch[1] // 4), periodic_lon=periodic)
+    n = pairs.fields.shape[0]
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            rows = slice(start, min(n, start + batch))
+            size = rows.stop - rows.start
+            cond = {k: (v[rows] if v.shape[0] > 1 else v.expand(size, *v.shape[1:])) for k, v in pairs.sources.items()}
+            out.append(patched(torch.zeros_like(pairs.fields[rows]), 0.0, cond))
+    return torch.cat(out)
+
+
+def _rms(residual: Tensor, valid: np.ndarray) -> list[float]:
+    """RMS per variable of ``residual [N, C, H, W]`` over the valid cells (``valid [C, H, W]``)."""
+    return [float(residual[:, c][:, torch.from_numpy(valid[c])].square().mean().sqrt()) for c in range(valid.shape[0])]
+
+
+def _residual_scale(setting: Any, rms: dict[str, list[float]]) -> Tensor | None:
+    """The factor ``[C]`` the residuals are multiplied by (``residual_scale``), or None for none."""
+    if setting is None:
+        return None
+    if setting == "validation":
+        if min(rms["training"]) <= 0:
+            raise ConfigError("the regression reproduces its training fields exactly: no residual to learn "
+                              "(residual_scale='validation' has nothing to scale)")
+        return torch.tensor([v / t for v, t in zip(rms["validation"], rms["training"])], dtype=torch.float32)
+    if isinstance(setting, bool) or not isinstance(setting, int | float) or not math.isfinite(setting) or setting <= 0:
+        raise ConfigError(f"residual_scale must be 'validation', a positive number or None, got {setting!r}")
+    return torch.full((len(rms["training"]),), float(setting))
+
+
+def _out_of_fold_means(ds: xr.Dataset, factor: int, train_times: np.ndarray, validation_times: np.ndarray,
+                       folds: int, predicted: Any, checkpoint_dir: str | Path | None, seed: int,
+                       options: dict[str, Any]) -> Tensor:
+    """Each training time predicted by a regression trained without it (``residual_folds``): the times are split
+    into ``folds`` contiguous blocks, and a regression trained on the other blocks (early stopping on the same
+    validation times) predicts each block. Returns the normalised predictions ``[N, C, H, W]``."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= train_times.size:
+        raise ConfigError(f"residual_folds must be an integer from 2 to the {train_times.size} training times, "
+                          f"got {folds!r}")
+    blocks = np.array_split(np.arange(train_times.size), folds)
+    held_share = (validation_times.size - 0.5) / (train_times.size - max(b.size for b in blocks) + validation_times.size)
+    if not held_share < 0.5:
+        raise ConfigError(f"residual_folds={folds} leaves too few training times next to the {validation_times.size} "
+                          "validation times; use fewer folds")
+    means: list[Tensor] = []
+    for k, block in enumerate(tqdm(blocks, desc="out-of-fold regressions", disable=not options["progress"])):
+        kept = np.setdiff1d(np.arange(train_times.size), block)
+        times = np.concatenate([train_times[kept], validation_times])
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"fold{k}"
+        fold = fit_downscaling(ds.sel(time=times), factor, mode="regression", seed=seed + 1 + k,
+                               validation=(validation_times.size - 0.5) / times.size, checkpoint_dir=folder, **options)
+        means.append(predicted(fold.denoiser, train_times[block]))
+    return torch.cat(means)
 
 
 def _probe_speed(model: torch.nn.Module, data: DownscalingPairs, options: dict[str, Any],
@@ -444,14 +561,3 @@ def _probe_speed(model: torch.nn.Module, data: DownscalingPairs, options: dict[s
     with torch.no_grad():
         score(probe)
     return seconds_per_step, max(_time.perf_counter() - timed, 1e-6)
-
-
-class _Shifted(torch.nn.Module):
-    """``D(x + shift) - shift``: a residual denoiser seen as a denoiser of the residual (validation only)."""
-
-    def __init__(self, denoiser: torch.nn.Module, shift: Tensor):
-        super().__init__()
-        self.denoiser, self.shift = denoiser, shift
-
-    def forward(self, x: Tensor, sigma: Any, cond: dict[str, Tensor] | None = None) -> Tensor:
-        return self.denoiser(x + self.shift, sigma, cond) - self.shift

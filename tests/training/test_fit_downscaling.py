@@ -183,3 +183,91 @@ def test_regression_with_coarse_skip_adds_the_bilinear_interpolation():
                        torch.zeros(1, 1, 4, 4))
     with pytest.raises(ConfigError, match="coarse"):
         RegressionModel(Silent(), coarse_skip=True)(torch.zeros(1, 1, 4, 4), None, {})
+
+
+def test_residual_training_target_is_the_prediction_downscale_makes(models):
+    """The residual model learns the fields minus the regression's prediction as geodiff.downscale makes it
+    (whole fields, blended windows), not a per-patch prediction with its own edges."""
+    from geodiff.training import fit_downscaling as module
+    from geodiff.training.pairs import DownscalingPairs
+
+    ds, topo, _, regression, _ = models
+    times = ds.isel(time=[0, 5])
+    fields = torch.from_numpy(regression.normalizer.normalize(times.tas).values.astype("float32"))[:, None]
+    orog = torch.from_numpy(regression.normalizer.normalize(topo.orog).values.astype("float32"))[None, None]
+    pairs = DownscalingPairs(fields, 4, sources={"topography": orog}, grid_lat=ds.lat.values)
+    predicted = module._predict(regression.denoiser, pairs, (8, 8), periodic=False)
+    made = downscale(regression, coarsen(times, 4), sources={"topography": topo}, progress=False)
+    made = regression.normalizer.normalize(made.tas.squeeze("member", drop=True)).values
+    np.testing.assert_allclose(predicted[:, 0].numpy(), made, atol=2e-5)
+
+
+def test_out_of_fold_regressions_never_predict_times_they_trained_on(models, monkeypatch):
+    from geodiff.training import fit_downscaling as module
+
+    ds, topo, _, regression, _ = models
+    seen = []
+    real_fit = module.fit_downscaling
+
+    def recording_fit(fold_ds, factor, **kwargs):
+        n = fold_ds.sizes["time"]
+        held = int(np.ceil(kwargs["validation"] * n))
+        seen.append((fold_ds.time.values[: n - held], fold_ds.time.values[n - held:]))
+        return real_fit(fold_ds, factor, **kwargs)
+
+    predicted = []
+    real_predict = module._predict
+
+    def recording_predict(model, pairs, patch, periodic, batch=8):
+        predicted.append(pairs.fields.shape[0])
+        return real_predict(model, pairs, patch, periodic, batch)
+
+    monkeypatch.setattr(module, "fit_downscaling", recording_fit)
+    monkeypatch.setattr(module, "_predict", recording_predict)
+    bundle = real_fit(ds, 4, mode="residual", regression=regression, residual_folds=3, sources={"topography": topo},
+                      steps=2, **SMALL)
+    train_times, validation_times = ds.time.values[:-2], ds.time.values[-2:]
+    assert len(seen) == 3
+    blocks = np.array_split(train_times, 3)
+    for (trained, held), block in zip(seen, blocks):
+        np.testing.assert_array_equal(held, validation_times)  # early stopping on the same validation times
+        assert not np.isin(block, trained).any()  # the block it predicts is left out
+        np.testing.assert_array_equal(np.sort(np.concatenate([trained, block])), train_times)
+    # three blocks predicted by their fold regressions, then the validation times by the regression itself
+    assert predicted[:3] == [b.size for b in blocks] and sum(predicted[:3]) == train_times.size
+    info = bundle.metadata["training"]
+    assert info["residual_folds"] == 3 and info["residual_rms_normalised"]["training"][0] > 0
+    inner = bundle.denoiser.mean.state_dict()  # the regression itself stays the mean
+    for name, value in regression.denoiser.state_dict().items():
+        assert torch.equal(inner[name], value), name
+
+
+def test_bad_residual_folds_are_refused(models):
+    ds, topo, _, regression, _ = models
+    options = dict(mode="residual", regression=regression, sources={"topography": topo}, steps=1, **SMALL)
+    for folds in (1, True, 11, 2.0):
+        with pytest.raises(ConfigError, match="residual_folds"):
+            fit_downscaling(ds, 4, residual_folds=folds, **options)
+    with pytest.raises(ConfigError, match="residual_folds is for mode='residual'"):
+        fit_downscaling(ds, 4, mode="regression", residual_folds=2, steps=1, **SMALL)
+
+
+def test_residual_scale_calibrates_the_residuals_on_the_validation_times(models):
+    ds, topo, _, regression, _ = models
+    options = dict(mode="residual", regression=regression, sources={"topography": topo}, steps=1, **SMALL)
+    calibrated = fit_downscaling(ds, 4, **options).metadata["training"]  # the default
+    rms = calibrated["residual_rms_normalised"]
+    assert rms["training"][0] > 0 and rms["validation"][0] > 0
+    assert calibrated["residual_scale"][0] == pytest.approx(rms["validation"][0] / rms["training"][0], rel=1e-5)
+    plain = fit_downscaling(ds, 4, residual_scale=None, **options).metadata["training"]
+    doubled = fit_downscaling(ds, 4, residual_scale=2.0, **options).metadata["training"]
+    assert plain["residual_scale"] is None and doubled["residual_scale"] == [2.0]
+    assert plain["residual_rms_normalised"] == rms  # the residuals themselves do not depend on the scale
+    # the model learns the scaled residuals: their std (sigma_data) scales with the factor
+    assert doubled["sigma_data"] == pytest.approx(2 * plain["sigma_data"], rel=1e-5)
+    assert calibrated["sigma_data"] == pytest.approx(calibrated["residual_scale"][0] * plain["sigma_data"], rel=1e-5)
+    for bad in (0.0, -1.0, float("nan"), "training", True):
+        with pytest.raises(ConfigError, match="residual_scale"):
+            fit_downscaling(ds, 4, residual_scale=bad, **options)
+    with pytest.raises(ConfigError, match="residual_scale is for mode='residual'"):
+        fit_downscaling(ds, 4, mode="regression", residual_scale=2.0, steps=1, **SMALL)
