@@ -44,7 +44,8 @@ ferret-datasets`` and ``dpkg -x``)::
 ``--train`` fits the three networks of each set (``--budget`` seconds each) into ``OUT/<set>/``; without it the
 bundles there are scored. ``--residual-folds K`` trains the residual model on out-of-fold residuals (K more
 regressions of ``--budget`` seconds each); ``--residual-scale none`` keeps the residuals' own size (CorrDiff)
-instead of calibrating it on the validation period. Results go to ``OUT/<set>/scores.json`` and a markdown table on stdout.
+instead of calibrating it cell by cell on the validation period (``validation``: one factor per variable).
+Results go to ``OUT/<set>/scores.json`` and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def variable(ds: xr.Dataset) -> str:
 
 
 def train(name: str, train_ds: xr.Dataset, sources: dict, out: Path, budget: float, patch: int,
-          modes: list[str], residual_folds: int | None = None, residual_scale: str = "validation") -> None:
+          modes: list[str], residual_folds: int | None = None, residual_scale: str = "validation_per_cell") -> None:
     """The networks of ``modes`` (regression, direct, residual) of one set (``budget`` seconds each; with
     ``residual_folds``, the residual model learns out-of-fold residuals of that many more regressions;
     ``residual_scale``: fit_downscaling's, "none" or a number as text)."""
@@ -122,7 +123,7 @@ def train(name: str, train_ds: xr.Dataset, sources: dict, out: Path, budget: flo
     for mode in modes:
         start = time.perf_counter()
         regression = geodiff.load(out / name / "regression") if mode == "residual" else None
-        scale = None if residual_scale == "none" else residual_scale if residual_scale == "validation" \
+        scale = None if residual_scale == "none" else residual_scale if residual_scale.startswith("validation") \
             else float(residual_scale)
         folds = dict(residual_folds=residual_folds, residual_scale=scale) if mode == "residual" else {}
         bundle = fit_downscaling(train_ds, FACTOR, mode=mode, regression=regression, **folds, **common)
@@ -200,7 +201,8 @@ def validation_errors(regression: geodiff.ModelBundle, train_ds: xr.Dataset, sou
     so errors of the size a new period sees)."""
     train_ds = train_ds.isel(time=slice(-regression.metadata["training"]["validation_times"], None))
     train_coarse = coarsen(train_ds[[var]], FACTOR)
-    fitted = downscale(regression, train_coarse, sources=sources, progress=False, seed=0)[var].squeeze("member", drop=True)
+    fitted = downscale(regression, train_coarse, sources=sources, progress=False, seed=0)[var]
+    fitted = fitted.squeeze("member", drop=True)
     return train_ds[var] - fitted.assign_coords(lat=train_ds["lat"], lon=train_ds["lon"])
 
 
@@ -261,7 +263,8 @@ def evaluate(name: str, train_ds: xr.DataArray, test: xr.Dataset, sources: dict,
                  "crps": float(metrics.crps_gaussian(truth, prediction.where(valid), sigma.where(valid))),
                  "spread_skill": float(np.sqrt((sigma**2).where(valid).mean())
                                        / metrics.rmse(truth, prediction.where(valid))),
-                 "seconds_per_field": (time.perf_counter() - start) / n, "note": "sigma fitted on the validation period"})
+                 "seconds_per_field": (time.perf_counter() - start) / n,
+                 "note": "sigma fitted on the validation period"})
     print(json.dumps(rows[-1]), flush=True)
     if chosen("regression kriging"):
         start = time.perf_counter()
@@ -309,8 +312,9 @@ def main() -> None:
                         "the residual model builds on the regression); the diffusion runs of absent ones are skipped")
     parser.add_argument("--residual-folds", type=int, default=None, help="train the residual model on out-of-fold "
                         "residuals of this many regressions (fit_downscaling's residual_folds; --budget each)")
-    parser.add_argument("--residual-scale", default="validation", help="fit_downscaling's residual_scale: "
-                        "'validation' (default), 'none' (the residuals as they are, CorrDiff) or a number")
+    parser.add_argument("--residual-scale", default="validation_per_cell", help="fit_downscaling's residual_scale: "
+                        "'validation_per_cell' (default), 'validation', 'none' (the residuals as they are, "
+                        "CorrDiff) or a number")
     parser.add_argument("--patch", type=int, default=16, help="training patch (cells, square)")
     parser.add_argument("--fields", type=int, default=6, help="test fields per set (evenly spaced)")
     parser.add_argument("--members", type=int, default=8)

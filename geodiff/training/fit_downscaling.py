@@ -16,9 +16,9 @@ schedule and early stopping, so they compare fairly:
   diffusion model of what it misses (CorrDiff); the regression (``regression=``, a bundle of mode
   ``"regression"``) is trained first with the same settings when not given. The diffusion model learns the
   fields minus the regression's whole-field prediction (windows blended as :func:`geodiff.downscale` blends
-  them), on the regression's training times, scaled so that their size is that of the regression's errors on
-  the validation times (``residual_scale``): a regression fits its own training data better than new times, and
-  an ensemble built on in-sample residuals is too narrow. With ``residual_folds`` the residuals come from
+  them), on the regression's training times, scaled cell by cell so that their size is that of the regression's
+  errors on the validation times (``residual_scale``): a regression fits its own training data better than new
+  times, and an ensemble built on in-sample residuals is too narrow. With ``residual_folds`` the residuals come from
   regressions that never saw the times they predict (cross-fitting) instead.
 
 Training runs through the one loop (:func:`geodiff.train`) with the objective of the mode
@@ -96,6 +96,7 @@ VALIDATION_PATCHES = 32  # fixed validation patches (from validation times evenl
 MAX_PATCH = 32
 RUN_STATE = "fit_downscaling.json"
 MAX_SCORING_SHARE = 0.15  # of a time budget spent on validation scores at most
+SCALE_SMOOTHING = 2.0  # cells: std of the Gaussian that smooths the per-cell mean squares of residual_scale
 
 
 def _source_ratio(source: xr.Dataset, height: int, width: int, name: str) -> Fraction:
@@ -174,7 +175,7 @@ def fit_downscaling(
     sources: Mapping[str, xr.Dataset | xr.DataArray] | None = None,
     regression: ModelBundle | None = None,
     residual_folds: int | None = None,
-    residual_scale: float | Literal["validation"] | None = "validation",
+    residual_scale: float | Literal["validation", "validation_per_cell"] | None = "validation_per_cell",
     steps: int | None = None,
     time_budget: float | None = None,
     validation: float = 0.15,
@@ -216,12 +217,15 @@ def fit_downscaling(
         regression's real error. None (default): the regression's own residuals on its training times (CorrDiff).
         The regression (trained or given) stays the mean at prediction time.
     residual_scale: for ``mode="residual"``: the diffusion model learns the residuals times this factor, so its
-        samples are the regression's prediction plus residuals of that size. ``"validation"`` (default), per
-        variable: the regression's error RMS on the validation times over the RMS of the training residuals. A
+        samples are the regression's prediction plus residuals of that size. ``"validation"``, per variable: the
+        regression's error RMS on the validation times over the RMS of the training residuals. A
         regression fits its own training data better than new times, so in-sample residuals are too small and an
         ensemble built on them too narrow; the factor calibrates the spread on times the regression never saw
-        (with ``residual_folds`` it is close to 1). A number: that factor; None: the residuals as they are
-        (CorrDiff). Recorded as ``residual_scale`` with the RMS of both residuals (``residual_rms_normalised``).
+        (with ``residual_folds`` it is close to 1). ``"validation_per_cell"`` (default): the same ratio per cell,
+        of mean squares smoothed over :data:`SCALE_SMOOTHING` cells (Gaussian), so the spread also follows where
+        the regression errs more on new times. A number: that factor; None: the residuals as they are (CorrDiff).
+        Recorded as ``residual_scale`` (per variable; per cell: its mean, min and max) with the RMS of both
+        residuals (``residual_rms_normalised``).
     steps, time_budget: optimizer steps (default 2000, or from the measured speed with a time budget; with a
         budget as well, the most steps) and seconds of training, a wall-clock limit: the run stops when the budget
         is spent (segments between validations shortened to fit it at the speed of the previous one), and a run
@@ -300,7 +304,7 @@ def fit_downscaling(
     def pairs_of(times: np.ndarray, count: int, pair_seed: int, patch: tuple[int, int] | None,
                  minus: Tensor | None = None, scale: Tensor | None = None) -> DownscalingPairs:
         """Pairs of the fields at ``times``; with ``minus`` (``[N, C, H, W]``), pairs of
-        ``(fields - minus) * scale`` (``scale``: ``[C]``) that keep the coarse field of the fields themselves."""
+        ``(fields - minus) * scale`` (``scale``: ``[C, H, W]``) that keep the coarse field of the fields themselves."""
         fields = _stack(normalizer, ds, names, times) * torch.from_numpy(valid)
         cond = {name: _stack(normalizer, value, list(value.data_vars), times) for name, value in source_data.items()}
         options = dict(sources=cond, mask=valid, grid_lat=lat if area_weights == "coslat" else None)
@@ -309,7 +313,7 @@ def fit_downscaling(
         coarse = DownscalingPairs(fields, factor, **options).sources[COARSE]
         residual = (fields - minus) * torch.from_numpy(valid)
         if scale is not None:
-            residual = residual * scale[:, None, None]
+            residual = residual * scale
         return DownscalingPairs(residual, factor, coarse=coarse, patch=patch, patches_per_field=count, seed=pair_seed,
                                 **options)
 
@@ -354,10 +358,11 @@ def fit_downscaling(
         validation_means = predicted(mean, validation_times)
         residual_rms = {"training": _rms(_stack(normalizer, ds, names, train_times) - train_means, valid),
                         "validation": _rms(_stack(normalizer, ds, names, validation_times) - validation_means, valid)}
-        scale = _residual_scale(residual_scale, residual_rms)
+        scale = _residual_scale(residual_scale, residual_rms, _stack(normalizer, ds, names, train_times) - train_means,
+                                _stack(normalizer, ds, names, validation_times) - validation_means, valid, periodic)
         data = pairs_of(train_times, patches_per_field, seed, patch, minus=train_means, scale=scale)
     else:
-        if residual_scale not in (None, "validation"):
+        if residual_scale not in (None, "validation", "validation_per_cell"):
             raise ConfigError("residual_scale is for mode='residual'")
         residual_rms = scale = None
         data = pairs_of(train_times, patches_per_field, seed, patch)
@@ -481,7 +486,7 @@ def fit_downscaling(
             "validation_period": [str(validation_times[0]), str(validation_times[-1])],
             "regression": None if regression is None or mode != "residual" else regression.metadata["training"],
             "residual_folds": residual_folds, "residual_rms_normalised": residual_rms,
-            "residual_scale": None if scale is None else [round(float(v), 6) for v in scale],
+            "residual_scale": _describe_scale(scale, residual_scale, valid),
             "torch": torch.__version__,
         },
     }
@@ -509,18 +514,49 @@ def _rms(residual: Tensor, valid: np.ndarray) -> list[float]:
     return [float(residual[:, c][:, torch.from_numpy(valid[c])].square().mean().sqrt()) for c in range(valid.shape[0])]
 
 
-def _residual_scale(setting: Any, rms: dict[str, list[float]]) -> Tensor | None:
-    """The factor ``[C]`` the residuals are multiplied by (``residual_scale``), or None for none."""
+def _residual_scale(setting: Any, rms: dict[str, list[float]], train_residual: Tensor, validation_residual: Tensor,
+                    valid: np.ndarray, periodic: bool) -> Tensor | None:
+    """The factor ``[C, H, W]`` the residuals ``[N, C, H, W]`` are multiplied by (``residual_scale``), or None."""
+    channels = valid.shape[0]
     if setting is None:
         return None
-    if setting == "validation":
+    if setting in ("validation", "validation_per_cell"):
         if min(rms["training"]) <= 0:
             raise ConfigError("the regression reproduces its training fields exactly: no residual to learn "
-                              "(residual_scale='validation' has nothing to scale)")
-        return torch.tensor([v / t for v, t in zip(rms["validation"], rms["training"])], dtype=torch.float32)
+                              f"(residual_scale={setting!r} has nothing to scale)")
+        if setting == "validation":
+            factor = torch.tensor([v / t for v, t in zip(rms["validation"], rms["training"])], dtype=torch.float32)
+            return factor[:, None, None].expand(valid.shape).clone()
+        from scipy.ndimage import gaussian_filter
+
+        def smoothed(residual: Tensor) -> np.ndarray:  # mean square per cell, smoothed over valid cells only
+            square = residual.double().square().mean(0).numpy() * valid
+            modes = ("nearest", "wrap" if periodic else "nearest")
+            out = []
+            for c in range(channels):
+                weight = gaussian_filter(valid[c].astype(np.float64), SCALE_SMOOTHING, mode=modes)
+                out.append(gaussian_filter(square[c], SCALE_SMOOTHING, mode=modes) / np.maximum(weight, 1e-12))
+            return np.stack(out)
+
+        train_square, validation_square = smoothed(train_residual), smoothed(validation_residual)
+        factor = np.sqrt(validation_square / np.maximum(train_square, 1e-30))
+        factor = np.where(valid & (train_square > 0), factor, 1.0)
+        return torch.from_numpy(factor.astype(np.float32))
     if isinstance(setting, bool) or not isinstance(setting, int | float) or not math.isfinite(setting) or setting <= 0:
-        raise ConfigError(f"residual_scale must be 'validation', a positive number or None, got {setting!r}")
-    return torch.full((len(rms["training"]),), float(setting))
+        raise ConfigError("residual_scale must be 'validation', 'validation_per_cell', a positive number or None, "
+                          f"got {setting!r}")
+    return torch.full(valid.shape, float(setting))
+
+
+def _describe_scale(scale: Tensor | None, setting: Any, valid: np.ndarray) -> Any:
+    """``residual_scale`` for the metadata: per variable, or per variable ``{mean, min, max}`` over valid cells."""
+    if scale is None:
+        return None
+    if setting != "validation_per_cell":
+        return [round(float(scale[c].flatten()[0]), 6) for c in range(scale.shape[0])]
+    cells = [scale[c][torch.from_numpy(valid[c])] for c in range(scale.shape[0])]
+    return [{"mean": round(float(v.mean()), 6), "min": round(float(v.min()), 6), "max": round(float(v.max()), 6)}
+            for v in cells]
 
 
 def _out_of_fold_means(ds: xr.Dataset, factor: int, train_times: np.ndarray, validation_times: np.ndarray,
@@ -533,7 +569,8 @@ def _out_of_fold_means(ds: xr.Dataset, factor: int, train_times: np.ndarray, val
         raise ConfigError(f"residual_folds must be an integer from 2 to the {train_times.size} training times, "
                           f"got {folds!r}")
     blocks = np.array_split(np.arange(train_times.size), folds)
-    held_share = (validation_times.size - 0.5) / (train_times.size - max(b.size for b in blocks) + validation_times.size)
+    smallest_fold = train_times.size - max(b.size for b in blocks) + validation_times.size
+    held_share = (validation_times.size - 0.5) / smallest_fold
     if not held_share < 0.5:
         raise ConfigError(f"residual_folds={folds} leaves too few training times next to the {validation_times.size} "
                           "validation times; use fewer folds")

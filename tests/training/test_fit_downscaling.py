@@ -255,7 +255,7 @@ def test_bad_residual_folds_are_refused(models):
 def test_residual_scale_calibrates_the_residuals_on_the_validation_times(models):
     ds, topo, _, regression, _ = models
     options = dict(mode="residual", regression=regression, sources={"topography": topo}, steps=1, **SMALL)
-    calibrated = fit_downscaling(ds, 4, **options).metadata["training"]  # the default
+    calibrated = fit_downscaling(ds, 4, residual_scale="validation", **options).metadata["training"]
     rms = calibrated["residual_rms_normalised"]
     assert rms["training"][0] > 0 and rms["validation"][0] > 0
     assert calibrated["residual_scale"][0] == pytest.approx(rms["validation"][0] / rms["training"][0], rel=1e-5)
@@ -266,8 +266,36 @@ def test_residual_scale_calibrates_the_residuals_on_the_validation_times(models)
     # the model learns the scaled residuals: their std (sigma_data) scales with the factor
     assert doubled["sigma_data"] == pytest.approx(2 * plain["sigma_data"], rel=1e-5)
     assert calibrated["sigma_data"] == pytest.approx(calibrated["residual_scale"][0] * plain["sigma_data"], rel=1e-5)
+    per_cell = fit_downscaling(ds, 4, **options).metadata["training"]  # the default: per cell
+    summary = per_cell["residual_scale"][0]
+    assert 0 < summary["min"] <= summary["mean"] <= summary["max"]
     for bad in (0.0, -1.0, float("nan"), "training", True):
         with pytest.raises(ConfigError, match="residual_scale"):
             fit_downscaling(ds, 4, residual_scale=bad, **options)
     with pytest.raises(ConfigError, match="residual_scale is for mode='residual'"):
         fit_downscaling(ds, 4, mode="regression", residual_scale=2.0, steps=1, **SMALL)
+
+
+def test_per_cell_residual_scale_is_the_smoothed_ratio_of_mean_squares():
+    from geodiff.training.fit_downscaling import _residual_scale
+
+    rng = np.random.default_rng(0)
+    valid = np.ones((1, 8, 12), dtype=bool)
+    valid[0, :2, :3] = False  # land
+    amplitude = torch.from_numpy(rng.uniform(0.5, 2.0, size=(1, 8, 12)).astype("float32"))
+    signs = torch.from_numpy(rng.choice([-1.0, 1.0], size=(5, 1, 8, 12)).astype("float32"))
+    train = signs * amplitude * torch.from_numpy(valid)
+    validation = 3.0 * train[:2]  # three times the error everywhere: the factor is 3 on every valid cell
+    rms = {"training": [1.0], "validation": [3.0]}
+    for periodic in (False, True):
+        factor = _residual_scale("validation_per_cell", rms, train, validation, valid, periodic)
+        assert factor.shape == (1, 8, 12)
+        np.testing.assert_allclose(factor[0][torch.from_numpy(valid[0])].numpy(), 3.0, rtol=1e-5)
+        assert (factor[0][~torch.from_numpy(valid[0])] == 1.0).all()  # land keeps 1 (its residual is 0)
+    # where the validation errors grow only on the eastern half, so does the factor (smoothly)
+    east = torch.ones(1, 8, 12)
+    east[..., 6:] = 2.0
+    factor = _residual_scale("validation_per_cell", rms, train, train[:2] * east, valid, False)[0]
+    assert float(factor[4, 0]) == pytest.approx(1.0, abs=0.02) and float(factor[4, 11]) == pytest.approx(2.0, abs=0.05)
+    assert (factor[4, 1:] >= factor[4, :-1] - 1e-6).all()  # rising from west to east
+    assert torch.equal(_residual_scale("validation", rms, train, validation, valid, False), torch.full((1, 8, 12), 3.0))
