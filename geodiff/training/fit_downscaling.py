@@ -352,14 +352,14 @@ def fit_downscaling(
                             base_channels=base_channels, channel_mults=channel_mults, source_channels=source_channels,
                             batch_size=batch_size, lr=lr, mask=mask, area_weights=area_weights, resume=resume,
                             device=device, progress=progress)
-        train_means = _out_of_fold_means(ds, factor, train_times, validation_times, residual_folds, predicted,
-                                         checkpoint_dir, seed, fold_options) if residual_folds else \
-            predicted(mean, train_times)
+        train_means = predicted(mean, train_times) if residual_folds is None else _out_of_fold_means(
+            ds, factor, train_times, validation_times, residual_folds, predicted, checkpoint_dir, seed, fold_options)
         validation_means = predicted(mean, validation_times)
-        residual_rms = {"training": _rms(_stack(normalizer, ds, names, train_times) - train_means, valid),
-                        "validation": _rms(_stack(normalizer, ds, names, validation_times) - validation_means, valid)}
-        scale = _residual_scale(residual_scale, residual_rms, _stack(normalizer, ds, names, train_times) - train_means,
-                                _stack(normalizer, ds, names, validation_times) - validation_means, valid, periodic)
+        train_residual = _stack(normalizer, ds, names, train_times) - train_means
+        validation_residual = _stack(normalizer, ds, names, validation_times) - validation_means
+        residual_rms = {"training": _rms(train_residual, valid), "validation": _rms(validation_residual, valid)}
+        scale = _residual_scale(residual_scale, train_residual, validation_residual, valid, periodic)
+        del train_residual, validation_residual
         data = pairs_of(train_times, patches_per_field, seed, patch, minus=train_means, scale=scale)
     else:
         if residual_scale not in (None, "validation", "validation_per_cell"):
@@ -514,19 +514,20 @@ def _rms(residual: Tensor, valid: np.ndarray) -> list[float]:
     return [float(residual[:, c][:, torch.from_numpy(valid[c])].square().mean().sqrt()) for c in range(valid.shape[0])]
 
 
-def _residual_scale(setting: Any, rms: dict[str, list[float]], train_residual: Tensor, validation_residual: Tensor,
-                    valid: np.ndarray, periodic: bool) -> Tensor | None:
+def _residual_scale(setting: Any, train_residual: Tensor, validation_residual: Tensor, valid: np.ndarray,
+                    periodic: bool) -> Tensor | None:
     """The factor ``[C, H, W]`` the residuals ``[N, C, H, W]`` are multiplied by (``residual_scale``), or None."""
     channels = valid.shape[0]
     if setting is None:
         return None
     if setting in ("validation", "validation_per_cell"):
-        if min(rms["training"]) <= 0:
+        train_rms = _rms(train_residual, valid)
+        if min(train_rms) <= 0:
             raise ConfigError("the regression reproduces its training fields exactly: no residual to learn "
                               f"(residual_scale={setting!r} has nothing to scale)")
         if setting == "validation":
-            factor = torch.tensor([v / t for v, t in zip(rms["validation"], rms["training"])], dtype=torch.float32)
-            return factor[:, None, None].expand(valid.shape).clone()
+            ratio = [v / t for v, t in zip(_rms(validation_residual, valid), train_rms)]
+            return torch.tensor(ratio, dtype=torch.float32)[:, None, None].expand(valid.shape).clone()
         from scipy.ndimage import gaussian_filter
 
         def smoothed(residual: Tensor) -> np.ndarray:  # mean square per cell, smoothed over valid cells only

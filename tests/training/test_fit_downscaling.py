@@ -245,7 +245,7 @@ def test_out_of_fold_regressions_never_predict_times_they_trained_on(models, mon
 def test_bad_residual_folds_are_refused(models):
     ds, topo, _, regression, _ = models
     options = dict(mode="residual", regression=regression, sources={"topography": topo}, steps=1, **SMALL)
-    for folds in (1, True, 11, 2.0):
+    for folds in (0, 1, True, 11, 2.0):
         with pytest.raises(ConfigError, match="residual_folds"):
             fit_downscaling(ds, 4, residual_folds=folds, **options)
     with pytest.raises(ConfigError, match="residual_folds is for mode='residual'"):
@@ -286,16 +286,15 @@ def test_per_cell_residual_scale_is_the_smoothed_ratio_of_mean_squares():
     signs = torch.from_numpy(rng.choice([-1.0, 1.0], size=(5, 1, 8, 12)).astype("float32"))
     train = signs * amplitude * torch.from_numpy(valid)
     validation = 3.0 * train[:2]  # three times the error everywhere: the factor is 3 on every valid cell
-    rms = {"training": [1.0], "validation": [3.0]}
     for periodic in (False, True):
-        factor = _residual_scale("validation_per_cell", rms, train, validation, valid, periodic)
+        factor = _residual_scale("validation_per_cell", train, validation, valid, periodic)
         assert factor.shape == (1, 8, 12)
         np.testing.assert_allclose(factor[0][torch.from_numpy(valid[0])].numpy(), 3.0, rtol=1e-5)
         assert (factor[0][~torch.from_numpy(valid[0])] == 1.0).all()  # land keeps 1 (its residual is 0)
     # where the validation errors grow only on the eastern half, so does the factor (smoothly)
     east = torch.ones(1, 8, 12)
     east[..., 6:] = 2.0
-    factor = _residual_scale("validation_per_cell", rms, train, train[:2] * east, valid, False)[0]
+    factor = _residual_scale("validation_per_cell", train, train[:2] * east, valid, False)[0]
     assert float(factor[4, 0]) == pytest.approx(1.0, abs=0.02) and float(factor[4, 11]) == pytest.approx(2.0, abs=0.05)
     assert (factor[4, 1:] >= factor[4, :-1] - 1e-6).all()  # rising from west to east
-    assert torch.equal(_residual_scale("validation", rms, train, validation, valid, False), torch.full((1, 8, 12), 3.0))
+    assert torch.allclose(_residual_scale("validation", train, validation, valid, False), torch.full((1, 8, 12), 3.0))
